@@ -1,0 +1,111 @@
+"""The `graft` command: each subcommand is a few lines over `graft.pipeline`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from graft.errors import GraftError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Fine-tune pretrained networks on your own data, with transfer learning done right.")
+
+SetOption = Annotated[list[str] | None, typer.Option(
+    "--set", help="Override a recipe field, e.g. --set optim.lr=1e-4 (repeatable).", metavar="KEY.PATH=VALUE")]
+
+
+@app.command()
+def train(
+    recipe: Annotated[Path, typer.Argument(help="The recipe YAML.", metavar="RECIPE.yaml")],
+    set_: SetOption = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in output.dir from its last "
+                                          "checkpoint, exactly where it stopped.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run in output.dir (the old "
+                                             "one is deleted only once the new run succeeds).")] = False,
+) -> None:
+    """Fine-tune as RECIPE says, evaluate on the test split and write the run directory."""
+    from graft.pipeline import train as run
+
+    record = run(recipe, overrides=set_ or [], resume=resume, overwrite=overwrite)
+    _print_summary(record)
+
+
+@app.command("eval")
+def eval_(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `graft train`.")],
+    data: Annotated[Path | None, typer.Option(help="A labelled file (same columns as the recipe); "
+                                                   "default: the run's own test split.")] = None,
+    output: Annotated[Path | None, typer.Option(help="Also write the metrics as JSON here.")] = None,
+) -> None:
+    """Metrics of a trained run on a dataset: accuracy, F1, per-class table, confusion matrix."""
+    from graft.pipeline import evaluate_run
+
+    metrics = evaluate_run(run_dir, data)
+    if output is not None:
+        output.write_text(json.dumps(metrics, indent=2))
+    _print_metrics(metrics)
+
+
+@app.command()
+def predict(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `graft train`.")],
+    input: Annotated[str, typer.Argument(help="A file (csv, tsv, json, jsonl, parquet, txt) or - for stdin, "
+                                              "one text per line.", metavar="INPUT")],
+    output: Annotated[Path | None, typer.Option(
+        help="Write here: .csv/.tsv get a column per label, anything else JSON lines. Default: JSON lines on stdout.",
+    )] = None,
+) -> None:
+    """Labels and probabilities for new texts."""
+    from graft.pipeline import predict_run
+
+    rows = predict_run(run_dir, input, output)
+    if output is None:
+        for row in rows:
+            print(json.dumps(row, ensure_ascii=False))
+    else:
+        print(f"{len(rows)} predictions written to {output}", file=sys.stderr)
+
+
+@app.command()
+def demo(
+    output: Annotated[Path, typer.Option(help="Where the demo run goes.")] = Path("runs/demo"),
+) -> None:
+    """The embedded default, offline: fine-tune the packaged MiniLM on graft's support-intent dataset."""
+    from graft.demo import run_demo
+
+    _print_summary(run_demo(output))
+
+
+def _print_summary(record: dict) -> None:
+    test = record["metrics"]["test"]
+    print(f"run: {record['recipe']['output']['dir']}")
+    _print_metrics(test)
+    t = record["timings"]
+    print(f"trained {t['steps']} steps in {t['train_s']:.1f}s; peak memory {record['peak_memory_mb']:.0f} MB")
+
+
+def _print_metrics(m: dict) -> None:
+    auc = f"{m['roc_auc']:.4f}" if m.get("roc_auc") is not None else "n/a"
+    print(f"test: accuracy {m['accuracy']:.4f}  f1_macro {m['f1_macro']:.4f}  f1_weighted {m['f1_weighted']:.4f}  "
+          f"roc_auc {auc}  loss {m['loss']:.4f}  (n={m['n']})")
+    width = max(len(name) for name in m["per_class"])
+    print(f"  {'class':<{width}}  precision  recall  f1      support")
+    for name, c in sorted(m["per_class"].items(), key=lambda kv: kv[1]["f1"]):
+        print(f"  {name:<{width}}  {c['precision']:.4f}     {c['recall']:.4f}  {c['f1']:.4f}  {c['support']}")
+
+
+def main() -> None:
+    """Entry point: user errors are one line on stderr and exit code 2; Ctrl-C exits 130."""
+    try:
+        app()
+    except GraftError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted; a run can continue from its last checkpoint with `graft train RECIPE --resume`",
+              file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,74 @@
+"""Classification metrics from logits, as a JSON-ready dict; the arithmetic is scikit-learn's."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support, roc_auc_score
+
+SCALAR_METRICS: tuple[str, ...] = (
+    "loss",
+    "accuracy",
+    "precision_macro",
+    "recall_macro",
+    "f1_macro",
+    "precision_weighted",
+    "recall_weighted",
+    "f1_weighted",
+    "roc_auc",
+)
+
+
+def metric_mode(name: str) -> str:
+    """Whether a smaller ("min") or larger ("max") value of the metric `name` is better."""
+    return "min" if name == "loss" else "max"
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise probabilities; the row max is subtracted first so large logits cannot overflow."""
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def _roc_auc(labels: np.ndarray, probs: np.ndarray) -> float | None:
+    """Binary AUC of class 1, or one-vs-rest macro AUC; None when some class never occurs in `labels`."""
+    k = probs.shape[1]
+    if k < 2 or len(np.unique(labels)) < k:
+        return None
+    if k == 2:
+        return float(roc_auc_score(labels, probs[:, 1]))
+    return float(roc_auc_score(labels, probs, multi_class="ovr", average="macro", labels=list(range(k))))
+
+
+def classification_metrics(
+    logits: np.ndarray, labels: np.ndarray, label_names: list[str], loss: float | None = None
+) -> dict:
+    """Accuracy, macro/weighted precision-recall-F1, ROC-AUC, per-class scores and the confusion matrix.
+
+    `logits` is (n, k) raw scores, `labels` (n,) class ids, and `label_names` names the k classes in id order.
+    Every value is a plain Python number, list or dict, so the result goes straight into `json.dumps`.
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    labels = np.asarray(labels).astype(int)
+    k = len(label_names)
+    if logits.ndim != 2 or logits.shape != (len(labels), k):
+        raise ValueError(f"logits must be (n={len(labels)}, k={k}), got {logits.shape}")
+    ids = list(range(k))
+    preds = logits.argmax(axis=1)
+
+    out: dict = {"n": len(labels)}
+    if loss is not None:
+        out["loss"] = float(loss)
+    out["accuracy"] = float(accuracy_score(labels, preds))
+    for average in ("macro", "weighted"):
+        p, r, f, _ = precision_recall_fscore_support(labels, preds, labels=ids, average=average, zero_division=0)
+        out |= {f"precision_{average}": float(p), f"recall_{average}": float(r), f"f1_{average}": float(f)}
+    out["roc_auc"] = _roc_auc(labels, softmax(logits))
+
+    p, r, f, s = precision_recall_fscore_support(labels, preds, labels=ids, average=None, zero_division=0)
+    out["per_class"] = {
+        name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+        for i, name in enumerate(label_names)
+    }
+    out["confusion_matrix"] = confusion_matrix(labels, preds, labels=ids).tolist()
+    return out

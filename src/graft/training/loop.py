@@ -1,0 +1,221 @@
+"""The training loop, on Hugging Face Accelerate.
+
+One pass over the batches per epoch; after every optimiser step, `_after_step` decides what else happens at that
+step (log, evaluate, keep the best model, checkpoint, stop). Hooks observe events; they never steer the loop.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+from torch.optim.lr_scheduler import ReduceLROnPlateau
+from torch.utils.data import DataLoader
+
+from graft.errors import GraftError
+from graft.evaluation.predictions import evaluate
+from graft.recipe import CheckpointSpec, EvalSpec, TrainSpec
+from graft.training import checkpoint
+
+
+@dataclass
+class LoopState:
+    """Where training stands; saved in every checkpoint, so a resumed run continues from the exact batch."""
+
+    step: int = 0
+    """Optimiser steps done."""
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    """Micro-batches of `epoch` already consumed."""
+    best: float | None = None
+    best_step: int | None = None
+    bad_evals: int = 0
+    stopped: str | None = None
+    """Why training ended before its budget: `early_stopping`."""
+    history: list[dict[str, Any]] = field(default_factory=list)
+    train_s: float = 0.0
+    eval_s: float = 0.0
+
+
+@dataclass
+class Event:
+    """What hooks see: `step` after every optimiser step, `train` every log_every steps, `eval`, `checkpoint`."""
+
+    kind: str
+    state: LoopState
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+Hook = Callable[[Event], None]
+
+
+@dataclass
+class Parts:
+    """What `fit` trains, all already passed through `accelerator.prepare` (but the plateau scheduler)."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    train_loader: DataLoader
+    val_loader: DataLoader
+    label_names: list[str]
+
+
+def steps_per_epoch(parts: Parts, train: TrainSpec) -> int:
+    return math.ceil(len(parts.train_loader) / train.grad_accum)
+
+
+def total_steps(parts: Parts, train: TrainSpec) -> int:
+    budget = steps_per_epoch(parts, train) * train.epochs
+    return min(budget, train.max_steps) if train.max_steps else budget
+
+
+def fit(accelerator: Accelerator, parts: Parts, train: TrainSpec, evals: EvalSpec, ckpt: CheckpointSpec,
+        ckpt_dir: Path, state: LoopState, hooks: list[Hook]) -> LoopState:
+    """Train until the epochs or max_steps run out or early stopping fires; the best weights are in `ckpt_dir`."""
+    model, optimizer = parts.model, parts.optimizer
+    window = _Window()
+    while state.epoch < train.epochs and not _budget_spent(state, train):
+        loader = parts.train_loader
+        if state.batch_in_epoch:
+            loader = accelerator.skip_first_batches(loader, state.batch_in_epoch)
+        loader.set_epoch(state.epoch)
+        model.train()
+        started = time.perf_counter()
+        for batch in loader:
+            with accelerator.accumulate(model):
+                loss = model(**batch).loss
+                accelerator.backward(loss)
+                window.add(loss, batch["labels"].shape[0] * accelerator.num_processes)
+                if accelerator.sync_gradients:
+                    norm = accelerator.clip_grad_norm_(model.parameters(), train.max_grad_norm or math.inf)
+                    _stop_if_not_finite(accelerator, window, norm, state, train, ckpt_dir)
+                optimizer.step()
+                if not isinstance(parts.scheduler, ReduceLROnPlateau):
+                    parts.scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            state.batch_in_epoch += 1
+            if not accelerator.sync_gradients:
+                continue
+            state.step += 1
+            state.train_s += time.perf_counter() - started
+            _after_step(accelerator, parts, train, evals, ckpt, ckpt_dir, state, hooks, window)
+            started = time.perf_counter()
+            if _budget_spent(state, train):
+                break
+    return state
+
+
+def _after_step(accelerator: Accelerator, parts: Parts, train: TrainSpec, evals: EvalSpec, ckpt: CheckpointSpec,
+                ckpt_dir: Path, state: LoopState, hooks: list[Hook], window: _Window) -> None:
+    epoch_done = state.batch_in_epoch == len(parts.train_loader)
+    if epoch_done:
+        state.epoch += 1
+        state.batch_in_epoch = 0
+    last = _budget_spent(state, train) or state.epoch >= train.epochs
+    _emit(hooks, Event("step", state))
+    if state.step % train.log_every == 0 or last:
+        record = {"split": "train", "step": state.step, "epoch": _epoch_float(parts, state),
+                  **window.flush(accelerator), "lr": [g["lr"] for g in parts.optimizer.param_groups]}
+        state.history.append(record)
+        _emit(hooks, Event("train", state, record))
+    evaluated = ((state.step % evals.every_steps == 0) if evals.every_steps else epoch_done) or last
+    if evaluated:
+        _evaluate_and_keep_best(accelerator, parts, evals, ckpt_dir, state, hooks)
+    save = (state.step % ckpt.every_steps == 0) if ckpt.every_steps else evaluated
+    if save or last or state.stopped:
+        path = checkpoint.save_checkpoint(accelerator, ckpt_dir, state.step, asdict(state), ckpt.keep_last)
+        _emit(hooks, Event("checkpoint", state, {"path": str(path)}))
+
+
+def _evaluate_and_keep_best(accelerator: Accelerator, parts: Parts, evals: EvalSpec, ckpt_dir: Path,
+                            state: LoopState, hooks: list[Hook]) -> None:
+    started = time.perf_counter()
+    metrics = evaluate(accelerator, parts.model, parts.val_loader, parts.label_names)
+    parts.model.train()
+    value = metrics.get(evals.metric)
+    if value is None:
+        raise GraftError(f"eval.metric = '{evals.metric}' is undefined on this validation set "
+                         f"(e.g. roc_auc with a class missing); choose another metric")
+    if isinstance(parts.scheduler, ReduceLROnPlateau):
+        parts.scheduler.step(value)
+    improved = state.best is None or (
+        value < state.best - evals.min_delta if evals.resolved_mode == "min" else value > state.best + evals.min_delta
+    )
+    if improved:
+        state.best, state.best_step, state.bad_evals = value, state.step, 0
+        checkpoint.save_best(accelerator, parts.model, ckpt_dir, {"step": state.step, evals.metric: value})
+    else:
+        state.bad_evals += 1
+        if evals.patience and state.bad_evals >= evals.patience:
+            state.stopped = "early_stopping"
+    record = {"split": "validation", "step": state.step, "epoch": _epoch_float(parts, state),
+              **{k: v for k, v in metrics.items() if not isinstance(v, dict | list)}, "best": improved}
+    state.history.append(record)
+    state.eval_s += time.perf_counter() - started
+    _emit(hooks, Event("eval", state, record))
+
+
+def _stop_if_not_finite(accelerator: Accelerator, window: _Window, norm: torch.Tensor, state: LoopState,
+                        train: TrainSpec, ckpt_dir: Path) -> None:
+    """Stop before the update that would poison the weights (fp16 overflows are the scaler's job)."""
+    bad = ~torch.isfinite(window.micro_loss) | (~torch.isfinite(norm) if train.precision != "fp16" else False)
+    if accelerator.num_processes > 1:
+        bad = accelerator.reduce(bad.float(), "sum") > 0
+    if not bool(bad):
+        return
+    saved = checkpoint.list_checkpoints(ckpt_dir)
+    where = f"the last good checkpoint is {saved[-1]}" if saved else "no checkpoint was saved yet"
+    raise NonFiniteError(
+        f"step {state.step + 1}: loss {window.micro_loss.item():.4g}, gradient norm {float(norm):.4g}: training "
+        f"diverged and stopped before the update; {where}. Lower optim.lr, set train.max_grad_norm, or use "
+        f"train.precision: fp32, then rerun (or --resume)"
+    )
+
+
+class NonFiniteError(GraftError):
+    """The loss or a gradient became NaN/inf."""
+
+
+class _Window:
+    """Loss and throughput since the last log line; the loss is reduced over processes only when logged."""
+
+    def __init__(self) -> None:
+        self.loss_sum = torch.zeros(())
+        self.micro_loss = torch.zeros(())
+        self.count = 0
+        self.samples = 0
+        self.since = time.perf_counter()
+
+    def add(self, loss: torch.Tensor, samples: int) -> None:
+        self.micro_loss = loss.detach().float()
+        self.loss_sum = self.loss_sum.to(self.micro_loss.device) + self.micro_loss
+        self.count += 1
+        self.samples += samples
+
+    def flush(self, accelerator: Accelerator) -> dict[str, float]:
+        loss = accelerator.reduce(self.loss_sum / max(1, self.count), "mean").item()
+        elapsed = time.perf_counter() - self.since
+        out = {"loss": loss, "samples_per_s": self.samples / elapsed if elapsed > 0 else 0.0}
+        self.__init__()
+        return out
+
+
+def _budget_spent(state: LoopState, train: TrainSpec) -> bool:
+    return state.stopped is not None or (train.max_steps is not None and state.step >= train.max_steps)
+
+
+def _epoch_float(parts: Parts, state: LoopState) -> float:
+    return round(state.epoch + state.batch_in_epoch / max(1, len(parts.train_loader)), 4)
+
+
+def _emit(hooks: list[Hook], event: Event) -> None:
+    for hook in hooks:
+        hook(event)

@@ -1,0 +1,77 @@
+"""Optimiser, parameter groups and learning-rate schedules."""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler, ReduceLROnPlateau
+
+from graft.recipe import OptimSpec, ScheduleSpec
+
+NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.modules.batchnorm._NormBase, nn.RMSNorm)
+
+
+def no_decay_names(model: nn.Module) -> set[str]:
+    """Biases and the parameters of normalisation layers: weight decay on them only hurts."""
+    names = set()
+    for module_name, module in model.named_modules():
+        is_norm = isinstance(module, NORM_TYPES) or "norm" in type(module).__name__.lower()
+        for param_name, _ in module.named_parameters(recurse=False):
+            if is_norm or param_name == "bias":
+                names.add(f"{module_name}.{param_name}" if module_name else param_name)
+    return names
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Trainable parameters split into decayed and not-decayed groups; frozen ones are left out."""
+    skip = no_decay_names(model)
+    decay, plain = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (plain if name in skip else decay).append(p)
+    groups = [
+        {"name": "decay", "params": decay, "weight_decay": weight_decay},
+        {"name": "no_decay", "params": plain, "weight_decay": 0.0},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(groups: list[dict[str, Any]], spec: OptimSpec) -> torch.optim.Optimizer:
+    """AdamW, Adam or SGD with momentum over the given parameter groups."""
+    if spec.name == "sgd":
+        return torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov)
+    cls = torch.optim.AdamW if spec.name == "adamw" else torch.optim.Adam
+    # Adam's weight_decay is L2 in the gradient, AdamW's is decoupled: both honour each group's own value.
+    return cls(groups, lr=spec.lr, betas=spec.betas, eps=spec.eps)
+
+
+def lr_multiplier(step: int, *, name: str, total: int, warmup: int, steps_per_epoch: int, step_epochs: int,
+                  gamma: float, min_lr_ratio: float) -> float:
+    """The LR at optimiser step `step` as a share of the peak: linear warmup, then the named shape."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    progress = (step - warmup) / max(1, total - warmup)
+    if name == "linear":
+        return max(0.0, 1.0 - progress)
+    if name == "cosine":
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    if name == "step":
+        return gamma ** (step // (steps_per_epoch * step_epochs))
+    return 1.0  # constant
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, spec: ScheduleSpec, *, total_steps: int, steps_per_epoch: int,
+                    metric_mode: str) -> LRScheduler | ReduceLROnPlateau:
+    """A per-step LambdaLR (one formula per shape, the same warmup for all; transformers has no step schedule
+    with warmup), or ReduceLROnPlateau stepped on the validation metric after each evaluation."""
+    if spec.name == "plateau":
+        return ReduceLROnPlateau(optimizer, mode=metric_mode, factor=spec.plateau_factor,
+                                 patience=spec.plateau_patience)
+    warmup = spec.warmup_steps if spec.warmup_steps is not None else int(spec.warmup_ratio * total_steps)
+    shape = partial(lr_multiplier, name=spec.name, total=total_steps, warmup=warmup, steps_per_epoch=steps_per_epoch,
+                    step_epochs=spec.step_epochs, gamma=spec.gamma, min_lr_ratio=spec.min_lr_ratio)
+    return LambdaLR(optimizer, shape)
