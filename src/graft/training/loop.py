@@ -40,6 +40,9 @@ class LoopState:
     stopped: str | None = None
     """Why training ended before its budget: `early_stopping`."""
     history: list[dict[str, Any]] = field(default_factory=list)
+    window_loss: float = 0.0
+    window_count: int = 0
+    """The training loss summed since the last log line, so a resumed run logs the very same values."""
     train_s: float = 0.0
     eval_s: float = 0.0
 
@@ -81,7 +84,7 @@ def fit(accelerator: Accelerator, parts: Parts, train: TrainSpec, evals: EvalSpe
         ckpt_dir: Path, state: LoopState, hooks: list[Hook]) -> LoopState:
     """Train until the epochs or max_steps run out or early stopping fires; the best weights are in `ckpt_dir`."""
     model, optimizer = parts.model, parts.optimizer
-    window = _Window()
+    window = _Window(state.window_loss, state.window_count)
     while state.epoch < train.epochs and not _budget_spent(state, train):
         loader = parts.train_loader
         if state.batch_in_epoch:
@@ -131,6 +134,7 @@ def _after_step(accelerator: Accelerator, parts: Parts, train: TrainSpec, evals:
         _evaluate_and_keep_best(accelerator, parts, evals, ckpt_dir, state, hooks)
     save = (state.step % ckpt.every_steps == 0) if ckpt.every_steps else evaluated
     if save or last or state.stopped:
+        state.window_loss, state.window_count = window.snapshot(accelerator)
         path = checkpoint.save_checkpoint(accelerator, ckpt_dir, state.step, asdict(state), ckpt.keep_last)
         _emit(hooks, Event("checkpoint", state, {"path": str(path)}))
 
@@ -187,12 +191,16 @@ class NonFiniteError(GraftError):
 class _Window:
     """Loss and throughput since the last log line; the loss is reduced over processes only when logged."""
 
-    def __init__(self) -> None:
-        self.loss_sum = torch.zeros(())
+    def __init__(self, loss_sum: float = 0.0, count: int = 0) -> None:
+        self.loss_sum = torch.tensor(loss_sum)
         self.micro_loss = torch.zeros(())
-        self.count = 0
+        self.count = count
         self.samples = 0
         self.since = time.perf_counter()
+
+    def snapshot(self, accelerator: Accelerator) -> tuple[float, int]:
+        """The loss sum averaged over processes: later per-process additions average out to the same mean."""
+        return accelerator.reduce(self.loss_sum.clone(), "mean").item(), self.count
 
     def add(self, loss: torch.Tensor, samples: int) -> None:
         self.micro_loss = loss.detach().float()

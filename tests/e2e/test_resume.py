@@ -1,0 +1,119 @@
+"""A run stopped at any step and resumed ends with exactly the weights of an uninterrupted one (CPU, same seed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import graft
+from graft.errors import GraftError
+from graft.training.loop import Event
+from tests.conftest import make_texts, tiny_recipe, write_csv
+
+
+class StopAt:
+    """Simulates Ctrl-C at optimiser step `step`: right after the update, or after that step's checkpoint."""
+
+    def __init__(self, step: int, after: str = "step") -> None:
+        self.step = step
+        self.after = after
+
+    def __call__(self, event: Event) -> None:
+        if event.kind == self.after and event.state.step == self.step:
+            raise KeyboardInterrupt
+
+
+def weights(run_dir: Path, name: str = "model/model.safetensors") -> dict[str, torch.Tensor]:
+    return load_file(run_dir / name)
+
+
+def assert_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_csv(tmp_path_factory.mktemp("resume-data") / "train.csv", make_texts(100, seed=3))
+
+
+# Dropout stays on (the tiny BERT has 0.1) so restoring the RNG state is part of what is tested.
+CASES = {
+    # stop between checkpoints, mid-epoch: resume replays from the last checkpoint
+    "mid_epoch": ({"checkpoint": {"every_steps": 3}}, 7),
+    # stop right before a checkpoint would have been written
+    "before_checkpoint": ({"checkpoint": {"every_steps": 3}}, 6),
+    # stop right after a checkpoint
+    "after_checkpoint": ({"checkpoint": {"every_steps": 3}}, (6, "checkpoint")),
+    # gradient accumulation, eval every N steps, cosine schedule, SGD with momentum
+    "accumulation": ({"train": {"grad_accum": 2}, "eval": {"every_steps": 2}, "checkpoint": {"every_steps": 2},
+                      "schedule": {"name": "cosine"}, "optim": {"name": "sgd", "lr": 0.05}}, 5),
+    # checkpoint only at evaluations (the default), stop in the second epoch
+    "default_checkpoints": ({}, 13),
+    # reduce-on-plateau: its state travels in the checkpoint too
+    "plateau": ({"schedule": {"name": "plateau", "warmup_ratio": 0.0}, "eval": {"metric": "loss"}}, 12),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_resumed_run_equals_uninterrupted(case: str, tiny_bert: Path, data: Path, tmp_path: Path) -> None:
+    sections, stop = CASES[case]
+    sections = {**sections, "train": {"epochs": 3, "batch_size": 8, **sections.get("train", {})}}
+    whole = graft.train(tiny_recipe(tiny_bert, data, tmp_path / "whole", **sections))
+
+    broken = tiny_recipe(tiny_bert, data, tmp_path / "broken", **sections)
+    with pytest.raises(KeyboardInterrupt):
+        graft.train(broken, hooks=[StopAt(*stop) if isinstance(stop, tuple) else StopAt(stop)])
+    resumed = graft.train(broken, resume=True)
+
+    assert_identical(weights(tmp_path / "whole"), weights(tmp_path / "broken"))
+    assert_identical(weights(tmp_path / "whole", "checkpoints/best/model.safetensors"),
+                     weights(tmp_path / "broken", "checkpoints/best/model.safetensors"))
+    drop_timing = ("samples_per_s",)
+    strip = [[{k: v for k, v in h.items() if k not in drop_timing} for h in r["metrics"]["history"]]
+             for r in (whole, resumed)]
+    assert strip[0] == strip[1]
+    assert resumed["metrics"]["test"] == whole["metrics"]["test"]
+
+
+def test_interrupted_run_is_recorded_and_keeps_its_checkpoint(tiny_bert: Path, data: Path, tmp_path: Path) -> None:
+    recipe = tiny_recipe(tiny_bert, data, tmp_path / "run", checkpoint={"every_steps": 2})
+    with pytest.raises(KeyboardInterrupt):
+        graft.train(recipe, hooks=[StopAt(5)])
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["status"] == "interrupted"
+    assert record["progress"]["step"] == 5
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step-00000004"]  # no evaluation yet, so no best
+
+
+def test_resume_refuses_a_changed_recipe(tiny_bert: Path, data: Path, tmp_path: Path) -> None:
+    recipe = tiny_recipe(tiny_bert, data, tmp_path / "run", checkpoint={"every_steps": 2})
+    with pytest.raises(KeyboardInterrupt):
+        graft.train(recipe, hooks=[StopAt(3)])
+    changed = tiny_recipe(tiny_bert, data, tmp_path / "run", checkpoint={"every_steps": 2}, train={"batch_size": 4})
+    with pytest.raises(GraftError, match=r"--resume: the recipe changed .*train.batch_size: 8 -> 4"):
+        graft.train(changed, resume=True)
+
+
+def test_resume_without_checkpoint_is_refused(tiny_bert: Path, data: Path, tmp_path: Path) -> None:
+    with pytest.raises(GraftError, match="no complete checkpoint to resume from"):
+        graft.train(tiny_recipe(tiny_bert, data, tmp_path / "nothing"), resume=True)
+
+
+def test_half_written_checkpoint_is_ignored(tiny_bert: Path, data: Path, tmp_path: Path) -> None:
+    """A crash while saving leaves only a hidden .tmp folder: resume uses the last complete checkpoint."""
+    recipe = tiny_recipe(tiny_bert, data, tmp_path / "run", checkpoint={"every_steps": 2})
+    with pytest.raises(KeyboardInterrupt):
+        graft.train(recipe, hooks=[StopAt(5)])
+    ckpts = tmp_path / "run" / "checkpoints"
+    (ckpts / ".tmp-step-00000006").mkdir()
+    (ckpts / ".tmp-step-00000006" / "model.safetensors").write_bytes(b"truncated")
+    graft.train(recipe, resume=True)
+    whole = graft.train(tiny_recipe(tiny_bert, data, tmp_path / "whole", checkpoint={"every_steps": 2}))
+    assert whole["status"] == "completed"
+    assert_identical(weights(tmp_path / "whole"), weights(tmp_path / "run"))
