@@ -88,13 +88,26 @@ def test_yaml_file_errors(tmp_path):
         load_recipe(bad)
 
 
-def test_relative_data_paths_resolve_beside_the_recipe(tmp_path, monkeypatch):
+def test_relative_data_paths_resolve_beside_the_recipe_and_are_stored_absolute(tmp_path, monkeypatch):
     (tmp_path / "sub").mkdir()
-    (tmp_path / "sub" / "train.csv").write_text("text,label\n")
+    recipe = tmp_path / "sub" / "r.yaml"
+    recipe.write_text("data:\n  train: train.csv\n  test: ../test.csv\n")
+    (tmp_path / "train.csv").write_text("a decoy in the working directory must not win\n")
+    monkeypatch.chdir(tmp_path)
+    r = load_recipe(recipe)
+    assert r.data.train == tmp_path / "sub" / "train.csv"
+    assert r.data.test == tmp_path / "sub" / ".." / "test.csv"
+    assert r.data.train.is_absolute()
+
+
+def test_paths_given_by_set_are_relative_to_the_working_directory(tmp_path, monkeypatch):
+    (tmp_path / "sub").mkdir()
     recipe = tmp_path / "sub" / "r.yaml"
     recipe.write_text("data:\n  train: train.csv\n")
     monkeypatch.chdir(tmp_path)
-    assert load_recipe(recipe).data.train == tmp_path / "sub" / "train.csv"
+    r = load_recipe(recipe, ["data.validation=val.csv"])
+    assert r.data.validation == tmp_path / "val.csv"
+    assert r.data.train == tmp_path / "sub" / "train.csv"
 
 
 def test_dump_round_trips():

@@ -30,13 +30,18 @@ def train(
     """Fine-tune as RECIPE says, evaluate on the test split and write the run directory."""
     from graft.pipeline import train as run
 
-    record = run(recipe, overrides=set_ or [], resume=resume, overwrite=overwrite)
+    try:
+        record = run(recipe, overrides=set_ or [], resume=resume, overwrite=overwrite)
+    except KeyboardInterrupt:
+        # Caught here: the CLI framework would turn Ctrl-C into a silent exit.
+        print(f"interrupted; continue from the last checkpoint with `graft train {recipe} --resume`", file=sys.stderr)
+        raise typer.Exit(130) from None
     _print_summary(record)
 
 
 @app.command("eval")
 def eval_(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `graft train`.")],
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `graft train`.", metavar="RUN_DIR")],
     data: Annotated[Path | None, typer.Option(help="A labelled file (same columns as the recipe); "
                                                    "default: the run's own test split.")] = None,
     output: Annotated[Path | None, typer.Option(help="Also write the metrics as JSON here.")] = None,
@@ -47,12 +52,12 @@ def eval_(
     metrics = evaluate_run(run_dir, data)
     if output is not None:
         output.write_text(json.dumps(metrics, indent=2))
-    _print_metrics(metrics)
+    _print_metrics(metrics, title=str(data) if data else "test")
 
 
 @app.command()
 def predict(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `graft train`.")],
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `graft train`.", metavar="RUN_DIR")],
     input: Annotated[str, typer.Argument(help="A file (csv, tsv, json, jsonl, parquet, txt) or - for stdin, "
                                               "one text per line.", metavar="INPUT")],
     output: Annotated[Path | None, typer.Option(
@@ -88,9 +93,9 @@ def _print_summary(record: dict) -> None:
     print(f"trained {t['steps']} steps in {t['train_s']:.1f}s; peak memory {record['peak_memory_mb']:.0f} MB")
 
 
-def _print_metrics(m: dict) -> None:
+def _print_metrics(m: dict, title: str = "test") -> None:
     auc = f"{m['roc_auc']:.4f}" if m.get("roc_auc") is not None else "n/a"
-    print(f"test: accuracy {m['accuracy']:.4f}  f1_macro {m['f1_macro']:.4f}  f1_weighted {m['f1_weighted']:.4f}  "
+    print(f"{title}: accuracy {m['accuracy']:.4f}  f1_macro {m['f1_macro']:.4f}  f1_weighted {m['f1_weighted']:.4f}  "
           f"roc_auc {auc}  loss {m['loss']:.4f}  (n={m['n']})")
     width = max(len(name) for name in m["per_class"])
     print(f"  {'class':<{width}}  precision  recall  f1      support")
@@ -99,13 +104,10 @@ def _print_metrics(m: dict) -> None:
 
 
 def main() -> None:
-    """Entry point: user errors are one line on stderr and exit code 2; Ctrl-C exits 130."""
+    """Entry point: user errors are one line on stderr and exit code 2."""
     try:
         app()
     except GraftError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted; a run can continue from its last checkpoint with `graft train RECIPE --resume`",
-              file=sys.stderr)
-        sys.exit(130)
+

@@ -12,13 +12,16 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import yaml
 
 from graft.errors import GraftError
 from graft.recipe import Recipe, load_recipe, validate_recipe
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 RECIPE_FILE = "recipe.yaml"
 RECORD_FILE = "run.json"
@@ -43,10 +46,10 @@ def train(recipe: Recipe | str | Path | dict[str, Any], *, overrides: tuple[str,
 
     started = time.perf_counter()
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
+    _check_run_dir(recipe, resume, overwrite)
     accelerator = _accelerator(recipe)
     run_dir = recipe.output.dir
     ckpt_dir = run_dir / CKPT_DIR
-    previous = _prepare_run_dir(accelerator, recipe, resume, overwrite)
     say = _printer(accelerator)
     set_seed(recipe.train.seed)
 
@@ -55,6 +58,7 @@ def train(recipe: Recipe | str | Path | dict[str, Any], *, overrides: tuple[str,
         say(f"warning: {warning}")
     loaded = load_text_classifier(recipe.model.name, splits.labels, recipe.model.revision)
     model, tokenizer = loaded.model, loaded.tokenizer
+    previous = _claim_run_dir(accelerator, recipe, overwrite and not resume)
     tokenized = {name: text.tokenize(getattr(splits, name), tokenizer, recipe.model.max_length)
                  for name in ("train", "validation", "test")}
     eval_batch = recipe.train.eval_batch_size or recipe.train.batch_size
@@ -94,6 +98,8 @@ def train(recipe: Recipe | str | Path | dict[str, Any], *, overrides: tuple[str,
         state = fit(accelerator, parts, recipe.train, recipe.eval, recipe.checkpoint, ckpt_dir, state, hooks)
     except BaseException as e:
         _record_failure(accelerator, run_dir, record, state, e)
+        if previous is not None:
+            say(f"the run this one was replacing is kept at {previous}")
         raise
 
     best = checkpoint.load_best(accelerator, model, ckpt_dir)
@@ -207,14 +213,21 @@ def run_recipe(run_dir: Path) -> Recipe:
 def _accelerator(recipe: Recipe):
     import torch
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import DataLoaderConfiguration
 
     precision = recipe.train.precision
-    if precision == "fp16" and not torch.cuda.is_available():
+    on_gpu = torch.cuda.is_available()
+    if precision == "fp16" and not on_gpu:
         raise GraftError("train.precision = 'fp16' needs a GPU (loss scaling is a GPU feature); use bf16 on CPU")
+    # Each run sets its own precision; the process group (PartialState) survives, so this is safe under torchrun.
+    AcceleratorState._reset_state()
     # split_batches: train.batch_size is the global batch whatever the number of processes, so one recipe
-    # gives the same optimisation on 1 or N processes.
-    accelerator = Accelerator(split_batches=True, mixed_precision={"fp32": "no"}.get(precision, precision),
-                              gradient_accumulation_steps=recipe.train.grad_accum)
+    # gives the same optimisation on 1 or N processes. cpu=True is what makes accelerate use gloo under torchrun.
+    # (accelerate 1.15 ignores the `split_batches=` argument: only the DataLoaderConfiguration counts.)
+    accelerator = Accelerator(dataloader_config=DataLoaderConfiguration(split_batches=True),
+                              mixed_precision={"fp32": "no"}.get(precision, precision),
+                              gradient_accumulation_steps=recipe.train.grad_accum, cpu=not on_gpu)
     n = accelerator.num_processes
     for field in ("batch_size", "eval_batch_size"):
         value = getattr(recipe.train, field)
@@ -224,31 +237,51 @@ def _accelerator(recipe: Recipe):
     return accelerator
 
 
-def _prepare_run_dir(accelerator, recipe: Recipe, resume: bool, overwrite: bool) -> Path | None:
-    """Check the run directory can be used; return where a replaced run was moved (deleted on success)."""
+def _check_run_dir(recipe: Recipe, resume: bool, overwrite: bool) -> None:
+    """Refuse early, before anything slow is loaded, a run directory that cannot be used as asked."""
     from graft.training.checkpoint import list_checkpoints
 
     run_dir = recipe.output.dir
-    occupied = run_dir.exists() and any(run_dir.iterdir())
-    previous = None
     if resume:
         if not list_checkpoints(run_dir / CKPT_DIR):
             raise GraftError(f"--resume: {run_dir} has no complete checkpoint to resume from; start without --resume")
         _check_resumable(recipe, run_recipe(run_dir))
-    elif occupied and not overwrite:
+    elif _occupied(run_dir) and not overwrite:
         raise GraftError(f"output.dir {run_dir} already holds files; pass --resume to continue that run, "
                          f"--overwrite to replace it, or choose another output.dir")
-    elif occupied:
-        previous = run_dir.with_name(f"{run_dir.name}.replaced")
-    accelerator.wait_for_everyone()
+
+
+def _claim_run_dir(accelerator: Accelerator, recipe: Recipe, overwrite: bool) -> Path | None:
+    """Create the run directory and save the resolved recipe in it.
+
+    With overwrite, the old run moves to `<dir>.replaced` and is deleted only when the new run completes. If a
+    `.replaced` run is already there, the run in `<dir>` is a replacement that failed (unless it completed), so
+    it is the one discarded: the last completed run is never lost.
+    """
+    run_dir = recipe.output.dir
+    previous = run_dir.with_name(f"{run_dir.name}.replaced") if overwrite and _occupied(run_dir) else None
     if accelerator.is_main_process:
         if previous is not None:
-            shutil.rmtree(previous, ignore_errors=True)
-            os.replace(run_dir, previous)
+            if previous.exists() and _status(run_dir) != "completed":
+                shutil.rmtree(run_dir)
+            else:
+                shutil.rmtree(previous, ignore_errors=True)
+                os.replace(run_dir, previous)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / RECIPE_FILE).write_text(yaml.safe_dump(recipe.dump(), sort_keys=False))
     accelerator.wait_for_everyone()
     return previous
+
+
+def _occupied(run_dir: Path) -> bool:
+    return run_dir.is_dir() and any(run_dir.iterdir())
+
+
+def _status(run_dir: Path) -> str | None:
+    try:
+        return json.loads((run_dir / RECORD_FILE).read_text()).get("status")
+    except (OSError, ValueError):
+        return None
 
 
 def _check_resumable(new: Recipe, old: Recipe) -> None:

@@ -26,6 +26,9 @@ MetricName = Literal[
 ]
 
 
+DATA_PATHS = ("train", "validation", "test")
+
+
 class Section(BaseModel):
     """A recipe section: unknown keys are errors, values are checked on assignment too."""
 
@@ -173,19 +176,24 @@ class Recipe(Section):
 def load_recipe(source: Path | str | dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
     """Read a recipe from a YAML file (or a dict), apply `key.path=value` overrides, validate.
 
-    Relative data paths in a file are resolved against the file's folder; output.dir stays relative to the
-    working directory, as users expect of an output path.
+    Relative data paths written in a recipe file are relative to the file's folder; those given as a dict or by
+    `--set` are relative to the working directory. The resolved recipe holds them absolute, so a run directory
+    works from anywhere. output.dir stays as written: relative to the working directory.
     """
     if isinstance(source, dict):
-        tree, origin, base = copy.deepcopy(source), "recipe", None
+        tree, origin, base = copy.deepcopy(source), "recipe", Path.cwd()
     else:
         path = Path(source)
         tree, origin, base = _read_yaml(path), str(path), path.parent
+    overridden = {item.partition("=")[0].strip() for item in overrides}
     for item in overrides:
         _apply_override(tree, item)
     recipe = validate_recipe(tree, origin)
-    if base is not None:
-        recipe = _resolve_data_paths(recipe, base)
+    for name in DATA_PATHS:
+        value = getattr(recipe.data, name)
+        if value is not None:
+            folder = Path.cwd() if f"data.{name}" in overridden else base
+            setattr(recipe.data, name, (folder / value.expanduser()).absolute())
     return recipe
 
 
@@ -267,10 +275,3 @@ def _allowed(err: dict[str, Any]) -> str | None:
     return None
 
 
-def _resolve_data_paths(recipe: Recipe, base: Path) -> Recipe:
-    data = recipe.data
-    for name in ("train", "validation", "test"):
-        value = getattr(data, name)
-        if value is not None and not value.is_absolute() and not value.exists():
-            setattr(data, name, base / value)
-    return recipe

@@ -88,7 +88,8 @@ def test_interrupted_run_is_recorded_and_keeps_its_checkpoint(tiny_bert: Path, d
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     assert record["status"] == "interrupted"
     assert record["progress"]["step"] == 5
-    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step-00000004"]  # no evaluation yet, so no best
+    # no evaluation yet, so no best model
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step-00000004"]
 
 
 def test_resume_refuses_a_changed_recipe(tiny_bert: Path, data: Path, tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +45,7 @@ def resolve_model_name(name: str) -> str:
 
 def load_text_classifier(name: str, labels: list[str], revision: str | None = None) -> LoadedModel:
     """Load a sequence classifier with a head sized and labelled for `labels`."""
-    source = resolve_model_name(name)
+    source = _local_or_hub(name)
     config = {
         "num_labels": len(labels),
         "id2label": dict(enumerate(labels)),
@@ -59,6 +58,18 @@ def load_text_classifier(name: str, labels: list[str], revision: str | None = No
     tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, name, source, revision, {})
     new_keys = sorted(set(info["missing_keys"]) | {k for k, *_ in info.get("mismatched_keys", [])})
     return LoadedModel(model=model, tokenizer=tokenizer, source=source, new_keys=new_keys)
+
+
+def _local_or_hub(name: str) -> str:
+    """A short name's directory, an existing path, or a hub id; a path-like name that does not exist is an error."""
+    source = resolve_model_name(name)
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return str(path)
+    if source.startswith(("/", ".", "~")) or source.count("/") > 1 or path.exists():
+        raise GraftError(f"model.name '{name}': no model directory at {path}; give a folder with config.json, "
+                         f"a hub id (org/name), or a packaged short name ({', '.join(sorted(SHORT_NAMES))})")
+    return source
 
 
 def load_trained(model_dir: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -76,8 +87,6 @@ def _from_pretrained(load: Callable[..., Any], name: str, source: str, revision:
     _quiet_transformers()
     if Path(source).is_dir():
         return load(source, **kwargs)
-    if "/" not in source and (source.startswith((".", "~")) or os.sep in source):
-        raise GraftError(f"model.name '{name}': no such directory")
     try:
         return load(source, revision=revision, local_files_only=True, **kwargs)
     except OSError:

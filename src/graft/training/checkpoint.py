@@ -81,7 +81,8 @@ def load_best(accelerator: Accelerator, model: nn.Module, root: Path) -> dict[st
         path = root / f".old-{BEST}"  # a crash between save_best's two renames leaves the previous best here
     if not (path / "best.json").is_file():
         return None
-    load_model(accelerator.unwrap_model(model), str(path / "model.safetensors"), device=str(accelerator.device))
+    # Read on the CPU; load_state_dict copies into the parameters wherever they live.
+    load_model(accelerator.unwrap_model(model), str(path / "model.safetensors"))
     return json.loads((path / "best.json").read_text())
 
 
