@@ -33,19 +33,20 @@ class ProgressBar:
     """Steps with loss, LR and throughput; evaluation results printed above it."""
 
     def __init__(self, total: int, done: int) -> None:
+        # The bar draws only on a terminal (logs would fill with redraws); evaluation lines always print.
         self.bar = tqdm(total=total, initial=done, unit="step", dynamic_ncols=True, file=sys.stderr, leave=False,
-                        mininterval=1.0)
+                        mininterval=1.0, disable=not sys.stderr.isatty())
 
     def __call__(self, event: Event) -> None:
         if event.kind == "step":
             self.bar.update(1)
-            if self.bar.n >= self.bar.total:
+            if not self.bar.disable and self.bar.n >= self.bar.total:
                 self.bar.close()
         elif event.kind == "train":
             v = event.values
             self.bar.set_postfix(loss=f"{v['loss']:.4f}", lr=f"{v['lr'][0]:.2e}", ex_s=f"{v['samples_per_s']:.0f}")
         elif event.kind == "eval":
-            self.bar.write(format_eval(event.values), file=sys.stderr)
+            tqdm.write(format_eval(event.values), file=sys.stderr)
 
 
 def format_eval(v: dict[str, Any]) -> str:
