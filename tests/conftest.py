@@ -52,6 +52,17 @@ def write_csv(path: Path, rows: list[tuple[str, str]], header: tuple[str, str] =
     return path
 
 
+def error_of(call, *args, **kwargs) -> str:
+    """Call, expect a GraftError, check its message is one line, return it."""
+    from graft.errors import GraftError
+
+    with pytest.raises(GraftError) as caught:
+        call(*args, **kwargs)
+    message = str(caught.value)
+    assert "\n" not in message, message
+    return message
+
+
 def build_tiny_bert(path: Path, seed: int = 0, dropout: float = 0.1) -> Path:
     """A 2-layer, 32-wide BERT encoder (no classification head) with a WordPiece vocabulary of our words."""
     import torch

@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import datasets
-import pytest
 
 from graft.data import load_labelled_file, load_text_splits
-from graft.errors import GraftError
-
-
-def write_csv(path: Path, rows: list[tuple[str, str]], header: tuple[str, str] = ("text", "label")) -> Path:
-    with path.open("w", newline="", encoding="utf-8") as file:
-        writer = csv.writer(file)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return path
+from tests.conftest import error_of, write_csv
 
 
 def many(prefix: str, labels: str = "ab", n: int = 4) -> list[tuple[str, str]]:
@@ -31,14 +21,6 @@ def load(train: Path, validation: Path | None = None, test: Path | None = None, 
         normalize_labels=False,
     )
     return load_text_splits(train, validation, test, **{**settings, **options})
-
-
-def error_of(call, *args, **kwargs) -> str:
-    with pytest.raises(GraftError) as caught:
-        call(*args, **kwargs)
-    message = str(caught.value)
-    assert "\n" not in message, message
-    return message
 
 
 def test_missing_column_suggests_the_close_one(tmp_path: Path) -> None:

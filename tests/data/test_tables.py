@@ -11,7 +11,7 @@ import datasets
 import pytest
 
 from graft.data import read_table, read_unlabelled_texts
-from graft.errors import GraftError
+from tests.conftest import error_of
 
 RECORDS = [{"text": "good film", "label": "pos"}, {"text": "bad film", "label": "neg"}]
 
@@ -22,14 +22,6 @@ def write_csv(path: Path, rows: list[dict[str, str]], delimiter: str = ",") -> P
         writer.writeheader()
         writer.writerows(rows)
     return path
-
-
-def error_of(call, *args, **kwargs) -> str:
-    with pytest.raises(GraftError) as caught:
-        call(*args, **kwargs)
-    message = str(caught.value)
-    assert "\n" not in message, message
-    return message
 
 
 def write_csv_table(tmp_path: Path) -> Path:
