@@ -21,7 +21,15 @@ from graft.errors import GraftError
 from graft.recipe import Recipe, load_recipe, validate_recipe
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from accelerate import Accelerator
+    from torch import nn
+    from transformers import PreTrainedTokenizerBase
+
+    from graft.data import TextSplits
+    from graft.models.hf import LoadedModel
+    from graft.training.loop import LoopState
 
 RECIPE_FILE = "recipe.yaml"
 RECORD_FILE = "run.json"
@@ -33,10 +41,11 @@ RESUME_FIXED = ("task", "model", "data", "train.batch_size", "train.grad_accum",
 
 
 def train(recipe: Recipe | str | Path | dict[str, Any], *, overrides: tuple[str, ...] | list[str] = (),
-          resume: bool = False, overwrite: bool = False, hooks: list | None = None) -> dict[str, Any]:
+          resume: bool = False, overwrite: bool = False, hooks: list[Callable] | None = None) -> dict[str, Any]:
     """Fine-tune as the recipe says, evaluate on test, write the run directory; return the run record."""
     from accelerate.utils import set_seed
 
+    from graft.evaluation.predictions import evaluate
     from graft.models.hf import load_text_classifier
     from graft.tasks import text
     from graft.training import checkpoint
@@ -92,8 +101,8 @@ def train(recipe: Recipe | str | Path | dict[str, Any], *, overrides: tuple[str,
         f"{len(splits.labels)} classes; {params['trainable']:,} of {params['total']:,} parameters train")
 
     setup_s = time.perf_counter() - started
-    hooks = [*console_hooks(accelerator, run_dir, total_steps(parts, recipe.train), state,
-                                   recipe.output.tensorboard), *(hooks or [])]
+    watchers = console_hooks(accelerator, run_dir, total_steps(parts, recipe.train), state, recipe.output.tensorboard)
+    hooks = [*watchers, *(hooks or [])]
     try:
         state = fit(accelerator, parts, recipe.train, recipe.eval, recipe.checkpoint, ckpt_dir, state, hooks)
     except BaseException as e:
@@ -104,8 +113,6 @@ def train(recipe: Recipe | str | Path | dict[str, Any], *, overrides: tuple[str,
 
     best = checkpoint.load_best(accelerator, model, ckpt_dir)
     test_started = time.perf_counter()
-    from graft.evaluation.predictions import evaluate
-
     test_metrics = evaluate(accelerator, model, test_loader, splits.labels)
     test_s = time.perf_counter() - test_started
     _save_final_model(accelerator, model, tokenizer, run_dir / MODEL_DIR)
@@ -210,7 +217,7 @@ def run_recipe(run_dir: Path) -> Recipe:
     return validate_recipe(yaml.safe_load(path.read_text()), str(path))
 
 
-def _accelerator(recipe: Recipe):
+def _accelerator(recipe: Recipe) -> Accelerator:
     import torch
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
@@ -304,7 +311,7 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _load_splits(recipe: Recipe):
+def _load_splits(recipe: Recipe) -> TextSplits:
     from graft.data import load_text_splits
 
     d = recipe.data
@@ -313,12 +320,13 @@ def _load_splits(recipe: Recipe):
                             normalize_labels=d.normalize_labels)
 
 
-def _param_counts(model) -> dict[str, int]:
+def _param_counts(model: nn.Module) -> dict[str, int]:
     params = list(model.parameters())
     return {"total": sum(p.numel() for p in params), "trainable": sum(p.numel() for p in params if p.requires_grad)}
 
 
-def _new_record(recipe: Recipe, splits, loaded, params: dict[str, int], accelerator) -> dict[str, Any]:
+def _new_record(recipe: Recipe, splits: TextSplits, loaded: LoadedModel, params: dict[str, int],
+                accelerator: Accelerator) -> dict[str, Any]:
     from graft.environment import environment
 
     return {
@@ -332,12 +340,13 @@ def _new_record(recipe: Recipe, splits, loaded, params: dict[str, int], accelera
     }
 
 
-def _best_validation(state) -> dict[str, Any] | None:
+def _best_validation(state: LoopState) -> dict[str, Any] | None:
     evals = [h for h in state.history if h["split"] == "validation" and h["step"] == state.best_step]
     return evals[-1] if evals else None
 
 
-def _record_failure(accelerator, run_dir: Path, record: dict[str, Any], state, error: BaseException) -> None:
+def _record_failure(accelerator: Accelerator, run_dir: Path, record: dict[str, Any], state: LoopState,
+                    error: BaseException) -> None:
     interrupted = isinstance(error, KeyboardInterrupt)
     record.update(status="interrupted" if interrupted else "failed", error=str(error) or type(error).__name__)
     record["metrics"] = {"history": state.history}
@@ -345,7 +354,8 @@ def _record_failure(accelerator, run_dir: Path, record: dict[str, Any], state, e
     _write_record(accelerator, run_dir, record)
 
 
-def _save_final_model(accelerator, model, tokenizer, path: Path) -> None:
+def _save_final_model(accelerator: Accelerator, model: nn.Module, tokenizer: PreTrainedTokenizerBase,
+                      path: Path) -> None:
     """save_pretrained (weights, config with label names) + tokenizer, written beside and renamed into place."""
     tmp = path.with_name(f".tmp-{path.name}")
     if accelerator.is_main_process:
@@ -362,7 +372,7 @@ def _save_final_model(accelerator, model, tokenizer, path: Path) -> None:
     accelerator.wait_for_everyone()
 
 
-def _write_record(accelerator, run_dir: Path, record: dict[str, Any]) -> None:
+def _write_record(accelerator: Accelerator, run_dir: Path, record: dict[str, Any]) -> None:
     if accelerator.is_main_process:
         tmp = run_dir / f".{RECORD_FILE}.tmp"
         tmp.write_text(json.dumps(record, indent=2, default=str))
@@ -381,7 +391,7 @@ def _peak_memory_mb() -> float:
     return round(peak, 1)
 
 
-def _printer(accelerator):
+def _printer(accelerator: Accelerator) -> Callable[[str], None]:
     def say(line: str) -> None:
         if accelerator.is_main_process:
             print(line, file=sys.stderr, flush=True)
