@@ -10,7 +10,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,9 +23,11 @@ from graft.recipe import Recipe, load_recipe, validate_recipe
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    import datasets
     from accelerate import Accelerator
     from torch import nn
-    from transformers import PreTrainedTokenizerBase
+    from torch.utils.data import DataLoader
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from graft.data import TextSplits
     from graft.models.hf import LoadedModel
@@ -134,28 +136,17 @@ def train(recipe: Recipe | str | Path | dict[str, Any], *, overrides: tuple[str,
 
 def evaluate_run(run_dir: Path | str, data: Path | str | None = None) -> dict[str, Any]:
     """Metrics of a trained run on `data` (a labelled file), or on the run's own test split."""
-    from accelerate import Accelerator
-
     from graft.data import load_labelled_file
     from graft.evaluation.predictions import evaluate
-    from graft.models.hf import load_trained
-    from graft.tasks import text
 
-    run_dir = Path(run_dir)
-    recipe = run_recipe(run_dir)
-    model, tokenizer = load_trained(run_dir / MODEL_DIR)
-    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    run = _open_run(Path(run_dir))
     if data is None:
-        ds = _load_splits(recipe).test
+        ds = _load_splits(run.recipe).test
     else:
-        ds = load_labelled_file(Path(data), text_column=recipe.data.text_column,
-                                label_column=recipe.data.label_column, labels=labels,
-                                normalize_labels=recipe.data.normalize_labels)
-    accelerator = Accelerator()
-    batch = recipe.train.eval_batch_size or recipe.train.batch_size
-    loader = text.eval_loader(text.tokenize(ds, tokenizer, recipe.model.max_length), tokenizer, batch)
-    model, loader = accelerator.prepare(model, loader)
-    return evaluate(accelerator, model, loader, labels)
+        d = run.recipe.data
+        ds = load_labelled_file(Path(data), text_column=d.text_column, label_column=d.label_column,
+                                labels=run.labels, normalize_labels=d.normalize_labels)
+    return evaluate(*_batches(run, ds), run.labels)
 
 
 def predict_run(run_dir: Path | str, source: str, output: Path | str | None = None) -> list[dict[str, Any]]:
@@ -163,32 +154,53 @@ def predict_run(run_dir: Path | str, source: str, output: Path | str | None = No
 
     With `output`, rows are written there (CSV/TSV by suffix, else JSON lines), atomically.
     """
-    import torch
+    import datasets
 
     from graft.data import read_unlabelled_texts
     from graft.evaluation.metrics import softmax
+    from graft.evaluation.predictions import collect_logits
+
+    run = _open_run(Path(run_dir))
+    texts = read_unlabelled_texts(source, text_column=run.recipe.data.text_column)
+    logits, _ = collect_logits(*_batches(run, datasets.Dataset.from_dict({"text": texts})))
+    probs = softmax(logits) if len(texts) else np.zeros((0, len(run.labels)))
+    rows = [{"text": t, "label": run.labels[int(row.argmax())], "score": float(row.max()),
+             "probabilities": {name: float(v) for name, v in zip(run.labels, row, strict=True)}}
+            for t, row in zip(texts, probs, strict=True)]
+    if output is not None:
+        write_predictions(rows, Path(output), run.labels)
+    return rows
+
+
+@dataclass
+class _TrainedRun:
+    recipe: Recipe
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    labels: list[str]
+
+
+def _open_run(run_dir: Path) -> _TrainedRun:
+    """A finished run's recipe, model, tokenizer and class names."""
     from graft.models.hf import load_trained
 
-    run_dir = Path(run_dir)
     recipe = run_recipe(run_dir)
-    texts = read_unlabelled_texts(source, text_column=recipe.data.text_column)
     model, tokenizer = load_trained(run_dir / MODEL_DIR)
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    model.eval()
-    batch = recipe.train.eval_batch_size or recipe.train.batch_size
-    probs = []
-    with torch.no_grad():
-        for i in range(0, len(texts), batch):
-            enc = tokenizer(texts[i:i + batch], truncation=True, max_length=recipe.model.max_length,
-                            padding=True, return_tensors="pt")
-            probs.append(softmax(model(**enc).logits.float().numpy()))
-    p = np.concatenate(probs) if probs else np.zeros((0, len(labels)))
-    rows = [{"text": t, "label": labels[int(row.argmax())], "score": float(row.max()),
-             "probabilities": {name: float(v) for name, v in zip(labels, row, strict=True)}}
-            for t, row in zip(texts, p, strict=True)]
-    if output is not None:
-        write_predictions(rows, Path(output), labels)
-    return rows
+    return _TrainedRun(recipe, model, tokenizer, labels)
+
+
+def _batches(run: _TrainedRun, ds: datasets.Dataset) -> tuple[Accelerator, nn.Module, DataLoader]:
+    """The run's model and `ds` as padded batches, placed on the device the way training does it."""
+    from accelerate import Accelerator
+
+    from graft.tasks import text
+
+    batch = run.recipe.train.eval_batch_size or run.recipe.train.batch_size
+    loader = text.eval_loader(text.tokenize(ds, run.tokenizer, run.recipe.model.max_length), run.tokenizer, batch)
+    accelerator = Accelerator()
+    model, loader = accelerator.prepare(run.model, loader)
+    return accelerator, model, loader
 
 
 def write_predictions(rows: list[dict[str, Any]], path: Path, labels: list[str]) -> None:

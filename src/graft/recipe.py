@@ -16,14 +16,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from graft.errors import GraftError
+from graft.evaluation.metrics import SCALAR_METRICS, metric_mode
 
 PositiveInt = Annotated[int, Field(gt=0)]
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
 
-MetricName = Literal[
-    "loss", "accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_macro",
-    "precision_weighted", "recall_weighted", "roc_auc",
-]
+MetricName = Literal[SCALAR_METRICS]  # type: ignore[valid-type]  # the names metrics.py computes
 
 
 DATA_PATHS = ("train", "validation", "test")
@@ -131,9 +129,7 @@ class EvalSpec(Section):
 
     @property
     def resolved_mode(self) -> Literal["min", "max"]:
-        if self.mode != "auto":
-            return self.mode
-        return "min" if self.metric == "loss" else "max"
+        return self.mode if self.mode != "auto" else metric_mode(self.metric)  # type: ignore[return-value]
 
 
 class CheckpointSpec(Section):

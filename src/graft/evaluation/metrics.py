@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support, roc_auc_score
 
 SCALAR_METRICS: tuple[str, ...] = (
     "loss",
@@ -32,6 +31,8 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def _roc_auc(labels: np.ndarray, probs: np.ndarray) -> float | None:
     """Binary AUC of class 1, or one-vs-rest macro AUC; None when some class never occurs in `labels`."""
+    from sklearn.metrics import roc_auc_score
+
     k = probs.shape[1]
     if k < 2 or len(np.unique(labels)) < k:
         return None
@@ -48,6 +49,9 @@ def classification_metrics(
     `logits` is (n, k) raw scores, `labels` (n,) class ids, and `label_names` names the k classes in id order.
     Every value is a plain Python number, list or dict, so the result goes straight into `json.dumps`.
     """
+    # Imported here: the recipe reads SCALAR_METRICS and metric_mode from this module, and must load fast.
+    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+
     logits = np.asarray(logits, dtype=np.float64)
     labels = np.asarray(labels).astype(int)
     k = len(label_names)

@@ -192,8 +192,11 @@ class _Window:
     """Loss and throughput since the last log line; the loss is reduced over processes only when logged."""
 
     def __init__(self, loss_sum: float = 0.0, count: int = 0) -> None:
-        self.loss_sum = torch.tensor(loss_sum)
         self.micro_loss = torch.zeros(())
+        self._reset(loss_sum, count)
+
+    def _reset(self, loss_sum: float = 0.0, count: int = 0) -> None:
+        self.loss_sum = torch.tensor(loss_sum)
         self.count = count
         self.samples = 0
         self.since = time.perf_counter()
@@ -212,7 +215,7 @@ class _Window:
         loss = accelerator.reduce(self.loss_sum / max(1, self.count), "mean").item()
         elapsed = time.perf_counter() - self.since
         out = {"loss": loss, "samples_per_s": self.samples / elapsed if elapsed > 0 else 0.0}
-        self.__init__()
+        self._reset()
         return out
 
 
