@@ -33,6 +33,8 @@ def save_checkpoint(accelerator: Accelerator, root: Path, step: int, loop_state:
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
+    # Every process writes its own RNG file into tmp: none may still be writing when it is renamed.
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         _write_json(tmp / STATE_FILE, loop_state)
         if final.exists():  # the same step saved twice (e.g. an eval and the end): the new one wins
@@ -63,7 +65,10 @@ def save_best(accelerator: Accelerator, model: nn.Module, root: Path, meta: dict
     final, tmp = root / BEST, root / f".tmp-{BEST}"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
     accelerator.save_model(model, tmp)
+    # save_model creates and lists tmp on every process: none may still be in it when it is renamed.
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         _write_json(tmp / "best.json", meta)
         old = root / f".old-{BEST}"
