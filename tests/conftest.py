@@ -108,3 +108,86 @@ def tiny_recipe(model_dir: Path, train_file: Path, run_dir: Path, **sections: di
     for key, value in sections.items():
         tree[key] = {**tree.get(key, {}), **value}
     return tree
+
+
+# Images: each class is a dominant colour under seeded noise, learnable by a tiny CNN in a few steps.
+COLOURS = {"blue": (40, 60, 200), "green": (50, 190, 60), "red": (200, 50, 40)}
+IMAGE_MEAN, IMAGE_STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
+PLAIN_NETS = Path(__file__).resolve().parent / "plain_nets.py"
+
+
+def make_images(root: Path, per_class: int, seed: int, size: int = 16) -> Path:
+    """`root/<colour>/<i>.png` for each class in COLOURS."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for name, rgb in COLOURS.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = np.clip(np.array(rgb) + rng.normal(0, 60, (size, size, 3)), 0, 255).astype("uint8")
+            Image.fromarray(pixels).save(root / name / f"{i:03d}.png")
+    return root
+
+
+def build_tiny_resnet(path: Path, seed: int = 0, labels: tuple[str, ...] | None = None) -> Path:
+    """A 2-stage, 8/16-channel HF ResNet classifier; with `labels`, its head names those classes."""
+    import torch
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    extra = {"id2label": dict(enumerate(labels)), "label2id": {n: i for i, n in enumerate(labels)}} if labels else {}
+    config = ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic",
+                          num_labels=len(labels) if labels else 2, **extra)
+    torch.manual_seed(seed)
+    ResNetForImageClassification(config).save_pretrained(path)
+    return path
+
+
+def save_plain_checkpoint(path: Path, seed: int = 0) -> Path:
+    """A SmallCNN checkpoint as multi-GPU training leaves one: nested under state_dict, keys prefixed `module.`."""
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("plain_nets_for_checkpoint", PLAIN_NETS)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    torch.manual_seed(seed)
+    net = module.small_cnn(num_classes=4)
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so "unchanged" means something
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.9, 1.1)
+    torch.save({"state_dict": {f"module.{k}": v for k, v in net.state_dict().items()}, "best_prec1": 50.0}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_images(tmp_path_factory.mktemp("images") / "train", per_class=14, seed=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_resnet(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_resnet(tmp_path_factory.mktemp("tiny-resnet"))
+
+
+@pytest.fixture(scope="session")
+def plain_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_plain_checkpoint(tmp_path_factory.mktemp("plain") / "cnn.pt")
+
+
+def image_recipe(model: dict, train_dir: Path, run_dir: Path, **sections: dict) -> dict:
+    """A recipe tree for a tiny image model on the colour images; `sections` merge over the defaults."""
+    tree = {
+        "task": "image_classification",
+        "model": model,
+        "data": {"train": str(train_dir), "image_size": 16, "mean": IMAGE_MEAN, "std": IMAGE_STD},
+        "optim": {"lr": 1e-2},
+        "train": {"epochs": 3, "batch_size": 8, "log_every": 2},
+        "output": {"dir": str(run_dir), "tensorboard": False},
+    }
+    for key, value in sections.items():
+        tree[key] = {**tree.get(key, {}), **value}
+    return tree

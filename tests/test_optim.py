@@ -6,7 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from graft.recipe import OptimSpec, ScheduleSpec
+from graft.models.groups import layer_groups
+from graft.recipe import OptimSpec, ScheduleSpec, StrategySpec
+from graft.strategy.plan import Plan, make_plan
 from graft.training.optim import build_optimizer, build_scheduler, lr_multiplier, no_decay_names, param_groups
 
 
@@ -23,24 +25,30 @@ def test_no_weight_decay_on_biases_and_norms():
     assert no_decay_names(Net()) == {"norm.weight", "norm.bias", "fc.bias", "bn.weight", "bn.bias"}
 
 
+def plan_for(net: nn.Module, **strategy) -> Plan:
+    groups = layer_groups(net, ["fc"])
+    return make_plan(net, groups, ["fc"], StrategySpec(**strategy), epochs=3)
+
+
 def test_groups_cover_trainable_parameters_once_and_skip_frozen():
     net = Net()
-    net.embed.weight.requires_grad_(False)
-    groups = param_groups(net, weight_decay=0.1)
+    groups = param_groups(net, plan_for(net, name="freeze", freeze_modules=["embed"]), 1.0, weight_decay=0.1)
     ids = [id(p) for g in groups for p in g["params"]]
     assert len(ids) == len(set(ids))
-    assert set(ids) == {id(p) for p in net.parameters() if p.requires_grad}
-    decay = next(g for g in groups if g["name"] == "decay")
+    assert set(ids) == {id(p) for n, p in net.named_parameters() if n != "embed.weight"}
+    decay = next(g for g in groups if g["name"] == "head/decay")
     assert [id(p) for p in decay["params"]] == [id(net.fc.weight)] and decay["weight_decay"] == 0.1
 
 
 @pytest.mark.parametrize("name,cls", [("adamw", torch.optim.AdamW), ("adam", torch.optim.Adam),
                                       ("sgd", torch.optim.SGD)])
 def test_optimisers(name, cls):
-    opt = build_optimizer(param_groups(Net(), 0.01), OptimSpec(name=name, lr=0.5))
+    opt = build_optimizer(param_groups(net := Net(), plan_for(net), 0.5, 0.01), OptimSpec(name=name, lr=0.5))
     assert isinstance(opt, cls)
     assert all(g["lr"] == 0.5 for g in opt.param_groups)
-    assert [g["weight_decay"] for g in opt.param_groups] == [0.01, 0.0]
+    assert [(g["name"], g["weight_decay"]) for g in opt.param_groups] == [
+        ("embed/decay", 0.01), ("norm/no_decay", 0.0), ("bn/no_decay", 0.0), ("head/decay", 0.01),
+        ("head/no_decay", 0.0)]
     if name == "sgd":
         assert opt.param_groups[0]["momentum"] == 0.9
 

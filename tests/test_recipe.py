@@ -45,7 +45,7 @@ def test_unknown_key_suggests_the_close_one():
 
 
 def test_unknown_key_without_a_close_one_lists_what_is_allowed():
-    assert "allowed: name, revision, max_length" in error(MINIMAL, ["model.zzz=1"])
+    assert "allowed: name, kwargs, checkpoint" in error(MINIMAL, ["model.zzz=1"])
 
 
 def test_bad_choice_names_field_value_and_choices():

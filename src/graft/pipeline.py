@@ -11,35 +11,34 @@ import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import yaml
 
 from graft.errors import GraftError
-from graft.recipe import Recipe, load_recipe, validate_recipe
+from graft.recipe import Recipe, load_recipe
+from graft.rundir import (
+    CKPT_DIR,
+    MODEL_DIR,
+    check_run_dir,
+    claim_run_dir,
+    run_recipe,
+    write_record,
+)
+
+PHASED = ("two_phase", "gradual_unfreeze")
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    import datasets
     from accelerate import Accelerator
     from torch import nn
     from torch.utils.data import DataLoader
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-    from graft.data import TextSplits
-    from graft.models.hf import LoadedModel
+    from graft.models.build import LoadedModel
     from graft.training.loop import LoopState
-
-RECIPE_FILE = "recipe.yaml"
-RECORD_FILE = "run.json"
-MODEL_DIR = "model"
-CKPT_DIR = "checkpoints"
-
-# Changing these between an interrupted run and its resumption would silently train something else.
-RESUME_FIXED = ("task", "model", "data", "train.batch_size", "train.grad_accum", "train.seed")
 
 
 def train(recipe: Recipe | str | Path | dict[str, Any], *, overrides: tuple[str, ...] | list[str] = (),
@@ -48,16 +47,18 @@ def train(recipe: Recipe | str | Path | dict[str, Any], *, overrides: tuple[str,
     from accelerate.utils import set_seed
 
     from graft.evaluation.predictions import evaluate
-    from graft.models.hf import load_text_classifier
-    from graft.tasks import text
+    from graft.models.build import load_model
+    from graft.models.groups import layer_groups
+    from graft.strategy.plan import apply_plan, make_plan
     from graft.training import checkpoint
+    from graft.training.feature_cache import head_train_mode
     from graft.training.logging import console_hooks
     from graft.training.loop import LoopState, Parts, fit, steps_per_epoch, total_steps
     from graft.training.optim import build_optimizer, build_scheduler, param_groups
 
     started = time.perf_counter()
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
-    _check_run_dir(recipe, resume, overwrite)
+    check_run_dir(recipe, resume, overwrite)
     accelerator = _accelerator(recipe)
     run_dir = recipe.output.dir
     ckpt_dir = run_dir / CKPT_DIR
@@ -67,21 +68,39 @@ def train(recipe: Recipe | str | Path | dict[str, Any], *, overrides: tuple[str,
     splits = _load_splits(recipe)
     for warning in splits.warnings:
         say(f"warning: {warning}")
-    loaded = load_text_classifier(recipe.model.name, splits.labels, recipe.model.revision)
-    model, tokenizer = loaded.model, loaded.tokenizer
-    previous = _claim_run_dir(accelerator, recipe, overwrite and not resume)
-    tokenized = {name: text.tokenize(getattr(splits, name), tokenizer, recipe.model.max_length)
-                 for name in ("train", "validation", "test")}
-    eval_batch = recipe.train.eval_batch_size or recipe.train.batch_size
-    train_loader = text.train_loader(tokenized["train"], tokenizer, recipe.train.batch_size, recipe.train.seed,
-                                     recipe.data.group_by_length, recipe.train.num_workers)
-    val_loader = text.eval_loader(tokenized["validation"], tokenizer, eval_batch, recipe.train.num_workers)
-    test_loader = text.eval_loader(tokenized["test"], tokenizer, eval_batch, recipe.train.num_workers)
+    loaded = load_model(recipe.model, recipe.task, splits.labels, recipe.data,
+                        scratch=recipe.strategy.name == "scratch")
+    for note in [*loaded.notes, loaded.head.line()]:
+        say(f"model: {note}")
+    root = loaded.root
+    plan = make_plan(root, layer_groups(root, loaded.head_modules, recipe.model.groups), loaded.head_modules,
+                     recipe.strategy, recipe.train.epochs)
+    previous = claim_run_dir(accelerator, recipe, overwrite and not resume)
+    train_loader, val_loader, test_loader = _loaders(recipe, splits, loaded)
 
-    optimizer = build_optimizer(param_groups(model, recipe.optim.weight_decay), recipe.optim)
-    model, optimizer, train_loader, val_loader, test_loader = accelerator.prepare(
-        model, optimizer, train_loader, val_loader, test_loader)
-    parts = Parts(model, optimizer, None, train_loader, val_loader, splits.labels)
+    model, trained, cache_note, cache_s = loaded.model, loaded.model, None, 0.0
+    if plan.backbone_frozen_throughout and recipe.strategy.feature_cache:
+        cache_started = time.perf_counter()
+        trained, train_loader, val_loader, cache_note = _feature_cache(loaded, train_loader, val_loader,
+                                                                      accelerator.device)
+        cache_s = time.perf_counter() - cache_started
+        say(f"feature cache: {cache_note} ({cache_s:.1f} s)")
+    # Parameters that train at some epoch require grad while being wrapped (DDP registers only those); the plan
+    # then sets each epoch's state.
+    apply_plan(root, plan, epoch=10**9)
+    optimizer = build_optimizer(param_groups(root, plan, recipe.optim.lr, recipe.optim.weight_decay), recipe.optim)
+    if trained is model:
+        model, optimizer, train_loader, val_loader, test_loader = accelerator.prepare(
+            model, optimizer, train_loader, val_loader, test_loader)
+        trained = model
+        begin_epoch = partial(apply_plan, root, plan)
+    else:
+        trained, optimizer, train_loader, val_loader = accelerator.prepare(trained, optimizer, train_loader,
+                                                                          val_loader)
+        model, test_loader = accelerator.prepare(model, test_loader)
+        apply_plan(root, plan, epoch=0)
+        begin_epoch = head_train_mode(trained)
+    parts = Parts(trained, optimizer, None, train_loader, val_loader, splits.labels, begin_epoch)
     scheduler = build_scheduler(optimizer, recipe.schedule, total_steps=total_steps(parts, recipe.train),
                                 steps_per_epoch=steps_per_epoch(parts, recipe.train),
                                 metric_mode=recipe.eval.resolved_mode)
@@ -96,11 +115,12 @@ def train(recipe: Recipe | str | Path | dict[str, Any], *, overrides: tuple[str,
         last = checkpoint.list_checkpoints(ckpt_dir)[-1]
         state = LoopState(**checkpoint.load_checkpoint(accelerator, last))
         say(f"resuming from {last} (step {state.step}, epoch {state.epoch}, batch {state.batch_in_epoch})")
-    params = _param_counts(model)
-    record = _new_record(recipe, splits, loaded, params, accelerator)
-    _write_record(accelerator, run_dir, record)
+    table = plan.table(root, recipe.optim.lr)
+    record = _new_record(recipe, splits, loaded, table, cache_note, accelerator)
+    write_record(accelerator, run_dir, record)
     say(f"{len(splits.train)} train / {len(splits.validation)} validation / {len(splits.test)} test examples, "
-        f"{len(splits.labels)} classes; {params['trainable']:,} of {params['total']:,} parameters train")
+        f"{len(splits.labels)} classes; strategy {recipe.strategy.name}")
+    say(format_groups(table))
 
     setup_s = time.perf_counter() - started
     watchers = console_hooks(accelerator, run_dir, total_steps(parts, recipe.train), state, recipe.output.tensorboard)
@@ -113,40 +133,73 @@ def train(recipe: Recipe | str | Path | dict[str, Any], *, overrides: tuple[str,
             say(f"the run this one was replacing is kept at {previous}")
         raise
 
-    best = checkpoint.load_best(accelerator, model, ckpt_dir)
+    best = checkpoint.load_best(accelerator, trained, ckpt_dir)
     test_started = time.perf_counter()
     test_metrics = evaluate(accelerator, model, test_loader, splits.labels)
     test_s = time.perf_counter() - test_started
-    _save_final_model(accelerator, model, tokenizer, run_dir / MODEL_DIR)
+    _save_final_model(accelerator, model, loaded, recipe, splits.labels, run_dir / MODEL_DIR)
 
     record.update(status="completed", stopped=state.stopped, best=best)
     record["metrics"] = {"test": test_metrics, "validation": _best_validation(state), "history": state.history}
+    epochs_run = max(1, state.epoch + (1 if state.batch_in_epoch else 0))
     record["timings"] = {
         "setup_s": round(setup_s, 3), "train_s": round(state.train_s, 3), "eval_s": round(state.eval_s, 3),
         "test_s": round(test_s, 3), "total_s": round(time.perf_counter() - started, 3), "steps": state.step,
         "steps_per_s": round(state.step / state.train_s, 4) if state.train_s else None,
+        "train_s_per_epoch": round(state.train_s / epochs_run, 3),
+        "feature_cache_s": round(cache_s, 3),
     }
     record["peak_memory_mb"] = _peak_memory_mb()
-    _write_record(accelerator, run_dir, record)
+    write_record(accelerator, run_dir, record)
     if previous is not None and accelerator.is_main_process:
         shutil.rmtree(previous, ignore_errors=True)
     accelerator.end_training()
     return record
 
 
+def format_groups(table: list[dict[str, Any]]) -> str:
+    """The layer-group table a run prints at its start."""
+    width = max(len(row["name"]) for row in table)
+    lines = [f"{'group':<{width}}  {'params':>10}  {'trainable':>10}  {'from epoch':>10}  {'lr':>9}"]
+    for row in table:
+        start = "-" if row["from_epoch"] is None else str(row["from_epoch"])
+        lines.append(f"{row['name']:<{width}}  {row['params']:>10,}  {row['trainable']:>10,}  {start:>10}  "
+                     f"{row['lr']:>9.3g}")
+    total, trainable = sum(r["params"] for r in table), sum(r["trainable"] for r in table)
+    lines.append(f"{'total':<{width}}  {total:>10,}  {trainable:>10,}")
+    return "\n".join(lines)
+
+
+def _feature_cache(loaded: LoadedModel, train_loader: DataLoader, val_loader: DataLoader,
+                   device: Any) -> tuple[nn.Module, DataLoader, DataLoader, str]:
+    """The cached head and its loaders when the cache reproduces the model, else the model and a reason."""
+    from graft.training.feature_cache import build_cache
+
+    cache, reason = build_cache(loaded.model, loaded.root, loaded.head_modules, train_loader, val_loader, device)
+    if cache is None:
+        return loaded.model, train_loader, val_loader, f"off: {reason}"
+    return cache.head, cache.train_loader, cache.val_loader, "on: the backbone ran once, the head trains on its outputs"
+
+
 def evaluate_run(run_dir: Path | str, data: Path | str | None = None) -> dict[str, Any]:
-    """Metrics of a trained run on `data` (a labelled file), or on the run's own test split."""
-    from graft.data import load_labelled_file
+    """Metrics of a trained run on `data` (a labelled file, or a folder of class folders for images), or on the
+    run's own test split."""
     from graft.evaluation.predictions import evaluate
 
     run = _open_run(Path(run_dir))
     if data is None:
-        ds = _load_splits(run.recipe).test
+        split = _load_splits(run.recipe).test
+    elif run.recipe.task == "image_classification":
+        from graft.data.images import labelled_folder
+
+        split = labelled_folder(Path(data), run.labels)
     else:
+        from graft.data import load_labelled_file
+
         d = run.recipe.data
-        ds = load_labelled_file(Path(data), text_column=d.text_column, label_column=d.label_column,
-                                labels=run.labels, normalize_labels=d.normalize_labels)
-    return evaluate(*_batches(run, ds), run.labels)
+        split = load_labelled_file(Path(data), text_column=d.text_column, label_column=d.label_column,
+                                   labels=run.labels, normalize_labels=d.normalize_labels)
+    return evaluate(*_batches(run, split), run.labels)
 
 
 def predict_run(run_dir: Path | str, source: str, output: Path | str | None = None) -> list[dict[str, Any]]:
@@ -161,6 +214,9 @@ def predict_run(run_dir: Path | str, source: str, output: Path | str | None = No
     from graft.evaluation.predictions import collect_logits
 
     run = _open_run(Path(run_dir))
+    if run.recipe.task != "text_classification":
+        raise GraftError(f"graft predict: {run_dir} is an {run.recipe.task} run; predict takes texts so far "
+                         f"(use graft eval RUN_DIR --data FOLDER for images)")
     texts = read_unlabelled_texts(source, text_column=run.recipe.data.text_column)
     logits, _ = collect_logits(*_batches(run, datasets.Dataset.from_dict({"text": texts})))
     probs = softmax(logits) if len(texts) else np.zeros((0, len(run.labels)))
@@ -175,32 +231,68 @@ def predict_run(run_dir: Path | str, source: str, output: Path | str | None = No
 @dataclass
 class _TrainedRun:
     recipe: Recipe
-    model: PreTrainedModel
-    tokenizer: PreTrainedTokenizerBase
+    model: nn.Module
+    processor: Any
     labels: list[str]
+    input: dict[str, Any]
 
 
 def _open_run(run_dir: Path) -> _TrainedRun:
-    """A finished run's recipe, model, tokenizer and class names."""
-    from graft.models.hf import load_trained
+    """A finished run's recipe, model, tokenizer or image input, and class names."""
+    from graft.models.build import load_trained
 
     recipe = run_recipe(run_dir)
-    model, tokenizer = load_trained(run_dir / MODEL_DIR)
-    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    return _TrainedRun(recipe, model, tokenizer, labels)
+    trained = load_trained(run_dir / MODEL_DIR, recipe.task, recipe.data)
+    return _TrainedRun(recipe, trained.model, trained.processor, trained.labels, trained.input)
 
 
-def _batches(run: _TrainedRun, ds: datasets.Dataset) -> tuple[Accelerator, nn.Module, DataLoader]:
-    """The run's model and `ds` as padded batches, placed on the device the way training does it."""
+def _batches(run: _TrainedRun, split: Any) -> tuple[Accelerator, nn.Module, DataLoader]:
+    """The run's model and a split as batches, placed on the device the way training does it."""
     from accelerate import Accelerator
 
-    from graft.tasks import text
-
     batch = run.recipe.train.eval_batch_size or run.recipe.train.batch_size
-    loader = text.eval_loader(text.tokenize(ds, run.tokenizer, run.recipe.model.max_length), run.tokenizer, batch)
+    loader = _eval_loader(run.recipe, split, run.processor, run.input, batch)
     accelerator = Accelerator()
     model, loader = accelerator.prepare(run.model, loader)
     return accelerator, model, loader
+
+
+def _loaders(recipe: Recipe, splits: Any, loaded: LoadedModel) -> tuple[DataLoader, DataLoader, DataLoader]:
+    """Training batches (shuffled per epoch, seeded) and in-order validation and test batches."""
+    t = recipe.train
+    eval_batch = t.eval_batch_size or t.batch_size
+    val, test = (_eval_loader(recipe, getattr(splits, n), loaded.processor, loaded.input, eval_batch)
+                 for n in ("validation", "test"))
+    if recipe.task == "image_classification":
+        from graft.data.images import decode_images
+        from graft.tasks import image
+
+        images = image.ImageTensors(decode_images(splits.train.paths, tuple(loaded.input["image_size"])),
+                                    splits.train.labels)
+        train = image.train_loader(images, t.batch_size, t.seed, loaded.input["mean"], loaded.input["std"],
+                                   t.num_workers)
+    else:
+        from graft.tasks import text
+
+        tokenized = text.tokenize(splits.train, loaded.processor, recipe.model.max_length)
+        train = text.train_loader(tokenized, loaded.processor, t.batch_size, t.seed, recipe.data.group_by_length,
+                                  t.num_workers)
+    return train, val, test
+
+
+def _eval_loader(recipe: Recipe, split: Any, processor: Any, image_input: dict[str, Any],
+                 batch_size: int) -> DataLoader:
+    if recipe.task == "image_classification":
+        from graft.data.images import decode_images
+        from graft.tasks import image
+
+        images = image.ImageTensors(decode_images(split.paths, tuple(image_input["image_size"])), split.labels)
+        return image.eval_loader(images, batch_size, image_input["mean"], image_input["std"],
+                                 recipe.train.num_workers)
+    from graft.tasks import text
+
+    tokenized = text.tokenize(split, processor, recipe.model.max_length)
+    return text.eval_loader(tokenized, processor, batch_size, recipe.train.num_workers)
 
 
 def write_predictions(rows: list[dict[str, Any]], path: Path, labels: list[str]) -> None:
@@ -221,19 +313,11 @@ def write_predictions(rows: list[dict[str, Any]], path: Path, labels: list[str])
     os.replace(tmp, path)
 
 
-def run_recipe(run_dir: Path) -> Recipe:
-    """The resolved recipe a run was trained with."""
-    path = run_dir / RECIPE_FILE
-    if not path.is_file():
-        raise GraftError(f"{run_dir}: not a graft run directory ({RECIPE_FILE} missing)")
-    return validate_recipe(yaml.safe_load(path.read_text()), str(path))
-
-
 def _accelerator(recipe: Recipe) -> Accelerator:
     import torch
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
-    from accelerate.utils import DataLoaderConfiguration
+    from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs
 
     precision = recipe.train.precision
     on_gpu = torch.cuda.is_available()
@@ -244,9 +328,13 @@ def _accelerator(recipe: Recipe) -> Accelerator:
     # split_batches: train.batch_size is the global batch whatever the number of processes, so one recipe
     # gives the same optimisation on 1 or N processes. cpu=True is what makes accelerate use gloo under torchrun.
     # (accelerate 1.15 ignores the `split_batches=` argument: only the DataLoaderConfiguration counts.)
+    # Under DDP, parameters that join training mid-run (two_phase, gradual_unfreeze) are registered from the start
+    # and reported unused while frozen.
+    phased = [DistributedDataParallelKwargs(find_unused_parameters=True)] if recipe.strategy.name in PHASED else []
     accelerator = Accelerator(dataloader_config=DataLoaderConfiguration(split_batches=True),
                               mixed_precision={"fp32": "no"}.get(precision, precision),
-                              gradient_accumulation_steps=recipe.train.grad_accum, cpu=not on_gpu)
+                              gradient_accumulation_steps=recipe.train.grad_accum, cpu=not on_gpu,
+                              kwargs_handlers=phased)
     n = accelerator.num_processes
     for field in ("batch_size", "eval_batch_size"):
         value = getattr(recipe.train, field)
@@ -256,89 +344,22 @@ def _accelerator(recipe: Recipe) -> Accelerator:
     return accelerator
 
 
-def _check_run_dir(recipe: Recipe, resume: bool, overwrite: bool) -> None:
-    """Refuse early, before anything slow is loaded, a run directory that cannot be used as asked."""
-    from graft.training.checkpoint import list_checkpoints
+def _load_splits(recipe: Recipe) -> Any:
+    """TextSplits or ImageSplits: train/validation/test, class names, sources, warnings."""
+    d = recipe.data
+    if recipe.task == "image_classification":
+        from graft.data.images import load_image_splits
 
-    run_dir = recipe.output.dir
-    if resume:
-        if not list_checkpoints(run_dir / CKPT_DIR):
-            raise GraftError(f"--resume: {run_dir} has no complete checkpoint to resume from; start without --resume")
-        _check_resumable(recipe, run_recipe(run_dir))
-    elif _occupied(run_dir) and not overwrite:
-        raise GraftError(f"output.dir {run_dir} already holds files; pass --resume to continue that run, "
-                         f"--overwrite to replace it, or choose another output.dir")
-
-
-def _claim_run_dir(accelerator: Accelerator, recipe: Recipe, overwrite: bool) -> Path | None:
-    """Create the run directory and save the resolved recipe in it.
-
-    With overwrite, the old run moves to `<dir>.replaced` and is deleted only when the new run completes. If a
-    `.replaced` run is already there, the run in `<dir>` is a replacement that failed (unless it completed), so
-    it is the one discarded: the last completed run is never lost.
-    """
-    run_dir = recipe.output.dir
-    previous = run_dir.with_name(f"{run_dir.name}.replaced") if overwrite and _occupied(run_dir) else None
-    if accelerator.is_main_process:
-        if previous is not None:
-            if previous.exists() and _status(run_dir) != "completed":
-                shutil.rmtree(run_dir)
-            else:
-                shutil.rmtree(previous, ignore_errors=True)
-                os.replace(run_dir, previous)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / RECIPE_FILE).write_text(yaml.safe_dump(recipe.dump(), sort_keys=False))
-    accelerator.wait_for_everyone()
-    return previous
-
-
-def _occupied(run_dir: Path) -> bool:
-    return run_dir.is_dir() and any(run_dir.iterdir())
-
-
-def _status(run_dir: Path) -> str | None:
-    try:
-        return json.loads((run_dir / RECORD_FILE).read_text()).get("status")
-    except (OSError, ValueError):
-        return None
-
-
-def _check_resumable(new: Recipe, old: Recipe) -> None:
-    a, b = _flatten(old.dump()), _flatten(new.dump())
-    changed = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-    fixed = [k for k in changed if any(k == f or k.startswith(f + ".") for f in RESUME_FIXED)]
-    if fixed:
-        shown = "; ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in fixed[:3])
-        raise GraftError(f"--resume: the recipe changed where a resumed run cannot follow ({shown}); "
-                         f"resume with the run's own recipe ({new.output.dir / RECIPE_FILE}) or start a new run")
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def _load_splits(recipe: Recipe) -> TextSplits:
+        return load_image_splits(d.train, d.validation, d.test, split=d.split, seed=recipe.train.seed)
     from graft.data import load_text_splits
 
-    d = recipe.data
     return load_text_splits(d.train, d.validation, d.test, text_column=d.text_column, label_column=d.label_column,
                             split=d.split, seed=recipe.train.seed, leakage=d.leakage,
                             normalize_labels=d.normalize_labels)
 
 
-def _param_counts(model: nn.Module) -> dict[str, int]:
-    params = list(model.parameters())
-    return {"total": sum(p.numel() for p in params), "trainable": sum(p.numel() for p in params if p.requires_grad)}
-
-
-def _new_record(recipe: Recipe, splits: TextSplits, loaded: LoadedModel, params: dict[str, int],
-                accelerator: Accelerator) -> dict[str, Any]:
+def _new_record(recipe: Recipe, splits: Any, loaded: LoadedModel, table: list[dict[str, Any]],
+                cache_note: str | None, accelerator: Accelerator) -> dict[str, Any]:
     from graft.environment import environment
 
     return {
@@ -346,8 +367,11 @@ def _new_record(recipe: Recipe, splits: TextSplits, loaded: LoadedModel, params:
         "recipe": recipe.dump(),
         "data": {"labels": splits.labels, "sources": splits.sources, "warnings": splits.warnings,
                  "sizes": {n: len(getattr(splits, n)) for n in ("train", "validation", "test")}},
-        "model": {"source": loaded.source, "new_parameters": loaded.new_keys},
-        "params": params,
+        "model": {"source": loaded.source, "new_parameters": loaded.new_keys, "load_report": loaded.notes,
+                  "head": {"path": loaded.head.path, "rows_copied": loaded.head.copied}, "input": loaded.input},
+        "params": {"total": sum(r["params"] for r in table), "trainable": sum(r["trainable"] for r in table)},
+        "groups": table,
+        "strategy": {"name": recipe.strategy.name, "feature_cache": cache_note},
         "environment": environment(accelerator),
     }
 
@@ -363,32 +387,37 @@ def _record_failure(accelerator: Accelerator, run_dir: Path, record: dict[str, A
     record.update(status="interrupted" if interrupted else "failed", error=str(error) or type(error).__name__)
     record["metrics"] = {"history": state.history}
     record["progress"] = {k: v for k, v in asdict(state).items() if k != "history"}
-    _write_record(accelerator, run_dir, record)
+    write_record(accelerator, run_dir, record)
 
 
-def _save_final_model(accelerator: Accelerator, model: nn.Module, tokenizer: PreTrainedTokenizerBase,
-                      path: Path) -> None:
-    """save_pretrained (weights, config with label names) + tokenizer, written beside and renamed into place."""
+def _save_final_model(accelerator: Accelerator, model: nn.Module, loaded: LoadedModel, recipe: Recipe,
+                      labels: list[str], path: Path) -> None:
+    """The format the model's ecosystem loads: save_pretrained with tokenizer / image processor and label names,
+    or for a plain module safetensors plus how to rebuild it; written beside and renamed into place."""
+    from graft.models.plain import PlainClassifier, save_plain
+
     tmp = path.with_name(f".tmp-{path.name}")
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     state_dict = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
-        accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=state_dict)
-        tokenizer.save_pretrained(tmp)
+        unwrapped = accelerator.unwrap_model(model)
+        if isinstance(unwrapped, PlainClassifier):
+            spec = recipe.model
+            save_plain(unwrapped, state_dict, tmp, {
+                "factory": spec.name, "kwargs": spec.kwargs, "head_path": unwrapped.head_path,
+                "head": spec.head.model_dump(), "head_in_shape": loaded.head_in_shape, "labels": labels,
+                "input": loaded.input})
+        else:
+            unwrapped.save_pretrained(tmp, state_dict=state_dict)
+            if loaded.processor is not None:
+                loaded.processor.save_pretrained(tmp)
         old = path.with_name(f".old-{path.name}")
         if path.exists():
             os.replace(path, old)
         os.replace(tmp, path)
         shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
-
-
-def _write_record(accelerator: Accelerator, run_dir: Path, record: dict[str, Any]) -> None:
-    if accelerator.is_main_process:
-        tmp = run_dir / f".{RECORD_FILE}.tmp"
-        tmp.write_text(json.dumps(record, indent=2, default=str))
-        os.replace(tmp, run_dir / RECORD_FILE)
 
 
 def _peak_memory_mb() -> float:

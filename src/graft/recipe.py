@@ -33,12 +33,47 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class HeadSpec(Section):
+    """The new output layer. By default one Linear sized to the labels; pooling, BatchNorm, dropout and a hidden
+    layer make a declared head (e.g. pool: avgmax, batchnorm: true, dropout: 0.25)."""
+
+    path: str | None = None
+    """Plain modules: the attribute path of the output layer (`fc`, `classifier.3`); null: the last nn.Linear."""
+    input_from: str | None = None
+    """Plain modules: feed the head from this module's output (e.g. `layer3`, a feature map) instead of the
+    output layer's own input."""
+    pool: Literal["none", "avg", "max", "avgmax"] = "none"
+    """Pool a feature map [C, H, W] to a vector: average, max, or both concatenated; any input size works."""
+    batchnorm: bool = False
+    dropout: Fraction = 0.0
+    hidden: PositiveInt | None = None
+    """Width of one hidden Linear+ReLU layer before the output layer; null: none."""
+
+
 class ModelSpec(Section):
     name: str = "minilm"
-    """A local directory, a hub id, or a short name from `graft.models.hf.SHORT_NAMES` (e.g. `minilm`)."""
+    """A local directory, a hub id, a short name from `graft.models.hf.SHORT_NAMES` (e.g. `minilm`), or a plain
+    nn.Module factory as `package.module:function` or `path/to/file.py:function`."""
+    kwargs: dict[str, Any] = {}
+    """Keyword arguments for a factory."""
+    checkpoint: Path | None = None
+    """Weights for a factory-built module: .safetensors, or a PyTorch file (loaded with weights_only=True)."""
+    renames: dict[str, str] = {}
+    """Checkpoint key prefix renames {old: new}, applied after a `module.` prefix (multi-GPU) is stripped."""
+    source_labels: list[str] | None = None
+    """Class names of the checkpoint's output rows; rows of target labels with the same name are copied into the
+    new head. Hugging Face models read them from their config."""
+    head: HeadSpec = HeadSpec()
+    groups: list[str] | None = None
+    """Layer groups as regexes over parameter names, input to output (each parameter joins the first match; the
+    head is always the last group); null: per model family (embeddings, each layer / stage, ...)."""
     revision: str | None = None
     max_length: PositiveInt = 128
     """Longer texts are truncated to this many tokens."""
+
+    @property
+    def is_factory(self) -> bool:
+        return ":" in self.name and not Path(self.name).is_dir()
 
 
 class DataSpec(Section):
@@ -55,6 +90,11 @@ class DataSpec(Section):
     """Merge labels that differ only by case or surrounding whitespace (`yes` / `Yes `)."""
     group_by_length: bool = True
     """Batch texts of similar length together (seeded) so little compute goes to padding."""
+    image_size: PositiveInt | tuple[PositiveInt, PositiveInt] | None = None
+    """Images: the model's input size, an int or [h, w]; Hugging Face models default to their image processor's."""
+    mean: tuple[float, float, float] | None = None
+    """Images: per-channel normalisation; Hugging Face models default to their image processor's."""
+    std: tuple[float, float, float] | None = None
 
     @field_validator("split")
     @classmethod
@@ -64,9 +104,53 @@ class DataSpec(Section):
         return v
 
 
+STRATEGIES = ("full", "discriminative", "head_only", "freeze", "two_phase", "gradual_unfreeze", "scratch")
+DISCRIMINATIVE = ("discriminative", "two_phase", "gradual_unfreeze")
+"""Strategies whose learning rates differ per layer group unless the recipe says otherwise."""
+
+
 class StrategySpec(Section):
-    name: Literal["full"] = "full"
-    """Which parameters learn; `full` trains every parameter from the pretrained weights."""
+    name: Literal[STRATEGIES] = "full"  # type: ignore[valid-type]
+    """What learns: `full` every parameter; `discriminative` every parameter, at per-group LRs; `head_only` the new
+    head; `freeze` all but what freeze_* selects; `two_phase` the head for phase_epochs, then more; `gradual_unfreeze`
+    one more group every unfreeze_every epochs, top down; `scratch` every parameter from a random initialisation."""
+    freeze_modules: list[str] = []
+    """Module names to keep frozen with everything inside them (as in named_modules(): `bert.embeddings`, `layer1`)."""
+    freeze_pattern: str | None = None
+    """A regex: parameters whose name it matches stay frozen."""
+    freeze_children: Annotated[int, Field(ge=0)] | None = None
+    """Keep the first N children of the backbone frozen (HF: of the base model, e.g. bert.embeddings)."""
+    freeze_groups: Annotated[int, Field(ge=0)] | None = None
+    """Keep the first N layer groups frozen (see the group table a run prints)."""
+    phase_epochs: PositiveInt = 1
+    """`two_phase`: epochs that train the head alone."""
+    unfreeze_groups: PositiveInt | None = None
+    """`two_phase`: how many backbone groups, from the top, join after the first phase; null: all."""
+    unfreeze_every: PositiveInt = 1
+    """`gradual_unfreeze`: epochs between unfreezing one more group."""
+    head_lr_mult: Annotated[float, Field(gt=0)] | None = None
+    """The head's LR as a multiple of optim.lr; null: 10 for discriminative, two_phase, gradual_unfreeze, else 1."""
+    lr_decay: Annotated[float, Field(ge=1)] | None = None
+    """Each backbone group below the top trains at the LR of the one above divided by this; null: 2.6 for
+    discriminative, two_phase, gradual_unfreeze, else 1 (one LR for the whole backbone)."""
+    feature_cache: bool = True
+    """When the whole backbone stays frozen for the run, compute its outputs once and train the head on them."""
+
+    @model_validator(mode="after")
+    def _resolve(self) -> StrategySpec:
+        per_group = self.name in DISCRIMINATIVE
+        if self.head_lr_mult is None:
+            self.head_lr_mult = 10.0 if per_group else 1.0
+        if self.lr_decay is None:
+            self.lr_decay = 2.6 if per_group else 1.0
+        if self.name == "freeze" and not self.freezes_anything:
+            raise ValueError("strategy.name = 'freeze' needs one of freeze_modules, freeze_pattern, freeze_children "
+                             "or freeze_groups")
+        return self
+
+    @property
+    def freezes_anything(self) -> bool:
+        return bool(self.freeze_modules or self.freeze_pattern or self.freeze_children or self.freeze_groups)
 
 
 class OptimSpec(Section):
@@ -147,7 +231,7 @@ class OutputSpec(Section):
 class Recipe(Section):
     """Everything a run needs. Only `data.train` has no default."""
 
-    task: Literal["text_classification"] = "text_classification"
+    task: Literal["text_classification", "image_classification"] = "text_classification"
     model: ModelSpec = ModelSpec()
     data: DataSpec
     strategy: StrategySpec = StrategySpec()
@@ -159,9 +243,16 @@ class Recipe(Section):
     output: OutputSpec = OutputSpec()
 
     @model_validator(mode="after")
-    def _plateau_needs_evaluations(self) -> Recipe:
+    def _consistent(self) -> Recipe:
         if self.schedule.name == "plateau" and self.schedule.warmup_steps:
             raise ValueError("schedule.warmup_steps: `plateau` has no warmup; set it to null or pick another schedule")
+        if self.model.checkpoint is not None and not self.model.is_factory:
+            raise ValueError("model.checkpoint: only for a factory-built module (model.name: package.module:function);"
+                             " a Hugging Face model directory brings its own weights")
+        if self.model.is_factory and self.task == "image_classification" and self.data.image_size is None:
+            raise ValueError("data.image_size: a plain module needs its input size (e.g. data.image_size: 32)")
+        if self.model.is_factory and self.task == "text_classification":
+            raise ValueError("model.name: plain nn.Module factories are for task: image_classification")
         return self
 
     def dump(self) -> dict[str, Any]:
@@ -185,11 +276,18 @@ def load_recipe(source: Path | str | dict[str, Any], overrides: list[str] | tupl
     for item in overrides:
         _apply_override(tree, item)
     recipe = validate_recipe(tree, origin)
+    def folder(key: str) -> Path:
+        return Path.cwd() if key in overridden else base
+
     for name in DATA_PATHS:
         value = getattr(recipe.data, name)
         if value is not None:
-            folder = Path.cwd() if f"data.{name}" in overridden else base
-            setattr(recipe.data, name, (folder / value.expanduser()).absolute())
+            setattr(recipe.data, name, (folder(f"data.{name}") / value.expanduser()).absolute())
+    if recipe.model.checkpoint is not None:
+        recipe.model.checkpoint = (folder("model.checkpoint") / recipe.model.checkpoint.expanduser()).absolute()
+    module, sep, function = recipe.model.name.rpartition(":")
+    if sep and module.endswith(".py"):  # a factory in a file: relative to the recipe, like the data
+        recipe.model.name = f"{(folder('model.name') / Path(module).expanduser()).absolute()}:{function}"
     return recipe
 
 
@@ -256,6 +354,8 @@ def _describe(err: dict[str, Any]) -> str:
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "missing":
         return f"'{field}' is required" + (" (at least data.train: the training file)" if field == "data" else "")
+    if err["type"] == "value_error" and isinstance(value, (dict, BaseModel)):
+        return msg  # a whole-section check (model validator): its message names the field itself
     if err["type"] == "model_type":
         return f"{field} = {value!r}: expected a section of keys, e.g. {field}: {{...}}"
     shown = f"{value!r}" if not isinstance(value, dict) else "a mapping"

@@ -28,13 +28,16 @@ from tests.conftest import make_texts, tiny_recipe, write_csv
 pytestmark = pytest.mark.distributed
 
 
-def test_two_processes_match_one(tiny_bert_no_dropout: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("strategy", ["full", "two_phase"])
+def test_two_processes_match_one(strategy: str, tiny_bert_no_dropout: Path, tmp_path: Path) -> None:
+    """two_phase: the backbone joins in epoch 2, so DDP must reduce gradients of parameters frozen at wrap time."""
     rows = make_texts(88, seed=5)
     data = write_csv(tmp_path / "train.csv", rows[:64])  # 8 whole batches of 8
     write_csv(tmp_path / "val.csv", rows[64:76])
     write_csv(tmp_path / "test.csv", rows[76:])
     sections = {"train": {"epochs": 2, "batch_size": 8, "log_every": 3}, "checkpoint": {"every_steps": 4},
-                "data": {"validation": str(tmp_path / "val.csv"), "test": str(tmp_path / "test.csv")}}
+                "data": {"validation": str(tmp_path / "val.csv"), "test": str(tmp_path / "test.csv")},
+                "strategy": {"name": strategy}}
     single = graft.train(tiny_recipe(tiny_bert_no_dropout, data, tmp_path / "one", **sections))
 
     recipe = tmp_path / "recipe.yaml"

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import transformers
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModelForImageClassification,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+)
 
 from graft.errors import GraftError
 
@@ -27,37 +35,63 @@ SHORT_NAMES: dict[str, Callable[[], str]] = {
 """Names that resolve to a model shipped inside a Python package, so they load with no network at all."""
 
 
-@dataclass
-class LoadedModel:
-    model: PreTrainedModel
-    tokenizer: PreTrainedTokenizerBase
-    source: str
-    """Where the weights came from: a directory or a hub id."""
-    new_keys: list[str] = field(default_factory=list)
-    """Parameters that were not in the checkpoint and start from a fresh initialisation (the new head)."""
-
-
 def resolve_model_name(name: str) -> str:
     """A short name to its packaged directory; anything else as given."""
     maker = SHORT_NAMES.get(name.lower())
     return maker() if maker else name
 
 
-def load_text_classifier(name: str, labels: list[str], revision: str | None = None) -> LoadedModel:
-    """Load a sequence classifier with a head sized and labelled for `labels`."""
+AUTO_CLASSES = {"text_classification": AutoModelForSequenceClassification,
+                "image_classification": AutoModelForImageClassification}
+
+
+@dataclass
+class HFLoaded:
+    model: PreTrainedModel
+    processor: Any
+    """The tokenizer (text) or image processor (images; None when the model folder has none)."""
+    source: str
+    missing: list[str]
+    """Parameters the checkpoint did not have (e.g. a classification head on a bare encoder)."""
+
+
+def load_hf_classifier(name: str, task: str, revision: str | None = None, *, scratch: bool = False) -> HFLoaded:
+    """A classifier with the checkpoint's own head (its rows are what label-row copying reads), or with random
+    weights of the same architecture (`scratch`)."""
     source = _local_or_hub(name)
-    config = {
-        "num_labels": len(labels),
-        "id2label": dict(enumerate(labels)),
-        "label2id": {label: i for i, label in enumerate(labels)},
-        # A pretrained head of another size is replaced, not a crash.
-        "ignore_mismatched_sizes": True,
-        "output_loading_info": True,
-    }
-    model, info = _from_pretrained(AutoModelForSequenceClassification.from_pretrained, name, source, revision, config)
-    tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, name, source, revision, {})
-    new_keys = sorted(set(info["missing_keys"]) | {k for k, *_ in info.get("mismatched_keys", [])})
-    return LoadedModel(model=model, tokenizer=tokenizer, source=source, new_keys=new_keys)
+    auto = AUTO_CLASSES[task]
+    if scratch:
+        config = _from_pretrained(AutoConfig.from_pretrained, name, source, revision, {})
+        model, missing = auto.from_config(config), []
+    else:
+        model, info = _from_pretrained(auto.from_pretrained, name, source, revision, {"output_loading_info": True})
+        missing = sorted(info["missing_keys"])
+    return HFLoaded(model, _processor(name, source, revision, task), source, missing)
+
+
+def source_labels(model: PreTrainedModel) -> list[str] | None:
+    """The class names of the model's head rows, unless they are transformers' placeholders (LABEL_0, ...)."""
+    names = [model.config.id2label[i] for i in range(len(model.config.id2label))]
+    return None if all(re.fullmatch(r"LABEL_\d+", n) for n in names) else names
+
+
+def set_labels(model: PreTrainedModel, labels: list[str]) -> None:
+    """Point the config (and the model's own copy of num_labels) at the target classes."""
+    model.config.num_labels = len(labels)
+    model.config.id2label = dict(enumerate(labels))
+    model.config.label2id = {label: i for i, label in enumerate(labels)}
+    model.config.problem_type = "single_label_classification"
+    if hasattr(model, "num_labels"):
+        model.num_labels = len(labels)
+
+
+def _processor(name: str, source: str, revision: str | None, task: str) -> Any:
+    if task == "text_classification":
+        return _from_pretrained(AutoTokenizer.from_pretrained, name, source, revision, {})
+    try:
+        return _from_pretrained(AutoImageProcessor.from_pretrained, name, source, revision, {"use_fast": False})
+    except (GraftError, OSError, ValueError):
+        return None  # the recipe's data.image_size / mean / std then say how to prepare images
 
 
 def _local_or_hub(name: str) -> str:
@@ -72,13 +106,11 @@ def _local_or_hub(name: str) -> str:
     return source
 
 
-def load_trained(model_dir: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A model saved by a graft run (`RUN_DIR/model`), for eval and predict."""
-    if not (model_dir / "config.json").is_file():
-        raise GraftError(f"{model_dir}: no saved model here (config.json missing); did the run finish?")
+def load_trained(model_dir: Path, task: str) -> tuple[PreTrainedModel, Any]:
+    """A Hugging Face model saved by a graft run (`RUN_DIR/model`) and its tokenizer or image processor."""
     _quiet_transformers()
-    return (AutoModelForSequenceClassification.from_pretrained(model_dir),
-            AutoTokenizer.from_pretrained(model_dir))
+    model = AUTO_CLASSES[task].from_pretrained(model_dir)
+    return model, _processor(str(model_dir), str(model_dir), None, task)
 
 
 def _from_pretrained(load: Callable[..., Any], name: str, source: str, revision: str | None,

@@ -44,7 +44,8 @@ class ProgressBar:
                 self.bar.close()
         elif event.kind == "train":
             v = event.values
-            self.bar.set_postfix(loss=f"{v['loss']:.4f}", lr=f"{v['lr'][0]:.2e}", ex_s=f"{v['samples_per_s']:.0f}")
+            lr = max(v["lr"].values())  # the head's, with per-group LRs
+            self.bar.set_postfix(loss=f"{v['loss']:.4f}", lr=f"{lr:.2e}", ex_s=f"{v['samples_per_s']:.0f}")
         elif event.kind == "eval":
             tqdm.write(format_eval(event.values), file=sys.stderr)
 
@@ -90,6 +91,6 @@ class TensorBoard:
         for key, value in v.items():
             if isinstance(value, int | float) and not isinstance(value, bool) and key not in ("step", "epoch"):
                 self.writer.add_scalar(f"{v['split']}/{key}", value, v["step"])
-        for i, lr in enumerate(v.get("lr", [])):
-            self.writer.add_scalar(f"lr/group{i}", lr, v["step"])
+        for group, lr in v.get("lr", {}).items():
+            self.writer.add_scalar(f"lr/{group}", lr, v["step"])
         self.writer.flush()

@@ -69,6 +69,15 @@ class Parts:
     train_loader: DataLoader
     val_loader: DataLoader
     label_names: list[str]
+    begin_epoch: Callable[[int], None] | None = None
+    """Puts the model in training mode for an epoch: which parameters train, which modules run in eval mode.
+    None: `model.train()`."""
+
+    def train_mode(self, epoch: int) -> None:
+        if self.begin_epoch is None:
+            self.model.train()
+        else:
+            self.begin_epoch(epoch)
 
 
 def steps_per_epoch(parts: Parts, train: TrainSpec) -> int:
@@ -90,7 +99,7 @@ def fit(accelerator: Accelerator, parts: Parts, train: TrainSpec, evals: EvalSpe
         if state.batch_in_epoch:
             loader = accelerator.skip_first_batches(loader, state.batch_in_epoch)
         loader.set_epoch(state.epoch)
-        model.train()
+        parts.train_mode(state.epoch)
         started = time.perf_counter()
         for batch in loader:
             with accelerator.accumulate(model):
@@ -126,7 +135,7 @@ def _after_step(accelerator: Accelerator, parts: Parts, train: TrainSpec, evals:
     _emit(hooks, Event("step", state))
     if state.step % train.log_every == 0 or last:
         record = {"split": "train", "step": state.step, "epoch": _epoch_float(parts, state),
-                  **window.flush(accelerator), "lr": [g["lr"] for g in parts.optimizer.param_groups]}
+                  **window.flush(accelerator), "lr": _group_lrs(parts.optimizer)}
         state.history.append(record)
         _emit(hooks, Event("train", state, record))
     evaluated = ((state.step % evals.every_steps == 0) if evals.every_steps else epoch_done) or last
@@ -143,7 +152,7 @@ def _evaluate_and_keep_best(accelerator: Accelerator, parts: Parts, evals: EvalS
                             state: LoopState, hooks: list[Hook]) -> None:
     started = time.perf_counter()
     metrics = evaluate(accelerator, parts.model, parts.val_loader, parts.label_names)
-    parts.model.train()
+    parts.train_mode(state.epoch)
     value = metrics.get(evals.metric)
     if value is None:
         raise GraftError(f"eval.metric = '{evals.metric}' is undefined on this validation set "
@@ -217,6 +226,11 @@ class _Window:
         out = {"loss": loss, "samples_per_s": self.samples / elapsed if elapsed > 0 else 0.0}
         self._reset()
         return out
+
+
+def _group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """The LR of each layer group (its decay and no-decay halves share one)."""
+    return {g.get("name", str(i)).partition("/")[0]: g["lr"] for i, g in enumerate(optimizer.param_groups)}
 
 
 def _budget_spent(state: LoopState, train: TrainSpec) -> bool:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, ReduceLROnPlateau
 
 from graft.recipe import OptimSpec, ScheduleSpec
+
+if TYPE_CHECKING:
+    from graft.strategy.plan import Plan
 
 NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.modules.batchnorm._NormBase, nn.RMSNorm)
 
@@ -26,18 +29,20 @@ def no_decay_names(model: nn.Module) -> set[str]:
     return names
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Trainable parameters split into decayed and not-decayed groups; frozen ones are left out."""
-    skip = no_decay_names(model)
-    decay, plain = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (plain if name in skip else decay).append(p)
-    groups = [
-        {"name": "decay", "params": decay, "weight_decay": weight_decay},
-        {"name": "no_decay", "params": plain, "weight_decay": 0.0},
-    ]
-    return [g for g in groups if g["params"]]
+def param_groups(root: nn.Module, plan: Plan, base_lr: float, weight_decay: float) -> list[dict[str, Any]]:
+    """One optimiser group per layer group and decay kind, at the group's LR, holding only parameters that train
+    at some point of the run (a parameter that never trains is never given to the optimiser)."""
+    skip = no_decay_names(root)
+    params = dict(root.named_parameters())
+    groups = []
+    for group in plan.groups:
+        lr = base_lr * plan.lr_scale[group.name]
+        for kind, decay in (("decay", weight_decay), ("no_decay", 0.0)):
+            chosen = [params[n] for n in group.params
+                      if plan.ever_trains(n) and (n in skip) == (kind == "no_decay")]
+            if chosen:
+                groups.append({"name": f"{group.name}/{kind}", "params": chosen, "weight_decay": decay, "lr": lr})
+    return groups
 
 
 def build_optimizer(groups: list[dict[str, Any]], spec: OptimSpec) -> torch.optim.Optimizer:

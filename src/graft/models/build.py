@@ -1,0 +1,173 @@
+"""One entry point for every model family: a Hugging Face classifier or a plain module, with its new head.
+
+Whatever the family, the result trains the same way: `model(**batch)` gives `.loss` and `.logits`, `root` is
+the module whose parameter names the recipe's groups and freeze rules use, and `head_modules` names the head.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from graft.errors import GraftError
+from graft.models.heads import HeadReport, build_head, find_output_layer, replace_head
+from graft.recipe import DataSpec, ModelSpec
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    """What the loop trains: a Hugging Face model or a `PlainClassifier`."""
+    processor: Any
+    """Tokenizer (text), image processor (HF images), or None (plain modules)."""
+    source: str
+    head: HeadReport
+    head_modules: list[str]
+    """Module names, relative to `root`, that make the head (trained from scratch, the last layer group)."""
+    new_keys: list[str] = field(default_factory=list)
+    """Parameters that start from a fresh initialisation."""
+    notes: list[str] = field(default_factory=list)
+    """What loading found (missing or unexpected checkpoint keys), one line each."""
+    input: dict[str, Any] = field(default_factory=dict)
+    """Images: `image_size` (h, w), `mean`, `std`."""
+    head_in_shape: list[int] = field(default_factory=list)
+
+    @property
+    def root(self) -> nn.Module:
+        return getattr(self.model, "net", self.model)
+
+
+def load_model(spec: ModelSpec, task: str, labels: list[str], data: DataSpec, *, scratch: bool = False) -> LoadedModel:
+    """The recipe's model with a head for `labels`; `scratch`: the same architecture, randomly initialised."""
+    if spec.is_factory:
+        return _load_plain(spec, labels, data, scratch)
+    return _load_hf(spec, task, labels, data, scratch)
+
+
+def _load_hf(spec: ModelSpec, task: str, labels: list[str], data: DataSpec, scratch: bool) -> LoadedModel:
+    from graft.models.groups import head_modules
+    from graft.models.hf import load_hf_classifier, set_labels, source_labels
+
+    if spec.head.pool != "none" or spec.head.input_from:
+        raise GraftError("model.head.pool / input_from: Hugging Face models pool their own features; declare "
+                         "batchnorm, dropout or hidden only, or use a plain module")
+    loaded = load_hf_classifier(spec.name, task, spec.revision, scratch=scratch)
+    model = loaded.model
+    modules = head_modules(model, "")
+    path = find_output_layer(model, spec.head.path, within=modules)
+    old = model.get_submodule(path)
+    # Rows can be copied only from a head that came from the checkpoint (not from a random one, nor in scratch).
+    head_loaded = not scratch and not any(k.startswith(path + ".") for k in loaded.missing)
+    known = (spec.source_labels or source_labels(model)) if head_loaded else None
+    head = build_head([old.in_features], len(labels), spec.head)
+    report = replace_head(model, path, head, labels, known)
+    set_labels(model, labels)
+    new_keys = sorted({f"{path}.{name}" for name, _ in head.named_parameters()} | set(loaded.missing))
+    elsewhere = [k for k in loaded.missing if not k.startswith(path + ".")]
+    notes = [f"not in the checkpoint, initialised fresh: {', '.join(elsewhere)}"] if elsewhere else []
+    return LoadedModel(model, loaded.processor, loaded.source, report, modules, new_keys, notes,
+                       _image_input(loaded.processor, data) if task == "image_classification" else {},
+                       [old.in_features])
+
+
+def _load_plain(spec: ModelSpec, labels: list[str], data: DataSpec, scratch: bool) -> LoadedModel:
+    from graft.models.plain import PlainClassifier, build_net, head_input_shape
+    from graft.models.weights import load_checkpoint
+
+    net = build_net(spec.name, spec.kwargs)
+    path = find_output_layer(net, spec.head.path)
+    notes, loaded_head = [], False
+    if spec.checkpoint is not None and not scratch:
+        report = load_checkpoint(net, spec.checkpoint, renames=spec.renames)
+        if not report.loaded:
+            raise GraftError(f"model.checkpoint {spec.checkpoint}: no tensor matches the model's parameters "
+                             f"({report.lines()[0]}); check model.name / model.kwargs, or map names with "
+                             f"model.renames")
+        in_head = [k for k in report.loaded if k.startswith(path + ".")]
+        loaded_head = bool(in_head)
+        notes = report.lines()
+    size = _pair(data.image_size)
+    if spec.head.input_from and (spec.head.input_from + ".").startswith(path + "."):
+        raise GraftError(f"model.head.input_from = {spec.head.input_from!r}: the head ({path}) cannot feed itself; "
+                         f"name a module before it (e.g. the last block)")
+    in_shape = head_input_shape(net, path, spec.head.input_from, size)
+    head = build_head(in_shape, len(labels), spec.head)
+    report_head = replace_head(net, path, head, labels, spec.source_labels if loaded_head else None)
+    model = PlainClassifier(net, path, spec.head.input_from)
+    new_keys = [n for n, _ in net.named_parameters() if n.startswith(path + ".")]
+    if spec.checkpoint is None or scratch:
+        new_keys = [n for n, _ in net.named_parameters()]
+    if data.mean is None or data.std is None:
+        raise GraftError("data.mean / data.std: a plain module needs the per-channel normalisation it was trained "
+                         "with (e.g. mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225])")
+    image = {"image_size": list(size), "mean": list(data.mean), "std": list(data.std)}
+    return LoadedModel(model, None, spec.name, report_head, [path], new_keys, notes, image, in_shape)
+
+
+@dataclass
+class TrainedModel:
+    model: nn.Module
+    processor: Any
+    labels: list[str]
+    input: dict[str, Any]
+
+
+def load_trained(folder: Path, task: str, data: DataSpec) -> TrainedModel:
+    """The final model of a graft run (`RUN_DIR/model`), Hugging Face or plain, for eval and predict; `data` is
+    the run's data section (image size and normalisation where the model folder has no image processor)."""
+    from graft.models import hf, plain
+
+    if plain.is_plain_dir(folder):
+        return _load_trained_plain(folder)
+    if not (folder / "config.json").is_file():
+        raise GraftError(f"{folder}: no saved model here (config.json missing); did the run finish?")
+    model, processor = hf.load_trained(folder, task)
+    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    image = _image_input(processor, data) if task == "image_classification" else {}
+    return TrainedModel(model, processor, labels, image)
+
+
+def _load_trained_plain(folder: Path) -> TrainedModel:
+    from safetensors.torch import load_file
+
+    from graft.models.plain import WEIGHTS_FILE, PlainClassifier, build_net, read_meta
+    from graft.recipe import HeadSpec
+
+    meta = read_meta(folder)
+    net = build_net(meta["factory"], meta["kwargs"])
+    head = build_head(meta["head_in_shape"], len(meta["labels"]), HeadSpec(**meta["head"]))
+    replace_head(net, meta["head_path"], head, meta["labels"], None)
+    net.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
+    model = PlainClassifier(net, meta["head_path"], meta["head"]["input_from"])
+    return TrainedModel(model, None, meta["labels"], meta["input"])
+
+
+def _image_input(processor: Any, data: DataSpec) -> dict[str, Any]:
+    """Input size and normalisation: the recipe's, else the model's image processor's."""
+    size = _pair(data.image_size) if data.image_size is not None else _processor_size(processor)
+    mean = data.mean or getattr(processor, "image_mean", None)
+    std = data.std or getattr(processor, "image_std", None)
+    if size is None or mean is None or std is None:
+        raise GraftError("data.image_size / mean / std: the model folder has no image processor to take them from; "
+                         "set them in the recipe")
+    return {"image_size": list(size), "mean": [float(m) for m in mean], "std": [float(s) for s in std]}
+
+
+def _processor_size(processor: Any) -> tuple[int, int] | None:
+    size = getattr(processor, "crop_size", None) or getattr(processor, "size", None)
+    if not size:
+        return None
+    if "height" in size:
+        return size["height"], size["width"]
+    if "shortest_edge" in size:
+        return size["shortest_edge"], size["shortest_edge"]
+    return None
+
+
+def _pair(size: int | tuple[int, int] | None) -> tuple[int, int]:
+    if size is None:
+        raise GraftError("data.image_size: set the input size (e.g. data.image_size: 32)")
+    return (size, size) if isinstance(size, int) else (size[0], size[1])

@@ -1,0 +1,1 @@
+"""What learns, from which epoch, how fast: strategies over layer groups."""

@@ -1,0 +1,148 @@
+"""Strategy × model family, each trained from a recipe: what trains, when, at which LR, and what stays put.
+
+For every pair the run keeps a checkpoint per epoch. The test works out on its own, from the strategy's
+definition, when each layer group should start training, and checks against the weights themselves: groups
+not yet trained are bit-identical to the pretrained weights (BatchNorm statistics included), trained ones moved.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import graft
+from graft.data.images import load_image_splits
+from graft.models.build import load_model
+from graft.recipe import load_recipe
+from tests.conftest import PLAIN_NETS, image_recipe, make_texts, tiny_recipe, write_csv
+
+EPOCHS = 3
+STRATEGIES = {
+    "full": {},
+    "discriminative": {},
+    "head_only": {"feature_cache": False},
+    "freeze": {"freeze_groups": 1},
+    "two_phase": {"phase_epochs": 1},
+    "gradual_unfreeze": {"unfreeze_every": 1},
+    "scratch": {},
+}
+PER_GROUP = {"discriminative", "two_phase", "gradual_unfreeze"}
+
+
+def expected_start(strategy: str, n_backbone: int, i: int) -> int | None:
+    """When backbone group i (0 = nearest the input) starts training, by the strategy's definition."""
+    if strategy in ("full", "discriminative", "scratch"):
+        return 0
+    if strategy == "head_only":
+        return None
+    if strategy == "freeze":
+        return None if i == 0 else 0
+    if strategy == "two_phase":
+        return 1
+    start = n_backbone - i  # gradual_unfreeze: top group after 1 epoch, the next after 2, ...
+    return start if start < EPOCHS else None
+
+
+@pytest.fixture(scope="module")
+def family_recipes(tmp_path_factory, tiny_bert, tiny_resnet, image_folder, plain_checkpoint):
+    texts = write_csv(tmp_path_factory.mktemp("text") / "train.csv", make_texts(60, seed=5))
+    return {
+        "tiny_bert": lambda run: tiny_recipe(tiny_bert, texts, run),
+        "hf_resnet": lambda run: image_recipe({"name": str(tiny_resnet)}, image_folder, run),
+        "plain_cnn": lambda run: image_recipe({"name": f"{PLAIN_NETS}:small_cnn", "checkpoint": str(plain_checkpoint)},
+                                              image_folder, run),
+    }
+
+
+@pytest.mark.parametrize("family", ["tiny_bert", "hf_resnet", "plain_cnn"])
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
+def test_strategy_on_family(strategy, family, family_recipes, tmp_path):
+    tree = family_recipes[family](tmp_path / "run")
+    tree["strategy"] = {"name": strategy, **STRATEGIES[strategy]}
+    tree["train"] = {**tree["train"], "epochs": EPOCHS}
+    tree["checkpoint"] = {"keep_last": 10}
+    tree["optim"] = {**tree["optim"], "weight_decay": 0.0}  # a parameter moves only through its gradient
+    recipe = load_recipe(tree)
+    initial, names = initial_state(recipe)
+    record = graft.train(recipe)
+    groups = record["groups"]
+    backbone = [g for g in groups if g["name"] != "head"]
+
+    # Groups cover every parameter once: their sizes add up to the model's own count.
+    assert groups[-1]["name"] == "head"
+    total = sum(initial[n].numel() for n in names)
+    assert sum(g["params"] for g in groups) == record["params"]["total"] == total
+
+    # The plan is the strategy's definition.
+    starts = [expected_start(strategy, len(backbone), i) for i in range(len(backbone))] + [0]
+    assert [g["from_epoch"] for g in groups] == starts
+    assert record["params"]["trainable"] == sum(g["params"] for g, s in zip(groups, starts, strict=True)
+                                                if s is not None)
+
+    # LR ratios between groups, as the optimiser actually had them.
+    lrs = next(h for h in record["metrics"]["history"] if h["split"] == "train")["lr"]
+    trained = [g["name"] for g, s in zip(groups, starts, strict=True) if s is not None]
+    assert list(lrs) == trained  # groups that never train are not in the optimiser
+    decay, head_mult = (2.6, 10.0) if strategy in PER_GROUP else (1.0, 1.0)
+    for lower, upper in itertools.pairwise(trained[:-1]):
+        assert lrs[upper] / lrs[lower] == pytest.approx(decay)
+    if len(trained) > 1:
+        assert lrs["head"] / lrs[trained[-2]] == pytest.approx(head_mult)
+
+    # After each epoch: groups not yet trained are bit-identical to the start, trained ones have moved.
+    checkpoints = sorted((tmp_path / "run" / "checkpoints").glob("step-*"))
+    assert len(checkpoints) == EPOCHS
+    for epoch, ckpt in enumerate(checkpoints, start=1):
+        weights = load_file(str(ckpt / "model.safetensors"))
+        for group, start in zip(groups, starts, strict=True):
+            keys = _group_keys(group["name"], weights, recipe)
+            assert keys, group["name"]
+            moved = [k for k in keys if not torch.equal(weights[k], initial[k])]
+            if start is None or start >= epoch:
+                assert moved == [], f"epoch {epoch}: {group['name']} should be frozen"
+            else:
+                assert moved, f"epoch {epoch}: {group['name']} should have trained"
+
+
+def initial_state(recipe) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The weights a run starts from, built the way train() builds them (same seed), and the parameter names."""
+    from accelerate.utils import set_seed
+
+    from graft.pipeline import _load_splits
+
+    set_seed(recipe.train.seed)
+    labels = _load_splits(recipe).labels
+    loaded = load_model(recipe.model, recipe.task, labels, recipe.data, scratch=recipe.strategy.name == "scratch")
+    state = {k: v.detach().clone() for k, v in loaded.model.state_dict().items()}
+    return state, [n for n, _ in loaded.model.named_parameters()]
+
+
+def _group_keys(group: str, weights: dict[str, torch.Tensor], recipe) -> list[str]:
+    """State keys (parameters and buffers) of a group, by its module path; the head by the model's head modules."""
+    plain = recipe.model.is_factory
+    if group == "head":
+        heads = ["net.fc"] if plain else (["classifier"] if recipe.task == "image_classification" else
+                                          ["classifier", "dropout"])
+        return [k for k in weights if any(k.startswith(h + ".") for h in heads)]
+    prefix = f"net.{group}." if plain else f"{group}."
+    nested = [k for k in weights if k.startswith(prefix)]
+    if group.endswith(("encoder", "transformer")):  # the owner of the block list holds only what is outside it
+        return []
+    return nested
+
+
+def test_run_record_lists_groups(tmp_path, family_recipes):
+    record = graft.train(load_recipe(family_recipes["plain_cnn"](tmp_path / "run")))
+    saved = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert [g["name"] for g in saved["groups"]] == ["conv1", "bn1", "block1", "block2", "head"]
+    assert saved["groups"] == record["groups"]
+    assert all(set(g) == {"name", "params", "trainable", "from_epoch", "lr"} for g in saved["groups"])
+
+
+def test_image_splits_fixture_is_what_the_matrix_trains_on(image_folder):
+    splits = load_image_splits(image_folder, None, None, split=(0.7, 0.15, 0.15), seed=0)
+    assert splits.labels == ["blue", "green", "red"] and len(splits.train) == 30
