@@ -42,8 +42,9 @@ def train(
 @app.command("eval")
 def eval_(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by `graft train`.", metavar="RUN_DIR")],
-    data: Annotated[Path | None, typer.Option(help="A labelled file (same columns as the recipe); "
-                                                   "default: the run's own test split.")] = None,
+    data: Annotated[Path | None, typer.Option(help="A labelled file (same columns as the recipe), or for images a "
+                                                   "folder of class folders; default: the run's own test split.")
+                    ] = None,
     output: Annotated[Path | None, typer.Option(help="Also write the metrics as JSON here.")] = None,
 ) -> None:
     """Metrics of a trained run on a dataset: accuracy, F1, per-class table, confusion matrix."""
@@ -58,13 +59,14 @@ def eval_(
 @app.command()
 def predict(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by `graft train`.", metavar="RUN_DIR")],
-    input: Annotated[str, typer.Argument(help="A file (csv, tsv, json, jsonl, parquet, txt) or - for stdin, "
-                                              "one text per line.", metavar="INPUT")],
+    input: Annotated[str, typer.Argument(help="Texts: a file (csv, tsv, json, jsonl, parquet, txt) or - for stdin, "
+                                              "one text per line. Images: an image, a folder of images, a table "
+                                              "with the image column, or - for paths on stdin.", metavar="INPUT")],
     output: Annotated[Path | None, typer.Option(
         help="Write here: .csv/.tsv get a column per label, anything else JSON lines. Default: JSON lines on stdout.",
     )] = None,
 ) -> None:
-    """Labels and probabilities for new texts."""
+    """Labels and probabilities for new texts or images."""
     from graft.pipeline import predict_run
 
     rows = predict_run(run_dir, input, output)

@@ -75,11 +75,18 @@ def train(recipe: Recipe | str | Path | dict[str, Any], *, overrides: tuple[str,
     root = loaded.root
     plan = make_plan(root, layer_groups(root, loaded.head_modules, recipe.model.groups), loaded.head_modules,
                      recipe.strategy, recipe.train.epochs)
+    cached = plan.backbone_frozen_throughout and recipe.strategy.feature_cache
+    if cached and recipe.task == "image_classification" and recipe.data.augment.enabled:
+        say("augmentation: off, the feature cache needs fixed inputs (strategy.feature_cache: false to augment)")
+    # Data is read (images decoded) before the run directory is touched: a bad file leaves nothing behind.
+    train_loader, val_loader, test_loader, notes = _loaders(recipe, splits, loaded, augment=not cached)
+    for note in notes:
+        say(f"warning: {note}")
+    splits.warnings.extend(notes)
     previous = claim_run_dir(accelerator, recipe, overwrite and not resume)
-    train_loader, val_loader, test_loader = _loaders(recipe, splits, loaded)
 
     model, trained, cache_note, cache_s = loaded.model, loaded.model, None, 0.0
-    if plan.backbone_frozen_throughout and recipe.strategy.feature_cache:
+    if cached:
         cache_started = time.perf_counter()
         trained, train_loader, val_loader, cache_note = _feature_cache(loaded, train_loader, val_loader,
                                                                       accelerator.device)
@@ -190,9 +197,10 @@ def evaluate_run(run_dir: Path | str, data: Path | str | None = None) -> dict[st
     if data is None:
         split = _load_splits(run.recipe).test
     elif run.recipe.task == "image_classification":
-        from graft.data.images import labelled_folder
+        from graft.data.images import labelled_images
 
-        split = labelled_folder(Path(data), run.labels)
+        d = run.recipe.data
+        split = labelled_images(Path(data), run.labels, d.image_column, d.label_column)
     else:
         from graft.data import load_labelled_file
 
@@ -203,26 +211,34 @@ def evaluate_run(run_dir: Path | str, data: Path | str | None = None) -> dict[st
 
 
 def predict_run(run_dir: Path | str, source: str, output: Path | str | None = None) -> list[dict[str, Any]]:
-    """Labels and probabilities for each text of `source` (a file, or '-' for stdin lines).
+    """Labels and probabilities for each input of `source`: texts (a file, or '-' for stdin lines) or, for an image
+    run, images (a file, a folder searched recursively, a table with the image column, or '-' for paths on stdin).
 
     With `output`, rows are written there (CSV/TSV by suffix, else JSON lines), atomically.
     """
-    import datasets
-
-    from graft.data import read_unlabelled_texts
     from graft.evaluation.metrics import softmax
     from graft.evaluation.predictions import collect_logits
 
     run = _open_run(Path(run_dir))
-    if run.recipe.task != "text_classification":
-        raise GraftError(f"graft predict: {run_dir} is an {run.recipe.task} run; predict takes texts so far "
-                         f"(use graft eval RUN_DIR --data FOLDER for images)")
-    texts = read_unlabelled_texts(source, text_column=run.recipe.data.text_column)
-    logits, _ = collect_logits(*_batches(run, datasets.Dataset.from_dict({"text": texts})))
-    probs = softmax(logits) if len(texts) else np.zeros((0, len(run.labels)))
-    rows = [{"text": t, "label": run.labels[int(row.argmax())], "score": float(row.max()),
+    if run.recipe.task == "image_classification":
+        from graft.data.images import ImageSet, unlabelled_images
+
+        key = "image"
+        paths = unlabelled_images(source, image_column=run.recipe.data.image_column)
+        inputs, split = [str(p) for p in paths], ImageSet(paths, None)
+    else:
+        import datasets
+
+        from graft.data import read_unlabelled_texts
+
+        key = "text"
+        inputs = read_unlabelled_texts(source, text_column=run.recipe.data.text_column)
+        split = datasets.Dataset.from_dict({"text": inputs})
+    logits, _ = collect_logits(*_batches(run, split))
+    probs = softmax(logits) if len(inputs) else np.zeros((0, len(run.labels)))
+    rows = [{key: x, "label": run.labels[int(row.argmax())], "score": float(row.max()),
              "probabilities": {name: float(v) for name, v in zip(run.labels, row, strict=True)}}
-            for t, row in zip(texts, probs, strict=True)]
+            for x, row in zip(inputs, probs, strict=True)]
     if output is not None:
         write_predictions(rows, Path(output), run.labels)
     return rows
@@ -257,36 +273,61 @@ def _batches(run: _TrainedRun, split: Any) -> tuple[Accelerator, nn.Module, Data
     return accelerator, model, loader
 
 
-def _loaders(recipe: Recipe, splits: Any, loaded: LoadedModel) -> tuple[DataLoader, DataLoader, DataLoader]:
-    """Training batches (shuffled per epoch, seeded) and in-order validation and test batches."""
-    t = recipe.train
+def _loaders(recipe: Recipe, splits: Any, loaded: LoadedModel,
+             augment: bool) -> tuple[DataLoader, DataLoader, DataLoader, list[str]]:
+    """Training batches (shuffled per epoch, seeded; images augmented when `augment` and the recipe says so) and
+    in-order validation and test batches; and what was left out on the way (unreadable images)."""
+    t, notes = recipe.train, []
     eval_batch = t.eval_batch_size or t.batch_size
-    val, test = (_eval_loader(recipe, getattr(splits, n), loaded.processor, loaded.input, eval_batch)
+    val, test = (_eval_loader(recipe, getattr(splits, n), loaded.processor, loaded.input, eval_batch, notes, n)
                  for n in ("validation", "test"))
     if recipe.task == "image_classification":
-        from graft.data.images import decode_images
         from graft.tasks import image
+        from graft.tasks.augment import Augment
 
-        images = image.ImageTensors(decode_images(splits.train.paths, tuple(loaded.input["image_size"])),
-                                    splits.train.labels)
+        size = tuple(loaded.input["image_size"])
+        aug = recipe.data.augment
+        augmenter = Augment(size, aug.crop_scale, aug.crop_ratio, aug.hflip, aug.rotation, aug.color_jitter,
+                                  t.seed) if augment and aug.enabled else None
+        images = _image_tensors(splits.train, size, recipe.data.bad_images, "train", notes,
+                                square_source=augmenter is not None)
         train = image.train_loader(images, t.batch_size, t.seed, loaded.input["mean"], loaded.input["std"],
-                                   t.num_workers)
+                                   t.num_workers, augmenter)
     else:
         from graft.tasks import text
 
         tokenized = text.tokenize(splits.train, loaded.processor, recipe.model.max_length)
         train = text.train_loader(tokenized, loaded.processor, t.batch_size, t.seed, recipe.data.group_by_length,
                                   t.num_workers)
-    return train, val, test
+    return train, val, test, notes
 
 
-def _eval_loader(recipe: Recipe, split: Any, processor: Any, image_input: dict[str, Any],
-                 batch_size: int) -> DataLoader:
+def _image_tensors(split: Any, size: tuple[int, ...], bad_images: str, name: str, notes: list[str],
+                   square_source: bool = False) -> Any:
+    """A split's images decoded once into memory; unreadable files stop the run or are left out (and noted)."""
+    from graft.data.checks import plural, shown
+    from graft.data.images import decode_images
+    from graft.tasks.image import ImageTensors
+
+    decoded = decode_images(split.paths, (size[0], size[1]), skip_bad=bad_images == "skip",
+                            square_source=square_source)
+    if decoded.bad:
+        if not decoded.kept and len(split.paths):
+            raise GraftError(f"data.{name}: none of its {len(split.paths)} images can be read (e.g. "
+                             f"{decoded.bad[0]}); check the files")
+        notes.append(f"data.{name}: left out {plural(len(decoded.bad), 'unreadable image')} "
+                     f"({shown(decoded.bad, 3)}; data.bad_images: skip)")
+    labels = None if split.labels is None else [split.labels[i] for i in decoded.kept]
+    return ImageTensors(decoded.pixels, labels)
+
+
+def _eval_loader(recipe: Recipe, split: Any, processor: Any, image_input: dict[str, Any], batch_size: int,
+                 notes: list[str] | None = None, name: str = "test") -> DataLoader:
     if recipe.task == "image_classification":
-        from graft.data.images import decode_images
         from graft.tasks import image
 
-        images = image.ImageTensors(decode_images(split.paths, tuple(image_input["image_size"])), split.labels)
+        bad = recipe.data.bad_images if notes is not None else "error"
+        images = _image_tensors(split, tuple(image_input["image_size"]), bad, name, notes if notes is not None else [])
         return image.eval_loader(images, batch_size, image_input["mean"], image_input["std"],
                                  recipe.train.num_workers)
     from graft.tasks import text
@@ -304,9 +345,10 @@ def write_predictions(rows: list[dict[str, Any]], path: Path, labels: list[str])
     with tmp.open("w", newline="", encoding="utf-8") as f:
         if path.suffix.lower() in (".csv", ".tsv"):
             w = csv.writer(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
-            w.writerow(["text", "label", "score", *(f"p_{name}" for name in labels)])
+            key = next(iter(rows[0])) if rows else "text"  # `text` or `image`
+            w.writerow([key, "label", "score", *(f"p_{name}" for name in labels)])
             for r in rows:
-                w.writerow([r["text"], r["label"], r["score"], *(r["probabilities"][n] for n in labels)])
+                w.writerow([r[key], r["label"], r["score"], *(r["probabilities"][n] for n in labels)])
         else:
             for r in rows:
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
@@ -350,7 +392,8 @@ def _load_splits(recipe: Recipe) -> Any:
     if recipe.task == "image_classification":
         from graft.data.images import load_image_splits
 
-        return load_image_splits(d.train, d.validation, d.test, split=d.split, seed=recipe.train.seed)
+        return load_image_splits(d.train, d.validation, d.test, split=d.split, seed=recipe.train.seed,
+                                 image_column=d.image_column, label_column=d.label_column, leakage=d.leakage)
     from graft.data import load_text_splits
 
     return load_text_splits(d.train, d.validation, d.test, text_column=d.text_column, label_column=d.label_column,

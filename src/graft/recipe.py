@@ -76,6 +76,33 @@ class ModelSpec(Section):
         return ":" in self.name and not Path(self.name).is_dir()
 
 
+class AugmentSpec(Section):
+    """Train-time random augmentation of images, each part on or off (validation and test are never augmented).
+    Off for the whole run when the frozen-backbone feature cache is used: the cache needs fixed inputs."""
+
+    crop_scale: tuple[Annotated[float, Field(gt=0, le=1)], Annotated[float, Field(gt=0, le=1)]] | None = (0.35, 1.0)
+    """Random resized crop: the crop's share of the (resized) image's area, [min, max]; null: centre crop only."""
+    crop_ratio: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] = (0.75, 4 / 3)
+    """The crop's aspect ratio range (width / height)."""
+    hflip: bool = True
+    """Mirror half of the images left to right (turn off when left and right mean different things)."""
+    rotation: Annotated[float, Field(ge=0, le=180)] = 0.0
+    """Rotate by up to this many degrees either way; 0: no rotation."""
+    color_jitter: Fraction = 0.0
+    """Scale brightness, contrast and saturation each by a random factor in [1 - j, 1 + j]; 0: none."""
+
+    @field_validator("crop_scale", "crop_ratio")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and v[0] > v[1]:
+            raise ValueError("must be [min, max] with min <= max")
+        return v
+
+    @property
+    def enabled(self) -> bool:
+        return self.crop_scale is not None or self.hflip or self.rotation > 0 or self.color_jitter > 0
+
+
 class DataSpec(Section):
     train: Path
     validation: Path | None = None
@@ -95,6 +122,11 @@ class DataSpec(Section):
     mean: tuple[float, float, float] | None = None
     """Images: per-channel normalisation; Hugging Face models default to their image processor's."""
     std: tuple[float, float, float] | None = None
+    image_column: str = "image"
+    """Images listed in a CSV/JSON/Parquet file: the column of image paths (relative to that file's folder)."""
+    bad_images: Literal["error", "skip"] = "error"
+    """An unreadable or truncated image file: stop and list them, or leave them out and say how many."""
+    augment: AugmentSpec = AugmentSpec()
 
     @field_validator("split")
     @classmethod

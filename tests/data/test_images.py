@@ -104,10 +104,17 @@ def test_given_folders_are_used_as_they_are(tmp_path: Path) -> None:
     train = class_folder(tmp_path / "train", {"cat": 3, "dog": 3})
     class_folder(tmp_path / "test", {"cat": 1, "dog": 1})
     holdout = class_folder(tmp_path / "holdout", {"dog": 2})
-    splits = load(train, holdout, holdout)
-    assert splits.sources == {"train": "train/", "validation": "holdout/", "test": "holdout/"}
+    final = class_folder(tmp_path / "final", {"dog": 2})
+    splits = load(train, holdout, final)
+    assert splits.sources == {"train": "train/", "validation": "holdout/", "test": "final/"}
     assert len(splits.train) == 6
     assert splits.validation.labels == splits.test.labels == [1, 1]
+
+
+def test_one_folder_as_validation_and_test_is_leakage(tmp_path: Path) -> None:
+    train = class_folder(tmp_path / "train", {"cat": 3, "dog": 3})
+    holdout = class_folder(tmp_path / "holdout", {"dog": 2})
+    assert error_of(load, train, holdout, holdout).startswith("holdout/: 2 images also in holdout/")
 
 
 # Carving
@@ -196,19 +203,70 @@ def test_a_class_too_small_to_carve(tmp_path: Path) -> None:
     assert message.startswith("images/: class 'dog' has 2 examples; a stratified 70/15/15 split needs at least 3")
 
 
-def test_a_truncated_jpeg_is_named(tmp_path: Path) -> None:
+def test_unreadable_images_are_all_named_in_one_line(tmp_path: Path) -> None:
     whole, _ = write_image(tmp_path / "whole", "jpg", size=(32, 32))
     broken = tmp_path / "broken.jpg"
-    broken.write_bytes(whole.read_bytes()[:100])
-    message = error_of(decode_images, [whole, broken], (32, 32))
-    assert message.startswith(f"{broken}: cannot read the image (")
-    assert message.endswith("); remove or replace the file")
-
-
-def test_a_file_that_is_not_an_image_is_named(tmp_path: Path) -> None:
+    broken.write_bytes(whole.read_bytes()[:100])  # truncated: fails only when the pixels are read
     fake = tmp_path / "fake.png"
     fake.write_text("not a png")
-    assert error_of(decode_images, [fake], (8, 8)).startswith(f"{fake}: cannot read the image")
+    message = error_of(decode_images, [whole, broken, fake], (32, 32))
+    assert message.startswith(f"2 unreadable images: {broken} (")
+    assert f", {fake} (" in message
+    assert message.endswith("remove or replace the files, or set data.bad_images: skip to leave them out")
+
+
+def test_unreadable_images_can_be_skipped(tmp_path: Path) -> None:
+    paths = [write_image(tmp_path / f"{i}", "png", size=(8, 8), seed=i)[0] for i in range(3)]
+    paths[1].write_bytes(b"garbage")
+    decoded = decode_images(paths, (8, 8), skip_bad=True)
+    assert decoded.kept == [0, 2] and decoded.pixels.shape == (2, 3, 8, 8)
+    assert len(decoded.bad) == 1 and decoded.bad[0].startswith(str(paths[1]))
+    assert torch.equal(decoded.pixels[1], decode_images([paths[2]], (8, 8)).pixels[0])
+
+
+def test_square_source_keeps_the_whole_resized_square(tmp_path: Path) -> None:
+    Image.new("RGB", (200, 100), (1, 2, 3)).save(tmp_path / "wide.png")
+    decoded = decode_images([tmp_path / "wide.png"], (64, 64), square_source=True)
+    assert decoded.pixels.shape == (1, 3, 73, 73)  # round(64 / 0.875): random crops are drawn from it later
+
+
+# Image lists
+
+
+def test_a_csv_of_image_paths_is_a_split(tmp_path: Path) -> None:
+    for i in range(6):
+        write_image(tmp_path / "pics" / f"{i}", "png", size=(8, 8), seed=i)
+    rows = "\n".join(f"pics/{i}.png,{'cat' if i % 2 else 'dog'}" for i in range(6))
+    (tmp_path / "list.csv").write_text(f"file,kind\n{rows}\n")
+    splits = load_image_splits(tmp_path / "list.csv", None, None, split=(0.5, 0.0, 0.5), seed=0,
+                               image_column="file", label_column="kind")
+    assert splits.labels == ["cat", "dog"]
+    assert len(splits.train) + len(splits.test) == 6
+    assert all(path.is_file() and path.parent == tmp_path / "pics" for path in splits.train.paths)
+
+
+def test_a_missing_listed_image_is_named_with_its_row(tmp_path: Path) -> None:
+    write_image(tmp_path / "a", "png", size=(8, 8))
+    (tmp_path / "list.csv").write_text("image,label\na.png,x\nnope.png,y\n")
+    message = error_of(load_image_splits, tmp_path / "list.csv", None, None, split=(0.7, 0.15, 0.15), seed=0)
+    assert message == (f"list.csv: 1 image file not found (row 2: nope.png); paths are relative to {tmp_path}, "
+                       f"fix them or remove those rows")
+
+
+def test_a_wrong_image_column_names_the_field(tmp_path: Path) -> None:
+    (tmp_path / "list.csv").write_text("path,label\na.png,x\n")
+    message = error_of(load_image_splits, tmp_path / "list.csv", None, None, split=(0.7, 0.15, 0.15), seed=0)
+    assert "data.image_column" in message and "'image'" in message
+
+
+def test_an_image_listed_in_train_and_test_is_leakage(tmp_path: Path) -> None:
+    for i in range(4):
+        write_image(tmp_path / f"{i}", "png", size=(8, 8), seed=i)
+    (tmp_path / "train.csv").write_text("image,label\n0.png,a\n1.png,b\n2.png,a\n3.png,b\n")
+    (tmp_path / "test.csv").write_text("image,label\n2.png,a\n")
+    message = error_of(load_image_splits, tmp_path / "train.csv", None, tmp_path / "test.csv",
+                       split=(0.7, 0.15, 0.15), seed=0)
+    assert "also in" in message and "data.leakage" in message
 
 
 # Decoding
@@ -216,27 +274,27 @@ def test_a_file_that_is_not_an_image_is_named(tmp_path: Path) -> None:
 
 def test_decode_gives_uint8_nchw(tmp_path: Path) -> None:
     paths = [write_image(tmp_path / f"{i}", kind, size=(12, 10), seed=i)[0] for i, kind in enumerate(KINDS)]
-    images = decode_images(paths, (8, 8))
+    images = decode_images(paths, (8, 8)).pixels
     assert images.dtype == torch.uint8
     assert images.shape == (4, 3, 8, 8)
-    assert decode_images([], (8, 8)).shape == (0, 3, 8, 8)
+    assert decode_images([], (8, 8)).pixels.shape == (0, 3, 8, 8)
 
 
 def test_no_resize_is_bit_exact(tmp_path: Path) -> None:
     path, pixels = write_image(tmp_path / "rgb", "png", size=(32, 32))
-    image = decode_images([path], (32, 32))[0]
+    image = decode_images([path], (32, 32)).pixels[0]
     assert torch.equal(image, torch.from_numpy(pixels).permute(2, 0, 1))
 
 
 def test_jpeg_decodes_to_what_pil_reads(tmp_path: Path) -> None:
     path, _ = write_image(tmp_path / "photo", "jpg", size=(32, 32))
     expected = np.array(Image.open(path).convert("RGB"))  # JPEG is lossy: compare with the decoded file
-    assert torch.equal(decode_images([path], (32, 32))[0], torch.from_numpy(expected).permute(2, 0, 1))
+    assert torch.equal(decode_images([path], (32, 32)).pixels[0], torch.from_numpy(expected).permute(2, 0, 1))
 
 
 def test_greyscale_becomes_three_equal_channels(tmp_path: Path) -> None:
     path, pixels = write_image(tmp_path / "grey", "grey", size=(16, 16))
-    image = decode_images([path], (16, 16))[0]
+    image = decode_images([path], (16, 16)).pixels[0]
     for channel in image:
         assert torch.equal(channel, torch.from_numpy(pixels))
 
@@ -248,7 +306,7 @@ def test_transparency_is_composited_onto_white(tmp_path: Path) -> None:
     rgba[1, 0] = (0, 0, 0, 128)  # half black over white
     rgba[1, 1] = (200, 100, 0, 255)
     Image.fromarray(rgba, "RGBA").save(tmp_path / "alpha.png")
-    image = decode_images([tmp_path / "alpha.png"], (2, 2))[0].permute(1, 2, 0)
+    image = decode_images([tmp_path / "alpha.png"], (2, 2)).pixels[0].permute(1, 2, 0)
     assert image[0, 0].tolist() == [10, 20, 30]
     assert image[0, 1].tolist() == [255, 255, 255]
     assert image[1, 0].tolist() == [127, 127, 127]
@@ -257,14 +315,14 @@ def test_transparency_is_composited_onto_white(tmp_path: Path) -> None:
 
 def test_centre_crop_of_a_wide_image(tmp_path: Path) -> None:
     path, pixels = write_image(tmp_path / "wide", "png", size=(40, 24))  # 40 wide, 24 high
-    image = decode_images([path], (24, 24))[0]
+    image = decode_images([path], (24, 24)).pixels[0]
     # The shorter side is already 24: no resize, just the middle 24 columns (8 cut from each side).
     assert torch.equal(image, torch.from_numpy(pixels[:, 8:32]).permute(2, 0, 1))
 
 
 def test_small_crops_resize_the_shorter_side_to_the_crop(tmp_path: Path) -> None:
     path, pixels = write_image(tmp_path / "wide", "png", size=(40, 24))
-    image = decode_images([path], (12, 12))[0]
+    image = decode_images([path], (12, 12)).pixels[0]
     # 40x24 -> 20x12 (shorter side to the crop, nothing upscaled past it), then the middle 12 of 20 columns.
     resized = np.array(Image.fromarray(pixels).resize((20, 12), Image.Resampling.BILINEAR))
     assert torch.equal(image, torch.from_numpy(resized[:, 4:16]).permute(2, 0, 1))
@@ -272,7 +330,7 @@ def test_small_crops_resize_the_shorter_side_to_the_crop(tmp_path: Path) -> None
 
 def test_large_crops_use_the_eval_resize_ratio(tmp_path: Path) -> None:
     Image.new("RGB", (100, 80), (40, 80, 120)).save(tmp_path / "flat.png")
-    image = decode_images([tmp_path / "flat.png"], (64, 64))[0]
+    image = decode_images([tmp_path / "flat.png"], (64, 64)).pixels[0]
     assert image.shape == (3, 64, 64)
     assert image[:, 0, 0].tolist() == [40, 80, 120] and image.unique().tolist() == [40, 80, 120]
 
@@ -280,7 +338,7 @@ def test_large_crops_use_the_eval_resize_ratio(tmp_path: Path) -> None:
 @pytest.mark.parametrize("size", [(16, 24), (24, 16)])
 def test_non_square_crop_sizes(tmp_path: Path, size: tuple[int, int]) -> None:
     path, _ = write_image(tmp_path / "odd", "jpg", size=(40, 24))
-    assert decode_images([path], size).shape == (1, 3, *size)
+    assert decode_images([path], size).pixels.shape == (1, 3, *size)
 
 
 def test_folders_with_the_same_name_are_shown_by_path(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+import graft
 from graft.cli import app
 from graft.errors import GraftError
 from tests.conftest import PLAIN_NETS, image_recipe, make_images
@@ -51,3 +52,90 @@ def test_eval_on_a_folder_with_an_unknown_class_is_one_line(tmp_path, image_fold
     assert isinstance(result.exception, GraftError)  # graft's main() prints it as one line, exit code 2
     message = str(result.exception)
     assert "\n" not in message and "purple" in message and str(holdout) in message
+
+
+def _tiny_hf(kind: str, path):
+    import torch
+    from transformers import ConvNextConfig, ConvNextForImageClassification, ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    if kind == "vit":
+        model = ViTForImageClassification(ViTConfig(image_size=16, patch_size=8, hidden_size=16, num_hidden_layers=2,
+                                                    num_attention_heads=2, intermediate_size=32))
+    else:
+        model = ConvNextForImageClassification(ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2))
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["vit", "convnext"])
+def test_hf_vision_models_train_with_augmentation_and_reload(kind, tmp_path, image_folder):
+    model = {"name": str(_tiny_hf(kind, tmp_path / kind))}
+    augment = {"crop_scale": [0.5, 1.0], "hflip": True, "rotation": 15, "color_jitter": 0.2}
+    record = graft.train(image_recipe(model, image_folder, tmp_path / "run", strategy={"name": "two_phase"},
+                                      data={"augment": augment}))
+    assert record["status"] == "completed"
+    assert record["groups"][-1]["from_epoch"] == 0 and record["groups"][0]["from_epoch"] == 1
+    again = graft.evaluate(tmp_path / "run")
+    assert again["loss"] == pytest.approx(record["metrics"]["test"]["loss"], rel=1e-5)
+
+
+def _image_list(tmp_path, image_folder, broken: bool):
+    rows = [f"{p},{p.parent.name}" for p in sorted(image_folder.rglob("*.png"))]
+    if broken:
+        bad = tmp_path / "broken.png"
+        bad.write_bytes(b"\x89PNG not really")
+        rows.insert(3, f"{bad},red")
+    listing = tmp_path / "images.csv"
+    listing.write_text("image,label\n" + "\n".join(rows) + "\n")
+    return listing
+
+
+def test_an_image_list_with_an_unreadable_file_can_skip_it(tmp_path, image_folder, plain_checkpoint):
+    model = {"name": f"{PLAIN_NETS}:small_cnn", "checkpoint": str(plain_checkpoint)}
+    listing = _image_list(tmp_path, image_folder, broken=True)
+    recipe = image_recipe(model, listing, tmp_path / "run", train={"epochs": 1}, data={"bad_images": "skip"})
+    record = graft.train(recipe)
+    assert record["status"] == "completed"
+    skipped = [w for w in record["data"]["warnings"] if "unreadable image" in w]
+    assert len(skipped) == 1 and "broken.png" in skipped[0] and "left out 1 unreadable image" in skipped[0]
+
+
+def test_an_unreadable_image_stops_the_run_before_its_directory_exists(tmp_path, image_folder, plain_checkpoint):
+    model = {"name": f"{PLAIN_NETS}:small_cnn", "checkpoint": str(plain_checkpoint)}
+    listing = _image_list(tmp_path, image_folder, broken=True)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(image_recipe(model, listing, tmp_path / "run", train={"epochs": 1})))
+    result = CliRunner().invoke(app, ["train", str(recipe)])
+    assert isinstance(result.exception, GraftError)
+    message = str(result.exception)
+    assert "\n" not in message and "broken.png" in message and "data.bad_images: skip" in message
+    assert not (tmp_path / "run").exists()
+
+
+def test_predict_on_a_folder_of_images(tmp_path, image_folder, plain_checkpoint):
+    model = {"name": f"{PLAIN_NETS}:small_cnn", "checkpoint": str(plain_checkpoint)}
+    graft.train(image_recipe(model, image_folder, tmp_path / "run", train={"epochs": 1}))
+    new = make_images(tmp_path / "new", per_class=2, seed=21)
+    result = CliRunner().invoke(app, ["predict", str(tmp_path / "run"), str(new), "--output", str(tmp_path / "p.csv")])
+    assert result.exit_code == 0, result.output
+    lines = (tmp_path / "p.csv").read_text().splitlines()
+    labels = json.loads((tmp_path / "run" / "run.json").read_text())["data"]["labels"]
+    assert lines[0] == ",".join(["image", "label", "score", *(f"p_{n}" for n in labels)])
+    assert len(lines) == 1 + 2 * len(labels)
+    rows = graft.predict(tmp_path / "run", str(sorted(new.rglob("*.png"))[0]))
+    assert len(rows) == 1 and rows[0]["label"] in labels
+    assert sum(rows[0]["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_resumed_augmented_image_run_equals_an_uninterrupted_one(tmp_path, image_folder, plain_checkpoint):
+    from tests.e2e.test_resume import StopAt, assert_identical, weights
+
+    model = {"name": f"{PLAIN_NETS}:small_cnn", "checkpoint": str(plain_checkpoint)}
+    sections = {"data": {"augment": {"rotation": 20, "color_jitter": 0.3}}, "checkpoint": {"every_steps": 2}}
+    graft.train(image_recipe(model, image_folder, tmp_path / "whole", **sections))
+    broken = image_recipe(model, image_folder, tmp_path / "broken", **sections)
+    with pytest.raises(KeyboardInterrupt):
+        graft.train(broken, hooks=[StopAt(5)])
+    graft.train(broken, resume=True)
+    assert_identical(weights(tmp_path / "whole"), weights(tmp_path / "broken"))

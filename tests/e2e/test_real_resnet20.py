@@ -44,7 +44,7 @@ def test_pretrained_resnet20_classifies_cifar10_mini_before_fine_tuning():
     assert splits.labels == CIFAR10 and len(splits.test) == 500
     loaded = load_model(spec, "image_classification", splits.labels, DataSpec(train=MINI, image_size=32, **IMAGENET))
     assert loaded.head.copied == CIFAR10  # every class known: the new head is the pretrained one
-    images = ImageTensors(decode_images(splits.test.paths, (32, 32)), splits.test.labels)
+    images = ImageTensors(decode_images(splits.test.paths, (32, 32)).pixels, splits.test.labels)
     accelerator = Accelerator(cpu=True)
     metrics = evaluate(accelerator, loaded.model, eval_loader(images, 100, **IMAGENET), splits.labels)
     print(f"ResNet-20 on cifar10-mini/test before fine-tuning: accuracy {metrics['accuracy']:.3f} "

@@ -26,6 +26,8 @@ class Labelled:
     texts: list[str]
     labels: list[str]
     rows: list[int]
+    noun: str = "text"
+    """What `texts` hold, for messages: `text`, or `image` when they are image paths."""
 
     def select(self, keep: Sequence[int]) -> Labelled:
         """The examples at positions `keep`, in that order."""
@@ -188,13 +190,13 @@ def check_leakage(earlier: Labelled, later: Labelled, mode: str) -> tuple[Labell
         return later, []
     first = hits[0]
     example = f"{later.name} row {later.rows[first]} = {earlier.name} row {seen[normalize_text(later.texts[first])]}"
-    found = f"{plural(len(hits), 'text')} also in {earlier.name} (e.g. {example})"
+    found = f"{plural(len(hits), later.noun)} also in {earlier.name} (e.g. {example})"
     if mode == "error":
         raise GraftError(f"{later.name}: {found}; remove them or set data.leakage: drop")
     if mode == "warn":
         return later, [f"{later.name}: {found}; its scores may be optimistic (data.leakage: warn)"]
     if len(hits) == len(later.texts):
-        raise GraftError(f"{later.name}: every text is also in {earlier.name}; nothing is left to evaluate on")
+        raise GraftError(f"{later.name}: every {later.noun} is also in {earlier.name}; nothing is left to evaluate on")
     dropped = set(hits)
     kept = later.select([i for i in range(len(later.texts)) if i not in dropped])
     return kept, [f"{later.name}: dropped {found} (data.leakage: drop)"]

@@ -1,8 +1,11 @@
-"""Train/validation/test splits for image classification: folders of class folders, checked, carved, decoded.
+"""Train/validation/test splits for image classification: folders of class folders or lists of image files,
+checked, carved, decoded.
 
-A split is a folder with one sub-folder per class (`train/cat/0001.jpg`); the sub-folder's name is the class.
-Splits that are not given are found next to a folder named `train` (`val`, `validation`, `valid`, `test`) or else
-carved from train by the same seeded stratified split as text. Class ids follow `class_order`.
+A split is a folder with one sub-folder per class (`train/cat/0001.jpg`; the sub-folder's name is the class), or a
+table (CSV, TSV, JSON lines, Parquet: anything `read_table` reads) with a column of image paths, relative to the
+table's folder, and a label column. Splits that are not given are found next to a folder named `train` (`val`,
+`validation`, `valid`, `test`) or else carved from train by the same seeded stratified split as text. Class ids
+follow `class_order`.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from graft.data.checks import Labelled, plural, shown
-from graft.data.splits import SPLITS, check_class_sizes, class_order, stratified_split
+from graft.data.checks import Labelled, format_rows, plural, require_column, shown, text_values
+from graft.data.splits import SPLITS, check_class_sizes, class_order, remove_leakage, stratified_split
+from graft.data.tables import SUFFIXES, read_labelled, read_table
 from graft.errors import GraftError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
@@ -34,7 +38,8 @@ class ImageSet:
     """Image files and their class ids, in the same order."""
 
     paths: list[Path]
-    labels: list[int]
+    labels: list[int] | None
+    """None: images to predict on."""
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -94,15 +99,20 @@ def _is_image(path: Path) -> bool:
 
 
 def load_image_splits(
-    train: Path, validation: Path | None, test: Path | None, *, split: tuple[float, float, float], seed: int
+    train: Path, validation: Path | None, test: Path | None, *, split: tuple[float, float, float], seed: int,
+    image_column: str = "image", label_column: str = "label", leakage: str = "error",
 ) -> ImageSplits:
-    """Find, check and split the user's image folders; `split` gives the (train, validation, test) fractions
-    used to carve the splits that are neither given nor found next to `train`."""
+    """Find, check and split the user's image folders or lists; `split` gives the (train, validation, test)
+    fractions used to carve the splits that are neither given nor found next to `train`; an image file listed in
+    two splits is leakage, handled as `leakage` says."""
     given = {key: Path(path) for key, path in zip(SPLITS, (train, validation, test), strict=True) if path is not None}
     given, warnings = _find_siblings(given)
     names = _display_names(given)
-    parts = {key: _labelled(path, names[key], f"data.{key}") for key, path in given.items()}
+    parts = {key: _labelled(path, names[key], f"data.{key}", image_column, label_column)
+             for key, path in given.items()}
     _check_classes(parts, given)
+    parts, found = remove_leakage(parts, leakage)
+    warnings += found
     carve = {key: fraction for key, fraction in zip(SPLITS[1:], split[1:], strict=True) if key not in given}
     if carve:
         check_class_sizes(parts["train"], carve, split)
@@ -118,20 +128,64 @@ def load_image_splits(
     )
 
 
-def labelled_folder(folder: Path, labels: list[str]) -> ImageSet:
-    """A folder of class folders to evaluate a trained model on; every class must be one of the model's `labels`."""
-    paths, classes = find_images(folder, "--data")
+def labelled_images(source: Path, labels: list[str], image_column: str = "image",
+                    label_column: str = "label") -> ImageSet:
+    """A folder of class folders, or a table of image paths and labels, to evaluate a trained model on; every class
+    must be one of the model's `labels`."""
+    if source.is_file() and source.suffix.lower() in SUFFIXES:
+        part = read_image_list(source, source.name, image_column, label_column)
+        paths, classes = [Path(p) for p in part.texts], part.labels
+    else:
+        paths, classes = find_images(source, "--data")
     unknown = sorted(set(classes) - set(labels))
     if unknown:
-        raise GraftError(f"{folder}: class folder(s) {shown(unknown)} are not among the model's labels "
+        raise GraftError(f"{source}: class(es) {shown(unknown)} are not among the model's labels "
                          f"({shown(labels, 10)}); remove or rename them")
     ids = {label: i for i, label in enumerate(labels)}
     return ImageSet(paths, [ids[c] for c in classes])
 
 
+def unlabelled_images(source: str, image_column: str = "image") -> list[Path]:
+    """Images to predict on: one image file, a folder (searched recursively, sorted), a table with `image_column`
+    (paths relative to it), or `-`: one path per line on stdin."""
+    import sys
+
+    if source == "-":
+        paths = [Path(line.strip()) for line in sys.stdin.read().splitlines() if line.strip()]
+        missing = [p for p in paths if not p.is_file()]
+        if missing:
+            raise GraftError(f"stdin: {plural(len(missing), 'image file')} not found ({shown(missing, 3)}); "
+                             f"give one existing image path per line")
+        return paths
+    path = Path(source)
+    if path.is_dir():
+        paths = sorted(p for p in path.rglob("*") if _is_image(p) and not any(
+            part.startswith(".") for part in p.relative_to(path).parts))
+        if not paths:
+            raise GraftError(f"{path}: no image files ({', '.join(IMAGE_SUFFIXES)}) in it or its sub-folders")
+        return paths
+    if path.is_file() and path.suffix.lower() in SUFFIXES:
+        folder = _absolute(path).parent
+        table = read_table(path)
+        require_column(table.column_names, image_column, path.name, "data.image_column")
+        listed = text_values(table.select_columns([image_column]).to_dict()[image_column], path.name, image_column)
+        paths = [folder / Path(p.strip()).expanduser() for p in listed]
+        missing = [i + 1 for i, p in enumerate(paths) if not p.is_file()]
+        if missing:
+            raise GraftError(f"{path.name}: {plural(len(missing), 'image file')} not found ({format_rows(missing)});"
+                             f" paths are relative to {folder}")
+        return paths
+    if _is_image(path):
+        return [path]
+    what = "not found" if not path.exists() else f"not an image ({', '.join(IMAGE_SUFFIXES)}) nor a table"
+    raise GraftError(f"{path}: {what}; give an image, a folder of images, a CSV/JSONL with an "
+                     f"'{image_column}' column, or - for paths on stdin")
+
+
 def _find_siblings(given: dict[str, Path]) -> tuple[dict[str, Path], list[str]]:
     train = _absolute(given["train"])
-    if train.name != "train":  # only a conventional layout is searched: `images/` next to `test/` may be unrelated
+    # Only a conventional layout is searched: `images/` next to `test/` may be unrelated.
+    if train.name != "train" or not train.is_dir():
         return given, []
     found, warnings = dict(given), []
     for key, candidates in SIBLINGS.items():
@@ -157,10 +211,25 @@ def _display_names(paths: dict[str, Path]) -> dict[str, str]:
     return names
 
 
-def _labelled(folder: Path, name: str, field: str) -> Labelled:
-    paths, classes = find_images(folder, field)
-    # Labelled is text-shaped; paths ride in `texts` so the text splitter's class-size check and split apply as is.
-    return Labelled(name, [str(path) for path in paths], classes, list(range(1, len(paths) + 1)))
+def _labelled(source: Path, name: str, field: str, image_column: str, label_column: str) -> Labelled:
+    # Labelled is text-shaped; paths ride in `texts` so the text splitter's checks and split apply as they are.
+    if source.is_file() and source.suffix.lower() in SUFFIXES:
+        return read_image_list(source, name.removesuffix("/"), image_column, label_column)
+    paths, classes = find_images(source, field)
+    return Labelled(name, [str(path) for path in paths], classes, list(range(1, len(paths) + 1)), noun="image")
+
+
+def read_image_list(path: Path, name: str, image_column: str, label_column: str) -> Labelled:
+    """A table of image paths (relative to its folder) and labels; every listed file must exist."""
+    part = read_labelled(path, name, image_column, label_column, text_field="data.image_column")
+    folder = _absolute(path).parent
+    paths = [str(folder / Path(p.strip()).expanduser()) for p in part.texts]
+    missing = [i for i, p in enumerate(paths) if not Path(p).is_file()]
+    if missing:
+        rows, listed = format_rows([part.rows[i] for i in missing]), shown([part.texts[i] for i in missing], 3)
+        raise GraftError(f"{name}: {plural(len(missing), 'image file')} not found ({rows}: {listed}); paths are "
+                         f"relative to {folder}, fix them or remove those rows")
+    return Labelled(part.name, paths, part.labels, part.rows, noun="image")
 
 
 def _check_classes(parts: dict[str, Labelled], folders: dict[str, Path]) -> None:
@@ -183,20 +252,54 @@ def _check_classes(parts: dict[str, Labelled], folders: dict[str, Path]) -> None
             )
 
 
-def decode_images(paths: Sequence[Path], size: tuple[int, int]) -> torch.Tensor:
+@dataclass
+class Decoded:
+    """Decoded images and what could not be decoded."""
+
+    pixels: torch.Tensor
+    """uint8 [N, 3, H, W], one per readable file."""
+    kept: list[int]
+    """Positions (in the paths given) of the images in `pixels`."""
+    bad: list[str]
+    """`path (reason)` of each unreadable file."""
+
+
+def decode_images(paths: Sequence[Path], size: tuple[int, int], *, skip_bad: bool = False,
+                  square_source: bool = False) -> Decoded:
     """uint8 tensor [N, 3, H, W] for `size` (h, w), with torchvision's eval-time geometry.
 
     Each file becomes RGB (transparency composited onto white), its shorter side is resized (bilinear) to
-    `round(max(h, w) / 0.875)`, or to `max(h, w)` for crops under 64 px, then it is centre-cropped to (h, w).
+    `round(max(h, w) / 0.875)`, or to `max(h, w)` for crops under 64 px, then it is centre-cropped to (h, w), or
+    with `square_source` to a square of that resized side (what random crops are later drawn from).
     An image already at the resize target is not resampled, so a 32×32 image decoded at 32 is bit-exact.
     Decoding happens once: callers keep the tensor, so CPU epochs do not decode JPEGs again.
+    Unreadable or truncated files are all listed in one error, or left out with `skip_bad`.
     """
-    height, width = size
-    out = torch.empty((len(paths), 3, height, width), dtype=torch.uint8)
+    target = resize_target(size)
+    crop = (target, target) if square_source else size
+    out = torch.empty((len(paths), 3, *crop), dtype=torch.uint8)
+    kept, bad = [], []
     for i, path in enumerate(paths):
-        image = _fit(_open_rgb(Path(path)), size)
-        out[i] = torch.from_numpy(np.array(image)).permute(2, 0, 1)  # np.array copies: PIL's buffer is read-only
-    return out
+        try:
+            image = _fit(_open_rgb(Path(path)), target, crop)
+        except _Unreadable as error:
+            bad.append(f"{path} ({error})")
+            continue
+        out[len(kept)] = torch.from_numpy(np.array(image)).permute(2, 0, 1)  # np.array copies: PIL's is read-only
+        kept.append(i)
+    if bad and not skip_bad:
+        raise GraftError(f"{plural(len(bad), 'unreadable image')}: {shown(bad, 3)}; remove or replace the files, or "
+                         f"set data.bad_images: skip to leave them out")
+    return Decoded(out[: len(kept)], kept, bad)
+
+
+def resize_target(size: tuple[int, int]) -> int:
+    """The side the shorter edge is resized to before cropping `size`."""
+    return round(max(size) / CROP_RATIO) if max(size) >= SMALL else max(size)
+
+
+class _Unreadable(Exception):
+    pass
 
 
 def _open_rgb(path: Path) -> Image.Image:
@@ -204,9 +307,9 @@ def _open_rgb(path: Path) -> Image.Image:
         with Image.open(path) as image:
             image.load()  # decode now: a truncated file only fails when its pixels are read
             return _to_rgb(image)
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         reason = " ".join(str(error).split()) or type(error).__name__
-        raise GraftError(f"{path}: cannot read the image ({reason}); remove or replace the file") from None
+        raise _Unreadable(reason) from None
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -217,9 +320,8 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _fit(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+def _fit(image: Image.Image, target: int, size: tuple[int, int]) -> Image.Image:
     height, width = size
-    target = round(max(size) / CROP_RATIO) if max(size) >= SMALL else max(size)
     w, h = image.size
     new = (target, int(target * h / w)) if w <= h else (int(target * w / h), target)  # as torchvision's Resize
     if new != image.size:

@@ -67,7 +67,7 @@ def load_text_splits(
     names = _display_names(given)
     read = {key: read_labelled(path, names[key], text_column, label_column) for key, path in given.items()}
     parts, warnings = _check_labels(read, normalize_labels)
-    parts, found = _remove_leakage(parts, leakage)
+    parts, found = remove_leakage(parts, leakage)
     warnings += found
     carve = {key: fraction for key, fraction in zip(SPLITS[1:], split[1:], strict=True) if key not in given}
     if carve:
@@ -178,7 +178,7 @@ def _carve(
     return {**parts, **carved}, warnings
 
 
-def _remove_leakage(parts: dict[str, Labelled], mode: str) -> tuple[dict[str, Labelled], list[str]]:
+def remove_leakage(parts: dict[str, Labelled], mode: str) -> tuple[dict[str, Labelled], list[str]]:
     parts, warnings = dict(parts), []
     for earlier, later in (("train", "validation"), ("train", "test"), ("validation", "test")):
         if earlier in parts and later in parts:

@@ -116,10 +116,12 @@ def _root_cause(error: BaseException) -> str:
     return message if len(message) <= 200 else message[:200] + "…"
 
 
-def read_labelled(path: Path, name: str, text_column: str, label_column: str) -> Labelled:
-    """Texts and string labels of one file, after the checks every labelled file gets."""
+def read_labelled(path: Path, name: str, text_column: str, label_column: str,
+                  text_field: str = "data.text_column") -> Labelled:
+    """Texts (or image paths, named by `text_field`) and string labels of one file, after the checks every
+    labelled file gets."""
     table = read_table(path)
-    require_column(table.column_names, text_column, name, "data.text_column")
+    require_column(table.column_names, text_column, name, text_field)
     require_column(table.column_names, label_column, name, "data.label_column")
     if len(table) == 0:
         raise GraftError(f"{name}: no data rows; add examples below the header")
