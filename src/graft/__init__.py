@@ -1,13 +1,15 @@
 """graft: fine-tune pretrained networks on your own data, with transfer learning done right.
 
 The Python API mirrors the CLI: `graft.train(recipe)` returns the run record, `graft.evaluate(run_dir)` the
-metrics, `graft.predict(run_dir, source)` the predictions.
+metrics, `graft.predict(run_dir, source)` the predictions, `graft.export(run_dir, output, merge=True)` a standalone
+model.
 """
 
 from graft.errors import GraftError
 from graft.pipeline import evaluate_run as evaluate
+from graft.pipeline import export_run as export
 from graft.pipeline import predict_run as predict
 from graft.pipeline import train
 from graft.recipe import Recipe, load_recipe
 
-__all__ = ["GraftError", "Recipe", "evaluate", "load_recipe", "predict", "train"]
+__all__ = ["GraftError", "Recipe", "evaluate", "export", "load_recipe", "predict", "train"]

@@ -78,6 +78,19 @@ def predict(
 
 
 @app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `graft train`.", metavar="RUN_DIR")],
+    output: Annotated[Path, typer.Option(help="The folder to write (must not exist, or be empty).")],
+    merge: Annotated[bool, typer.Option("--merge", help="Fold a LoRA / IA3 update into the base weights: a "
+                                        "standalone model that plain transformers loads.")] = False,
+) -> None:
+    """A standalone copy of a run's final model, for serving elsewhere."""
+    from graft.pipeline import export_run
+
+    print(f"exported to {export_run(run_dir, output, merge=merge)}", file=sys.stderr)
+
+
+@app.command()
 def demo(
     output: Annotated[Path, typer.Option(help="Where the demo run goes.")] = Path("runs/demo"),
 ) -> None:

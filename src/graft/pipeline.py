@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from torch.utils.data import DataLoader
 
     from graft.models.build import LoadedModel
+    from graft.strategy.peft import Attached
     from graft.training.loop import LoopState
 
 
@@ -72,9 +73,17 @@ def train(recipe: Recipe | str | Path | dict[str, Any], *, overrides: tuple[str,
                         scratch=recipe.strategy.name == "scratch")
     for note in [*loaded.notes, loaded.head.line()]:
         say(f"model: {note}")
-    root = loaded.root
-    plan = make_plan(root, layer_groups(root, loaded.head_modules, recipe.model.groups), loaded.head_modules,
-                     recipe.strategy, recipe.train.epochs)
+    root, attached = loaded.root, None
+    if recipe.strategy.is_peft:
+        from graft.strategy.peft import attach
+
+        attached = attach(loaded.model, root, loaded.head_modules, recipe.strategy, recipe.task, recipe.model.groups)
+        for note in attached.notes:
+            say(f"model: {note}")
+        loaded.model, root = attached.model, attached.root
+    groups = attached.groups if attached else layer_groups(root, loaded.head_modules, recipe.model.groups)
+    plan = make_plan(root, groups, loaded.head_modules, recipe.strategy, recipe.train.epochs,
+                     attached.trains if attached else None)
     cached = plan.backbone_frozen_throughout and recipe.strategy.feature_cache
     if cached and recipe.task == "image_classification" and recipe.data.augment.enabled:
         say("augmentation: off, the feature cache needs fixed inputs (strategy.feature_cache: false to augment)")
@@ -144,7 +153,7 @@ def train(recipe: Recipe | str | Path | dict[str, Any], *, overrides: tuple[str,
     test_started = time.perf_counter()
     test_metrics = evaluate(accelerator, model, test_loader, splits.labels)
     test_s = time.perf_counter() - test_started
-    _save_final_model(accelerator, model, loaded, recipe, splits.labels, run_dir / MODEL_DIR)
+    _save_final_model(accelerator, model, loaded, recipe, splits.labels, run_dir / MODEL_DIR, attached)
 
     record.update(status="completed", stopped=state.stopped, best=best)
     record["metrics"] = {"test": test_metrics, "validation": _best_validation(state), "history": state.history}
@@ -256,10 +265,52 @@ class _TrainedRun:
 def _open_run(run_dir: Path) -> _TrainedRun:
     """A finished run's recipe, model, tokenizer or image input, and class names."""
     from graft.models.build import load_trained
+    from graft.strategy.peft import is_peft_run, load_peft_run
 
     recipe = run_recipe(run_dir)
+    if is_peft_run(run_dir / MODEL_DIR):
+        rebuilt = load_peft_run(run_dir / MODEL_DIR)
+        return _TrainedRun(recipe, rebuilt.attached.model, rebuilt.processor, rebuilt.labels, rebuilt.input)
     trained = load_trained(run_dir / MODEL_DIR, recipe.task, recipe.data)
     return _TrainedRun(recipe, trained.model, trained.processor, trained.labels, trained.input)
+
+
+def export_run(run_dir: Path | str, output: Path | str, *, merge: bool = False) -> Path:
+    """A standalone copy of a run's final model at `output`: with `merge`, a PEFT run's update folded into the
+    base weights (LoRA, IA³), so plain transformers (or graft's plain-module loader) serves it without peft.
+    A full fine-tune's model is standalone already and is copied. Written beside `output`, then renamed."""
+    from graft.strategy.peft import is_peft_run, load_peft_run, merged_model
+
+    run_dir, output = Path(run_dir), Path(output)
+    source = run_dir / MODEL_DIR
+    run_recipe(run_dir)  # a run directory, with its recipe
+    if not source.is_dir():
+        raise GraftError(f"{run_dir}: no final model (model/ missing); did the run finish?")
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise GraftError(f"--output {output}: already exists and is not empty; choose another folder or remove it")
+    tmp = output.with_name(f".tmp-{output.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    if merge and is_peft_run(source):
+        rebuilt = load_peft_run(source)
+        merged = merged_model(rebuilt, run_dir)
+        if rebuilt.plain_head is not None:
+            from graft.models.plain import PlainClassifier, save_plain
+
+            recipe = run_recipe(run_dir)
+            head_path, in_shape = rebuilt.plain_head
+            plain = PlainClassifier(merged, head_path, recipe.model.head.input_from)
+            save_plain(plain, plain.state_dict(), tmp,
+                       plain_meta(recipe, rebuilt.labels, head_path, in_shape, rebuilt.input))
+        else:
+            merged.save_pretrained(tmp)
+        if rebuilt.processor is not None:
+            rebuilt.processor.save_pretrained(tmp)
+    else:
+        shutil.copytree(source, tmp)
+    if output.exists():
+        output.rmdir()
+    os.replace(tmp, output)
+    return output
 
 
 def _batches(run: _TrainedRun, split: Any) -> tuple[Accelerator, nn.Module, DataLoader]:
@@ -434,9 +485,10 @@ def _record_failure(accelerator: Accelerator, run_dir: Path, record: dict[str, A
 
 
 def _save_final_model(accelerator: Accelerator, model: nn.Module, loaded: LoadedModel, recipe: Recipe,
-                      labels: list[str], path: Path) -> None:
+                      labels: list[str], path: Path, attached: Attached | None = None) -> None:
     """The format the model's ecosystem loads: save_pretrained with tokenizer / image processor and label names,
-    or for a plain module safetensors plus how to rebuild it; written beside and renamed into place."""
+    or for a plain module safetensors plus how to rebuild it; a PEFT run saves what it trained (peft's adapter
+    format where peft made it) and how to rebuild the base. Written beside, then renamed into place."""
     from graft.models.plain import PlainClassifier, save_plain
 
     tmp = path.with_name(f".tmp-{path.name}")
@@ -445,22 +497,31 @@ def _save_final_model(accelerator: Accelerator, model: nn.Module, loaded: Loaded
     state_dict = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
-        if isinstance(unwrapped, PlainClassifier):
-            spec = recipe.model
-            save_plain(unwrapped, state_dict, tmp, {
-                "factory": spec.name, "kwargs": spec.kwargs, "head_path": unwrapped.head_path,
-                "head": spec.head.model_dump(), "head_in_shape": loaded.head_in_shape, "labels": labels,
-                "input": loaded.input})
+        if attached is not None:
+            from graft.strategy.peft import save_peft_run
+
+            save_peft_run(tmp, attached, recipe, labels, loaded.input)
+        elif isinstance(unwrapped, PlainClassifier):
+            save_plain(unwrapped, state_dict, tmp,
+                       plain_meta(recipe, labels, unwrapped.head_path, loaded.head_in_shape, loaded.input))
         else:
             unwrapped.save_pretrained(tmp, state_dict=state_dict)
-            if loaded.processor is not None:
-                loaded.processor.save_pretrained(tmp)
+        if loaded.processor is not None:
+            loaded.processor.save_pretrained(tmp)
         old = path.with_name(f".old-{path.name}")
         if path.exists():
             os.replace(path, old)
         os.replace(tmp, path)
         shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
+
+
+def plain_meta(recipe: Recipe, labels: list[str], head_path: str, head_in_shape: list[int],
+               image_input: dict[str, Any]) -> dict[str, Any]:
+    """How to rebuild a plain module: its factory, kwargs, head and input."""
+    spec = recipe.model
+    return {"factory": spec.name, "kwargs": spec.kwargs, "head_path": head_path, "head": spec.head.model_dump(),
+            "head_in_shape": head_in_shape, "labels": labels, "input": image_input}
 
 
 def _peak_memory_mb() -> float:

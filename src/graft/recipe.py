@@ -136,9 +136,61 @@ class DataSpec(Section):
         return v
 
 
-STRATEGIES = ("full", "discriminative", "head_only", "freeze", "two_phase", "gradual_unfreeze", "scratch")
+PEFT_METHODS = ("lora", "ia3", "prompt", "ptuning", "prefix", "adapter")
+"""Parameter-efficient strategies: the pretrained weights stay as they are; small added parameters and the head
+train (see graft.strategy.peft)."""
+STRATEGIES = ("full", "discriminative", "head_only", "freeze", "two_phase", "gradual_unfreeze", "scratch",
+              *PEFT_METHODS)
 DISCRIMINATIVE = ("discriminative", "two_phase", "gradual_unfreeze")
 """Strategies whose learning rates differ per layer group unless the recipe says otherwise."""
+
+
+class LoraSpec(Section):
+    """`lora`: a low-rank update B·A added to each target layer (Linear or Conv2d), through peft."""
+
+    r: PositiveInt = 8
+    alpha: Annotated[float, Field(gt=0)] = 16.0
+    """The update is scaled by alpha / r (alpha / sqrt(r) with use_rslora)."""
+    dropout: Fraction = 0.05
+    target_modules: list[str] | str | None = None
+    """Module names (a name matches modules ending in it) or one regex over full module names; null: the
+    attention projections peft knows for the architecture, else every Linear and Conv2d outside the head."""
+    bias: Literal["none", "all", "lora_only"] = "none"
+    use_dora: bool = False
+    """DoRA: learn a magnitude per output and the direction by LoRA."""
+    use_rslora: bool = False
+    """rsLoRA: scale by alpha / sqrt(r), which keeps large ranks stable."""
+
+
+class IA3Spec(Section):
+    """`ia3`: learned per-channel scaling of keys, values and feed-forward activations, through peft."""
+
+    target_modules: list[str] | str | None = None
+    """null: what peft knows for the architecture, else every Linear and Conv2d outside the head."""
+    feedforward_modules: list[str] | str | None = None
+    """Targets whose input (not output) is scaled; null: peft's choice, else the same as target_modules."""
+
+
+class PromptSpec(Section):
+    """`prompt` (prompt tuning), `ptuning` (P-tuning: prompts from a small encoder) and `prefix` (prefix tuning:
+    learned keys and values in every attention layer): virtual tokens, for text transformers."""
+
+    num_virtual_tokens: PositiveInt = 20
+    encoder_hidden_size: PositiveInt = 128
+    """`ptuning`: the hidden size of the prompt encoder."""
+
+
+class AdapterSpec(Section):
+    """`adapter`: bottleneck adapters in each transformer block (down-projection, non-linearity, up-projection
+    initialised at zero, residual), graft's own."""
+
+    kind: Literal["houlsby", "pfeiffer"] = "houlsby"
+    """houlsby: after the attention output and after the feed-forward block; pfeiffer: after the feed-forward only."""
+    reduction: PositiveInt = 16
+    """Bottleneck width = hidden size / reduction."""
+    non_linearity: Literal["relu", "gelu", "tanh"] = "relu"
+    train_norms: bool = True
+    """Also train the LayerNorms (as Houlsby et al. do)."""
 
 
 class StrategySpec(Section):
@@ -167,6 +219,15 @@ class StrategySpec(Section):
     discriminative, two_phase, gradual_unfreeze, else 1 (one LR for the whole backbone)."""
     feature_cache: bool = True
     """When the whole backbone stays frozen for the run, compute its outputs once and train the head on them."""
+    lora: LoraSpec = LoraSpec()
+    ia3: IA3Spec = IA3Spec()
+    prompt: PromptSpec = PromptSpec()
+    """Settings of `prompt`, `ptuning` and `prefix`."""
+    adapter: AdapterSpec = AdapterSpec()
+
+    @property
+    def is_peft(self) -> bool:
+        return self.name in PEFT_METHODS
 
     @model_validator(mode="after")
     def _resolve(self) -> StrategySpec:
@@ -178,6 +239,9 @@ class StrategySpec(Section):
         if self.name == "freeze" and not self.freezes_anything:
             raise ValueError("strategy.name = 'freeze' needs one of freeze_modules, freeze_pattern, freeze_children "
                              "or freeze_groups")
+        if self.is_peft and self.freezes_anything:
+            raise ValueError(f"strategy.freeze_*: '{self.name}' already keeps every pretrained weight frozen; "
+                             f"remove the freeze_* fields")
         return self
 
     @property

@@ -71,7 +71,8 @@ def test_transfer_example_runs_a_linear_probe_on_a_new_task(tmp_path):
     import importlib.util
     import json
 
-    spec = importlib.util.spec_from_file_location("strategies_cifar_transfer", EXAMPLES / "strategies_cifar_transfer.py")
+    path = EXAMPLES / "strategies_cifar_transfer.py"
+    spec = importlib.util.spec_from_file_location("strategies_cifar_transfer", path)
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
     example.main(SHARED_DATA, tmp_path, ["head_only"])

@@ -210,3 +210,12 @@ def test_adaptive_network_takes_another_input_size(tmp_path):
     loaded = load_model(ModelSpec(name=SMALL_CNN), "image_classification", ["a", "b"], image_data(tmp_path, 40))
     assert loaded.input["image_size"] == [40, 40] and loaded.head_in_shape == [16]
     assert loaded.model(pixel_values=torch.randn(2, 3, 40, 40)).logits.shape == (2, 2)
+
+
+def test_a_head_without_bias_stays_without_bias():
+    """Llama's `score` has no bias: a new head with one would be dropped silently when transformers reloads it."""
+    from graft.models.heads import build_head
+    from graft.recipe import HeadSpec
+
+    assert build_head([8], 3, HeadSpec(), bias=False).bias is None
+    assert build_head([8], 3, HeadSpec()).bias is not None

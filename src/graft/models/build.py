@@ -62,7 +62,7 @@ def _load_hf(spec: ModelSpec, task: str, labels: list[str], data: DataSpec, scra
     # Rows can be copied only from a head that came from the checkpoint (not from a random one, nor in scratch).
     head_loaded = not scratch and not any(k.startswith(path + ".") for k in loaded.missing)
     known = (spec.source_labels or source_labels(model)) if head_loaded else None
-    head = build_head([old.in_features], len(labels), spec.head)
+    head = build_head([old.in_features], len(labels), spec.head, bias=old.bias is not None)
     report = replace_head(model, path, head, labels, known)
     set_labels(model, labels)
     new_keys = sorted({f"{path}.{name}" for name, _ in head.named_parameters()} | set(loaded.missing))

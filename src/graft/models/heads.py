@@ -63,8 +63,9 @@ def find_output_layer(root: nn.Module, configured: str | None, within: Sequence[
     return linears[-1]
 
 
-def build_head(in_shape: Sequence[int], n_labels: int, spec: HeadSpec) -> nn.Module:
-    """A Linear to `n_labels`, or the declared head, for inputs of shape `in_shape` (without the batch)."""
+def build_head(in_shape: Sequence[int], n_labels: int, spec: HeadSpec, bias: bool = True) -> nn.Module:
+    """A Linear to `n_labels`, or the declared head, for inputs of shape `in_shape` (without the batch); `bias`
+    False for architectures whose output layer has none (Llama's `score`), so a reload by transformers keeps it."""
     spatial = len(in_shape) == 3
     if spatial and spec.pool == "none":
         raise GraftError(f"model.head.pool: the head's input is a feature map {list(in_shape)}; pool it with "
@@ -84,7 +85,7 @@ def build_head(in_shape: Sequence[int], n_labels: int, spec: HeadSpec) -> nn.Mod
     if spec.hidden:
         layers += [_xavier(nn.Linear(width, spec.hidden)), nn.ReLU()]
         width = spec.hidden
-    out = _xavier(nn.Linear(width, n_labels))
+    out = _xavier(nn.Linear(width, n_labels, bias=bias or bool(layers)))
     return nn.Sequential(*layers, out) if layers else out
 
 
@@ -114,5 +115,6 @@ def _last_linear(module: nn.Module) -> nn.Linear:
 
 def _xavier(layer: nn.Linear) -> nn.Linear:
     nn.init.xavier_uniform_(layer.weight)
-    nn.init.zeros_(layer.bias)
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
     return layer

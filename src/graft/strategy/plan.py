@@ -83,15 +83,21 @@ class Plan:
                 for g in self.groups]
 
 
-def make_plan(root: nn.Module, groups: list[Group], head: list[str], spec: StrategySpec, epochs: int) -> Plan:
+def make_plan(root: nn.Module, groups: list[Group], head: list[str], spec: StrategySpec, epochs: int,
+              trains: set[str] | None = None) -> Plan:
     """The plan for `spec` over `groups` (the last one being the head) in a run of `epochs` epochs; a group whose
-    turn would come after the last epoch never trains."""
+    turn would come after the last epoch never trains. PEFT strategies pass `trains`, the parameters their method
+    trains (added ones, the head's trained copy): those train from the start, nothing else ever does."""
     backbone = [g for g in groups if not g.is_head]
-    starts = [s if s is not None and s < epochs else None for s in STRATEGIES[spec.name](len(backbone), spec)]
     start: dict[str, int | None] = {}
-    for group, first in zip(backbone, starts, strict=True):
-        start.update(dict.fromkeys(group.params, first))
-    start.update(dict.fromkeys((p for g in groups if g.is_head for p in g.params), 0))
+    if spec.is_peft:
+        assert trains is not None, "a PEFT strategy says which parameters it trains"
+        start = {p: 0 if p in trains else None for g in groups for p in g.params}
+    else:
+        starts = [s if s is not None and s < epochs else None for s in STRATEGIES[spec.name](len(backbone), spec)]
+        for group, first in zip(backbone, starts, strict=True):
+            start.update(dict.fromkeys(group.params, first))
+        start.update(dict.fromkeys((p for g in groups if g.is_head for p in g.params), 0))
     for name in _frozen_by_selectors(root, backbone, head, spec):
         start[name] = None
     if not any(s is not None for s in start.values()):
