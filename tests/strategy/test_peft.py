@@ -251,3 +251,22 @@ def test_prefix_that_attends_nowhere_changes_nothing(recipes, tmp_path):
         attended = wrapped(input_ids=ids, attention_mask=mask).logits
     torch.testing.assert_close(masked, base, atol=1e-6, rtol=0)
     assert not torch.allclose(attended, base, atol=1e-4)  # attended to, the prefix does change the output
+
+
+def test_export_through_the_cli(recipes, tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from graft.cli import app
+
+    tree = recipes["bert"](tmp_path / "run")
+    tree["strategy"] = {"name": "lora"}
+    tree["train"] = {**tree["train"], "epochs": 1}
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(tree))
+    runner = CliRunner()
+    assert runner.invoke(app, ["train", str(tmp_path / "recipe.yaml")]).exit_code == 0
+    done = runner.invoke(app, ["export", str(tmp_path / "run"), "--output", str(tmp_path / "out"), "--merge"])
+    assert done.exit_code == 0, done.output
+    assert (tmp_path / "out" / "config.json").is_file() and not (tmp_path / "out" / "adapter_config.json").exists()
+    again = runner.invoke(app, ["export", str(tmp_path / "run"), "--output", str(tmp_path / "out"), "--merge"])
+    assert isinstance(again.exception, graft.GraftError) and "already exists" in str(again.exception)
