@@ -91,6 +91,16 @@ def export(
 
 
 @app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `graft train`.", metavar="RUN_DIR")],
+) -> None:
+    """Render RUN_DIR/report.html again from run.json and metrics.jsonl (no training, no torch)."""
+    from graft.report import write_report
+
+    print(write_report(run_dir))
+
+
+@app.command()
 def demo(
     output: Annotated[Path, typer.Option(help="Where the demo run goes.")] = Path("runs/demo"),
 ) -> None:

@@ -47,7 +47,8 @@ def train(recipe: Recipe | str | Path | dict[str, Any], *, overrides: tuple[str,
     """Fine-tune as the recipe says, evaluate on test, write the run directory; return the run record."""
     from accelerate.utils import set_seed
 
-    from graft.evaluation.predictions import evaluate
+    from graft.evaluation.metrics import confident_mistakes
+    from graft.evaluation.predictions import collect_logits, score
     from graft.models.build import load_model
     from graft.models.groups import layer_groups
     from graft.strategy.plan import apply_plan, make_plan
@@ -151,12 +152,14 @@ def train(recipe: Recipe | str | Path | dict[str, Any], *, overrides: tuple[str,
 
     best = checkpoint.load_best(accelerator, trained, ckpt_dir)
     test_started = time.perf_counter()
-    test_metrics = evaluate(accelerator, model, test_loader, splits.labels)
+    logits, truth = collect_logits(accelerator, model, test_loader)
+    test_metrics = score(logits, truth, splits.labels)
     test_s = time.perf_counter() - test_started
     _save_final_model(accelerator, model, loaded, recipe, splits.labels, run_dir / MODEL_DIR, attached)
 
     record.update(status="completed", stopped=state.stopped, best=best)
     record["metrics"] = {"test": test_metrics, "validation": _best_validation(state), "history": state.history}
+    record["mistakes"] = confident_mistakes(logits, truth, splits.labels, _inputs(splits.test))
     epochs_run = max(1, state.epoch + (1 if state.batch_in_epoch else 0))
     record["timings"] = {
         "setup_s": round(setup_s, 3), "train_s": round(state.train_s, 3), "eval_s": round(state.eval_s, 3),
@@ -167,10 +170,20 @@ def train(recipe: Recipe | str | Path | dict[str, Any], *, overrides: tuple[str,
     }
     record["peak_memory_mb"] = _peak_memory_mb()
     write_record(accelerator, run_dir, record)
+    if accelerator.is_main_process:
+        from graft.report import write_report
+
+        write_report(run_dir)
     if previous is not None and accelerator.is_main_process:
         shutil.rmtree(previous, ignore_errors=True)
     accelerator.end_training()
     return record
+
+
+def _inputs(split: Any) -> list[str]:
+    """What each example of a split is, for people: its text or its image file."""
+    paths = getattr(split, "paths", None)
+    return [str(p) for p in paths] if paths is not None else list(split["text"])
 
 
 def format_groups(table: list[dict[str, Any]]) -> str:

@@ -76,3 +76,24 @@ def classification_metrics(
     }
     out["confusion_matrix"] = confusion_matrix(labels, preds, labels=ids).tolist()
     return out
+
+
+def confident_mistakes(logits: np.ndarray, labels: np.ndarray, names: list[str], inputs: list[str],
+                       per_class: int = 3) -> list[dict]:
+    """The most confident wrong predictions, up to `per_class` for each true class, surest first: what the model
+    is most sure about and wrong on is where label noise and real confusions show."""
+    if len(inputs) != len(labels):
+        return []  # inputs were dropped on the way (unreadable images skipped): rows would not line up
+    probs = softmax(logits) if len(labels) else np.zeros((0, len(names)))
+    predicted = probs.argmax(axis=1) if len(labels) else np.zeros(0, dtype=int)
+    wrong = [i for i in range(len(labels)) if predicted[i] != labels[i]]
+    wrong.sort(key=lambda i: -probs[i, predicted[i]])
+    shown: dict[int, int] = {}
+    out = []
+    for i in wrong:
+        true = int(labels[i])
+        if shown.get(true, 0) < per_class:
+            shown[true] = shown.get(true, 0) + 1
+            out.append({"input": inputs[i], "label": names[true], "predicted": names[int(predicted[i])],
+                        "confidence": float(probs[i, predicted[i]]), "p_label": float(probs[i, true])})
+    return out

@@ -35,7 +35,11 @@ def collect_logits(accelerator: Accelerator, model: nn.Module,
 
 def evaluate(accelerator: Accelerator, model: nn.Module, loader: DataLoader, label_names: list[str]) -> dict[str, Any]:
     """Loss (mean cross-entropy over all examples) and the classification metrics."""
-    logits, labels = collect_logits(accelerator, model, loader)
+    return score(*collect_logits(accelerator, model, loader), label_names)
+
+
+def score(logits: np.ndarray, labels: np.ndarray | None, label_names: list[str]) -> dict[str, Any]:
+    """The metrics of collected logits against their labels."""
     if labels is None:
         raise ValueError("evaluate() needs labelled data")
     loss = F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels).long()).item()

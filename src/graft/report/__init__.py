@@ -1,0 +1,44 @@
+"""Reports: run records rendered as pages people read. Reads files only; never imports torch."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from graft.errors import GraftError
+
+REPORT_FILE = "report.html"
+
+
+def write_report(run_dir: Path | str) -> Path:
+    """Render `run_dir/report.html` from its run.json (and metrics.jsonl, for a run that did not finish);
+    written beside and renamed into place."""
+    from graft.report.page import render
+
+    run_dir = Path(run_dir)
+    record = _read_record(run_dir)
+    metrics = record.setdefault("metrics", {})
+    if not metrics.get("history"):
+        metrics["history"] = _read_history(run_dir / "metrics.jsonl")
+    path = run_dir / REPORT_FILE
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(render(record, run_dir), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def _read_record(run_dir: Path) -> dict:
+    path = run_dir / "run.json"
+    if not path.is_file():
+        raise GraftError(f"{run_dir}: no run.json; give a run directory written by graft train")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise GraftError(f"{path}: not valid JSON (line {e.lineno}); was it edited by hand?") from None
+
+
+def _read_history(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -1,0 +1,247 @@
+"""The run report: one self-contained HTML page from a run record (run.json), read from files only (no torch).
+
+Top to bottom it answers "did it work, and what did it cost?": the headline test metrics and what the curves say
+in words (overfitting, early stopping), then the curves, the confusion matrix, the per-class table, the most
+confident mistakes, what trained at which learning rate, the cost, and where it ran.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from graft.report.charts import heatmap, line_chart
+
+CSS = """
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;color:#111827;margin:0;background:#f3f4f6}
+main{max-width:1040px;margin:0 auto;padding:24px}
+h1{font-size:22px;margin:0 0 4px}
+h2{font-size:16px;margin:28px 0 10px;border-bottom:1px solid #d1d5db;padding-bottom:4px}
+.sub{color:#4b5563;margin:0 0 16px}
+.cards{display:flex;flex-wrap:wrap;gap:12px;margin:12px 0}
+.card{background:#fff;border-radius:8px;padding:10px 16px;box-shadow:0 1px 2px #0001;min-width:120px}
+.card b{display:block;font-size:24px} .card span{color:#6b7280;font-size:12px}
+.verdict{background:#fff;border-left:4px solid #2563eb;padding:10px 14px;border-radius:4px;margin:8px 0}
+.verdict.warn{border-color:#d97706}
+.grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(460px,1fr));gap:16px}
+figure{background:#fff;border-radius:8px;margin:0;padding:8px;box-shadow:0 1px 2px #0001}
+figure svg{width:100%;height:auto} figure.square svg{max-width:400px;display:block;margin:auto}
+figcaption{color:#4b5563;font-size:12px;padding:4px 8px}
+table{border-collapse:collapse;background:#fff;width:100%;box-shadow:0 1px 2px #0001;border-radius:8px}
+th,td{padding:5px 10px;text-align:left;border-bottom:1px solid #e5e7eb} th{background:#f9fafb;font-weight:600}
+td.n{text-align:right;font-variant-numeric:tabular-nums} tr.low td{background:#fef2f2}
+.mistake img{width:64px;height:64px;image-rendering:pixelated;border-radius:4px}
+code{background:#e5e7eb;padding:1px 4px;border-radius:3px}
+"""
+
+
+def render(record: dict[str, Any], run_dir: Path) -> str:
+    """The report page for `record` (a run.json), as one HTML string."""
+    recipe = record["recipe"]
+    metrics = record.get("metrics", {})
+    history = metrics.get("history", [])
+    test = metrics.get("test") or {}
+    model = recipe["model"]["name"].rpartition(":")[0] or recipe["model"]["name"]  # a factory: its file
+    title = f"{Path(recipe['output']['dir']).name}: {recipe['strategy']['name']} on {Path(model).name}"
+    parts = [f"<h1>{_e(title)}</h1>",
+             f"<p class='sub'>{_e(recipe['task'])} · status <b>{_e(record.get('status', '?'))}</b> · "
+             f"{_sizes(record)} · {len(record['data']['labels'])} classes</p>",
+             _cards(test, record), *_verdicts(record, history)]
+    parts += _curves(history, record)
+    if test.get("confusion_matrix"):
+        parts += ["<h2>Test set</h2><div class='grid'>",
+                  f"<figure class='square'>{heatmap(test['confusion_matrix'], record['data']['labels'])}"
+                  f"<figcaption>Confusion "
+                  f"matrix: counts; colour is the share of each true class.</figcaption></figure>",
+                  _per_class(test), "</div>"]
+    if record.get("mistakes"):
+        parts.append(_mistakes(record["mistakes"], recipe["task"]))
+    parts += [_groups(record), _cost(record), _recipe_and_environment(record)]
+    return ("<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+            f"<meta name='viewport' content='width=device-width,initial-scale=1'><title>{_e(title)}</title>"
+            f"<style>{CSS}</style></head><body><main>{''.join(parts)}</main></body></html>")
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value))
+
+
+def _sizes(record: dict[str, Any]) -> str:
+    sizes = record["data"]["sizes"]
+    return " / ".join(f"{sizes[k]:,} {k}" for k in ("train", "validation", "test"))
+
+
+def _cards(test: dict[str, Any], record: dict[str, Any]) -> str:
+    if not test:
+        return "<p>No test metrics: the run did not finish.</p>"
+    items = [("test accuracy", test.get("accuracy")), ("macro F1", test.get("f1_macro")),
+             ("ROC-AUC", test.get("roc_auc")), ("test loss", test.get("loss"))]
+    params = record.get("params", {})
+    cards = [f"<div class='card'><b>{v:.3f}</b><span>{k}</span></div>" for k, v in items if v is not None]
+    if params:
+        share = params["trainable"] / max(1, params["total"])
+        cards.append(f"<div class='card'><b>{params['trainable']:,}</b><span>trainable of {params['total']:,} "
+                     f"parameters ({share:.1%})</span></div>")
+    train_s = record.get("timings", {}).get("train_s")
+    if train_s is not None:
+        cards.append(f"<div class='card'><b>{train_s:.1f} s</b><span>training time</span></div>")
+    return f"<div class='cards'>{''.join(cards)}</div>"
+
+
+def _verdicts(record: dict[str, Any], history: list[dict[str, Any]]) -> list[str]:
+    """What the curves say, in words."""
+    out = []
+    train = [h for h in history if h["split"] == "train"]
+    val = [h for h in history if h["split"] == "validation"]
+    best = record.get("best") or {}
+    metric = record["recipe"]["eval"]["metric"]
+    if best.get("step") is not None:
+        out.append(f"<div class='verdict'>The best model (by validation {_e(metric)} = {best.get(metric, 0):.4f}) "
+                   f"is from step {best['step']}; the test metrics above are that model's.</div>")
+    if record.get("stopped") == "early_stopping":
+        out.append("<div class='verdict'>Training stopped early: validation did not improve for "
+                   f"{record['recipe']['eval']['patience']} evaluations.</div>")
+    overfit = overfitting(train, val)
+    if overfit:
+        out.append(f"<div class='verdict warn'><b>Overfitting.</b> {overfit}</div>")
+    return out
+
+
+def overfitting(train: list[dict[str, Any]], val: list[dict[str, Any]]) -> str | None:
+    """A sentence when validation loss rose clearly after its minimum while training loss kept falling."""
+    if len(val) < 3 or len(train) < 2:
+        return None
+    low = min(range(len(val)), key=lambda i: val[i]["loss"])
+    last = val[-1]
+    if low == len(val) - 1 or last["loss"] < val[low]["loss"] * 1.05:
+        return None
+    train_at_low = min(train, key=lambda h: abs(h["step"] - val[low]["step"]))["loss"]
+    if train[-1]["loss"] >= train_at_low:
+        return None
+    return (f"Validation loss rose from {val[low]['loss']:.4f} at step {val[low]['step']} to {last['loss']:.4f} at "
+            f"step {last['step']} while training loss kept falling ({train_at_low:.4f} → {train[-1]['loss']:.4f}). "
+            f"Later epochs fit the training set, not the task: fewer epochs, early stopping (eval.patience), a "
+            f"smaller learning rate or more regularisation would spend less for the same model.")
+
+
+def _curves(history: list[dict[str, Any]], record: dict[str, Any]) -> list[str]:
+    train = [h for h in history if h["split"] == "train"]
+    val = [h for h in history if h["split"] == "validation"]
+    if not train and not val:
+        return []
+    figures = []
+    series = {}
+    if train:
+        series["train"] = ([h["step"] for h in train], [h["loss"] for h in train])
+    if val:
+        series["validation"] = ([h["step"] for h in val], [h["loss"] for h in val])
+    best = [h for h in val if h.get("best")]
+    marks = {f"best (step {best[-1]['step']})": (best[-1]["step"], best[-1]["loss"])} if best else None
+    figures.append(_figure(line_chart(series, xlabel="step", ylabel="loss", marks=marks),
+                           "Loss: training (mean since the previous log line) and validation."))
+    names = [m for m in ("accuracy", "f1_macro", "roc_auc") if val and val[0].get(m) is not None]
+    if names:
+        figures.append(_figure(line_chart({m: ([h["step"] for h in val], [h[m] for h in val]) for m in names},
+                                          xlabel="step", ylabel="validation"), "Validation metrics."))
+    if train and isinstance(train[0].get("lr"), dict):
+        groups = list(train[0]["lr"])
+        lrs = {g: ([h["step"] for h in train], [h["lr"][g] for h in train]) for g in groups}
+        distinct = {tuple(v[1]) for v in lrs.values()}
+        if len(distinct) == 1:  # every group at one LR: one line says it
+            lrs = {"all groups": next(iter(lrs.values()))}
+        figures.append(_figure(line_chart(lrs, xlabel="step", ylabel="learning rate",
+                                          log_y=len(distinct) > 1 and min(min(v[1]) for v in lrs.values()) > 0),
+                               "Learning rate per layer group."))
+    speed = [h.get("samples_per_s") for h in train]
+    if train and all(s is not None for s in speed):
+        figures.append(_figure(line_chart({"samples/s": ([h["step"] for h in train], speed)}, xlabel="step",
+                                          ylabel="samples per second"), "Training throughput."))
+    return ["<h2>Curves</h2><div class='grid'>", *figures, "</div>"]
+
+
+def _figure(svg: str, caption: str) -> str:
+    return f"<figure>{svg}<figcaption>{_e(caption)}</figcaption></figure>"
+
+
+def _per_class(test: dict[str, Any]) -> str:
+    rows = sorted(test["per_class"].items(), key=lambda kv: kv[1]["f1"])
+    worst = rows[0][1]["f1"] if rows else 0
+    body = "".join(
+        f"<tr class='{'low' if c['f1'] == worst and len(rows) > 1 else ''}'><td>{_e(name)}</td>"
+        f"<td class='n'>{c['precision']:.3f}</td><td class='n'>{c['recall']:.3f}</td><td class='n'>{c['f1']:.3f}</td>"
+        f"<td class='n'>{c['support']}</td></tr>" for name, c in rows)
+    return ("<div><table><tr><th>class (worst F1 first)</th><th>precision</th><th>recall</th><th>F1</th>"
+            f"<th>support</th></tr>{body}</table></div>")
+
+
+def _mistakes(mistakes: list[dict[str, Any]], task: str) -> str:
+    rows = []
+    for m in mistakes:
+        what = _thumbnail(m["input"]) if task == "image_classification" else _e(_clip(m["input"], 300))
+        rows.append(f"<tr class='mistake'><td>{what}</td><td>{_e(m['label'])}</td><td>{_e(m['predicted'])}</td>"
+                    f"<td class='n'>{m['confidence']:.3f}</td><td class='n'>{m['p_label']:.3f}</td></tr>")
+    return ("<h2>Most confident mistakes on test</h2><p class='sub'>Up to three per true class, surest first: "
+            "label noise and real confusions show here first.</p><table><tr><th>example</th><th>true</th>"
+            f"<th>predicted</th><th>confidence</th><th>p(true)</th></tr>{''.join(rows)}</table>")
+
+
+def _clip(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _thumbnail(path: str) -> str:
+    """The image inline (64 px, PNG), so the report stays one file; its path when it cannot be read."""
+    try:
+        from PIL import Image
+
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            image.thumbnail((64, 64))
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+        data = base64.b64encode(buffer.getvalue()).decode()
+        name = _e(Path(path).name)
+        return f"<img alt='{name}' src='data:image/png;base64,{data}'><br><small>{name}</small>"
+    except OSError:
+        return f"<small>{_e(path)} (not readable now)</small>"
+
+
+def _groups(record: dict[str, Any]) -> str:
+    rows = "".join(
+        f"<tr><td>{_e(g['name'])}</td><td class='n'>{g['params']:,}</td><td class='n'>{g['trainable']:,}</td>"
+        f"<td class='n'>{g['params'] - g['trainable']:,}</td>"
+        f"<td class='n'>{'-' if g['from_epoch'] is None else g['from_epoch']}</td><td class='n'>{g['lr']:.3g}</td></tr>"
+        for g in record.get("groups", []))
+    return ("<h2>What trained</h2><table><tr><th>layer group</th><th>parameters</th><th>trainable</th><th>frozen</th>"
+            f"<th>from epoch</th><th>learning rate</th></tr>{rows}</table>")
+
+
+def _cost(record: dict[str, Any]) -> str:
+    t = record.get("timings") or {}
+    items = [("training", f"{t['train_s']:.1f} s" if "train_s" in t else None),
+             ("per epoch", f"{t['train_s_per_epoch']:.2f} s" if "train_s_per_epoch" in t else None),
+             ("steps", t.get("steps")),
+             ("steps per second", f"{t['steps_per_s']:.2f}" if t.get("steps_per_s") else None),
+             ("evaluation", f"{t['eval_s']:.1f} s" if "eval_s" in t else None),
+             ("feature cache (one backbone pass)",
+              f"{t['feature_cache_s']:.1f} s" if t.get("feature_cache_s") else None),
+             ("total", f"{t['total_s']:.1f} s" if "total_s" in t else None),
+             ("peak memory", f"{record['peak_memory_mb']:,.0f} MB" if record.get("peak_memory_mb") else None)]
+    rows = "".join(f"<tr><td>{_e(k)}</td><td class='n'>{_e(v)}</td></tr>" for k, v in items if v is not None)
+    return f"<h2>Cost</h2><table>{rows}</table>"
+
+
+def _recipe_and_environment(record: dict[str, Any]) -> str:
+    env = record.get("environment", {})
+    packages = ", ".join(f"{k} {v}" for k, v in env.get("packages", {}).items())
+    where = (f"{env.get('device', '?')} · {env.get('cpu', '?')} ({env.get('cpu_count', '?')} cores) · "
+             f"{env.get('num_processes', 1)} process(es) · precision {env.get('mixed_precision', '?')} · "
+             f"Python {env.get('python', '?')}")
+    recipe = json.dumps(record["recipe"], indent=2)
+    return (f"<h2>Where it ran</h2><p>{_e(where)}<br><small>{_e(packages)}</small></p>"
+            f"<h2>Recipe</h2><details><summary>the resolved recipe</summary><pre><code>{_e(recipe)}</code></pre>"
+            "</details>")

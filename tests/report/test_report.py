@@ -1,0 +1,125 @@
+"""report.html: written by every run, re-rendered from files alone, honest about overfitting, and drawn for real in
+a headless browser (Debian's chromium, which CI installs): no console errors, every chart has an area."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import graft
+from graft.cli import app
+from graft.report import write_report
+from graft.report.page import overfitting
+from tests.conftest import make_texts, tiny_recipe, write_csv
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("report")
+    data = write_csv(root / "train.csv", make_texts(120, seed=1))
+    graft.train(tiny_recipe(tiny_bert, data, root / "run", train={"epochs": 6}, optim={"lr": 3e-3}))
+    return root / "run"
+
+
+def test_every_run_writes_its_report(run_dir: Path) -> None:
+    page = (run_dir / "report.html").read_text()
+    for section in ("Curves", "Test set", "What trained", "Cost", "Where it ran", "Recipe"):
+        assert f">{section}<" in page, section
+    assert page.count("<svg") >= 4  # loss, metrics, learning rate, throughput, confusion matrix
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)  # nothing to fetch: it opens offline
+
+
+def test_the_report_shows_the_most_confident_mistakes(run_dir: Path) -> None:
+    record = json.loads((run_dir / "run.json").read_text())
+    mistakes, test = record["mistakes"], record["metrics"]["test"]
+    wrong = test["n"] - round(test["accuracy"] * test["n"])
+    assert bool(mistakes) == bool(wrong) and len(mistakes) <= wrong
+    assert all(m["label"] != m["predicted"] and m["confidence"] > m["p_label"] for m in mistakes)
+    for label in record["data"]["labels"]:
+        ours = [m["confidence"] for m in mistakes if m["label"] == label]
+        assert len(ours) <= 3 and ours == sorted(ours, reverse=True)
+    if mistakes:
+        assert "Most confident mistakes" in (run_dir / "report.html").read_text()
+
+
+def test_graft_report_rerenders_from_files_alone_without_torch(run_dir: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("checkpoints", "model", "report.html"))
+    code = ("import sys; from graft.cli import main; sys.argv = ['graft', 'report', sys.argv[1]]\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules, 'the report imported torch'")
+    done = subprocess.run([sys.executable, "-c", code, str(copy)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert (copy / "report.html").read_text().count("<svg") >= 4
+
+
+def test_a_run_without_history_in_its_record_reads_metrics_jsonl(run_dir: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("checkpoints", "model"))
+    record = json.loads((copy / "run.json").read_text())
+    record["metrics"]["history"] = []
+    (copy / "run.json").write_text(json.dumps(record))
+    assert write_report(copy).read_text().count("<svg") >= 4
+
+
+def test_report_of_a_folder_that_is_no_run_is_one_line(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["report", str(tmp_path)])
+    assert isinstance(result.exception, graft.GraftError) and "no run.json" in str(result.exception)
+
+
+def test_overfitting_is_named_only_when_validation_rises_as_training_falls() -> None:
+    train = [{"step": s, "loss": 1.0 / s} for s in range(1, 11)]
+    rising = [{"step": s, "loss": v} for s, v in ((2, 0.8), (4, 0.5), (6, 0.6), (8, 0.7), (10, 0.9))]
+    said = overfitting(train, rising)
+    assert said and "0.5000 at step 4" in said and "0.9000 at step 10" in said
+    falling = [{"step": s, "loss": 1.0 / s} for s in (2, 4, 6, 8, 10)]
+    assert overfitting(train, falling) is None
+    flat_train = [{"step": s, "loss": 0.5} for s in range(1, 11)]
+    assert overfitting(flat_train, rising) is None  # both got worse: not overfitting, something else
+
+
+def test_text_is_escaped(run_dir: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("checkpoints", "model"))
+    record = json.loads((copy / "run.json").read_text())
+    record["mistakes"] = [{"input": "<script>alert(1)</script>", "label": "a", "predicted": "b",
+                           "confidence": 0.9, "p_label": 0.1}]
+    (copy / "run.json").write_text(json.dumps(record))
+    page = write_report(copy).read_text()
+    assert "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"), reason="chromium not installed (CI installs it)")
+def test_the_report_renders_in_a_real_browser(run_dir: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    assert CHROMIUM, "CI must install Debian's chromium for this test (.ci/run does)"
+    errors: list[str] = []
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        page = browser.new_page(viewport={"width": 1100, "height": 900})
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("request", lambda r: errors.append(f"fetched {r.url}") if not r.url.startswith(("file:", "data:"))
+                else None)
+        page.goto((run_dir / "report.html").as_uri())
+        boxes = [page.locator("figure svg").nth(i).bounding_box() for i in range(page.locator("figure svg").count())]
+        page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
+        browser.close()
+    assert not errors, errors
+    assert len(boxes) >= 4 and all(b and b["width"] > 200 and b["height"] > 100 for b in boxes), boxes
