@@ -26,11 +26,17 @@ def train(
                                           "checkpoint, exactly where it stopped.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run in output.dir (the old "
                                              "one is deleted only once the new run succeeds).")] = False,
+    cv: Annotated[int | None, typer.Option("--cv", help="k-fold cross-validation: K runs on stratified folds of "
+                                           "data.train, each fold the test split once; mean ± std.",
+                                           metavar="K")] = None,
 ) -> None:
     """Fine-tune as RECIPE says, evaluate on the test split and write the run directory."""
     from graft.pipeline import train as run
 
     try:
+        if cv is not None:
+            _print_cv(_cross_validate(recipe, set_ or [], cv, overwrite))
+            return
         record = run(recipe, overrides=set_ or [], resume=resume, overwrite=overwrite)
     except KeyboardInterrupt:
         # Caught here: the CLI framework would turn Ctrl-C into a silent exit.
@@ -108,6 +114,19 @@ def demo(
     from graft.demo import run_demo
 
     _print_summary(run_demo(output))
+
+
+def _cross_validate(recipe: Path, overrides: list[str], k: int, overwrite: bool) -> dict:
+    from graft.crossval import cross_validate
+
+    return cross_validate(recipe, k, overrides=overrides, overwrite=overwrite)
+
+
+def _print_cv(summary: dict) -> None:
+    cv = summary["cv"]
+    shown = "  ".join(f"{m} {cv['mean'][m]:.4f} ± {cv['std'][m]:.4f}" for m in ("accuracy", "f1_macro", "loss")
+                      if m in cv["mean"])
+    print(f"run: {summary['recipe']['output']['dir']}\n{cv['k']}-fold cross-validation: {shown}")
 
 
 def _print_summary(record: dict) -> None:

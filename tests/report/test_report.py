@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 import graft
@@ -123,3 +124,48 @@ def test_the_report_renders_in_a_real_browser(run_dir: Path) -> None:
         browser.close()
     assert not errors, errors
     assert len(boxes) >= 4 and all(b and b["width"] > 200 and b["height"] > 100 for b in boxes), boxes
+
+
+def test_cross_validation_runs_k_folds_and_reports_mean_and_std(tiny_bert: Path, tmp_path: Path) -> None:
+    data = write_csv(tmp_path / "train.csv", make_texts(60, seed=2))
+    recipe = tiny_recipe(tiny_bert, data, tmp_path / "cv", train={"epochs": 2}, optim={"lr": 3e-3})
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    result = CliRunner().invoke(app, ["train", str(tmp_path / "recipe.yaml"), "--cv", "3"])
+    assert result.exit_code == 0, result.output
+    assert "3-fold cross-validation: accuracy" in result.output and " ± " in result.output
+    summary = json.loads((tmp_path / "cv" / "run.json").read_text())
+    folds = summary["cv"]["folds"]
+    accuracies = [f["test"]["accuracy"] for f in folds]
+    assert len(folds) == 3 and summary["cv"]["mean"]["accuracy"] == pytest.approx(sum(accuracies) / 3)
+    # The folds' test sets partition the data: every text is tested exactly once.
+    tested = []
+    for i in range(3):
+        rows = (tmp_path / "cv" / "folds" / f"fold-{i}" / "test.csv").read_text().splitlines()[1:]
+        tested += rows
+        assert json.loads((tmp_path / "cv" / f"fold-{i}" / "run.json").read_text())["status"] == "completed"
+    assert len(tested) == len(set(tested)) == 60
+    assert (tmp_path / "cv" / "report.html").read_text().count("± ") >= 2
+
+    # Interrupted or repeated: completed folds are not trained again.
+    before = (tmp_path / "cv" / "fold-1" / "run.json").stat().st_mtime_ns
+    graft.cross_validate(tmp_path / "recipe.yaml", 3)
+    assert (tmp_path / "cv" / "fold-1" / "run.json").stat().st_mtime_ns == before
+
+
+def test_cross_validation_refuses_a_class_smaller_than_k(tiny_bert: Path, tmp_path: Path) -> None:
+    data = write_csv(tmp_path / "train.csv", [*make_texts(60, seed=2)[:58], ("one more odd text", "rare")])
+    with pytest.raises(graft.GraftError, match=r"class 'rare' has 1 example; --cv 3 needs at least 3 per class"):
+        graft.cross_validate(tiny_recipe(tiny_bert, data, tmp_path / "cv"), 3)
+
+
+def test_an_image_run_shows_its_mistakes_as_thumbnails(tmp_path: Path, image_folder: Path,
+                                                       plain_checkpoint: Path) -> None:
+    from tests.conftest import PLAIN_NETS, image_recipe
+
+    model = {"name": f"{PLAIN_NETS}:small_cnn", "checkpoint": str(plain_checkpoint)}
+    # One tiny step from a random head: there are mistakes to show.
+    record = graft.train(image_recipe(model, image_folder, tmp_path / "run", train={"epochs": 1, "max_steps": 1},
+                                      optim={"lr": 1e-6}))
+    assert record["mistakes"] and all(Path(m["input"]).is_file() for m in record["mistakes"])
+    page = (tmp_path / "run" / "report.html").read_text()
+    assert page.count("src='data:image/png;base64,") == len(record["mistakes"])

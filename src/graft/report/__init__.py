@@ -14,16 +14,21 @@ REPORT_FILE = "report.html"
 def write_report(run_dir: Path | str) -> Path:
     """Render `run_dir/report.html` from its run.json (and metrics.jsonl, for a run that did not finish);
     written beside and renamed into place."""
-    from graft.report.page import render
+    from graft.report.page import render, render_cv
 
     run_dir = Path(run_dir)
     record = _read_record(run_dir)
+    if "cv" in record:
+        return _write(run_dir / REPORT_FILE, render_cv(record))
     metrics = record.setdefault("metrics", {})
     if not metrics.get("history"):
         metrics["history"] = _read_history(run_dir / "metrics.jsonl")
-    path = run_dir / REPORT_FILE
+    return _write(run_dir / REPORT_FILE, render(record, run_dir))
+
+
+def _write(path: Path, page: str) -> Path:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(render(record, run_dir), encoding="utf-8")
+    tmp.write_text(page, encoding="utf-8")
     os.replace(tmp, path)
     return path
 

@@ -66,6 +66,29 @@ def render(record: dict[str, Any], run_dir: Path) -> str:
             f"<style>{CSS}</style></head><body><main>{''.join(parts)}</main></body></html>")
 
 
+def render_cv(record: dict[str, Any]) -> str:
+    """The summary page of a k-fold cross-validation: mean ± std, and each fold."""
+    cv, recipe = record["cv"], record["recipe"]
+    title = f"{Path(recipe['output']['dir']).name}: {cv['k']}-fold cross-validation, {recipe['strategy']['name']}"
+    names = [m for m in ("accuracy", "f1_macro", "roc_auc", "loss") if m in cv["mean"]]
+    cards = "".join(f"<div class='card'><b>{cv['mean'][m]:.3f} ± {cv['std'][m]:.3f}</b><span>{m} (mean ± std over "
+                    f"{cv['k']} folds)</span></div>" for m in names)
+    folds = [f["fold"] for f in cv["folds"]]
+    chart = line_chart({m: (folds, [f["test"][m] for f in cv["folds"]]) for m in names if m != "loss"},
+                       xlabel="fold", ylabel="test")
+    rows = ""
+    for f in cv["folds"]:
+        cells = "".join(f"<td class='n'>{f['test'][m]:.4f}</td>" for m in names)
+        rows += f"<tr><td>{f['fold']}</td>{cells}<td class='n'>{f['train_s']:.1f} s</td><td>{_e(f['dir'])}</td></tr>"
+    head = "".join(f"<th>{m}</th>" for m in names)
+    return ("<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+            f"<title>{_e(title)}</title><style>{CSS}</style></head><body><main><h1>{_e(title)}</h1>"
+            f"<p class='sub'>{_e(recipe['task'])} · each fold is the test split once · every fold's run directory "
+            f"has its own report</p><div class='cards'>{cards}</div><h2>Folds</h2><div class='grid'>"
+            f"{_figure(chart, 'Test metrics of each fold.')}<table><tr><th>fold</th>{head}<th>training</th>"
+            f"<th>run</th></tr>{rows}</table></div></main></body></html>")
+
+
 def _e(value: Any) -> str:
     return html.escape(str(value))
 

@@ -1,0 +1,144 @@
+"""k-fold cross-validation: K normal runs on stratified folds of data.train, and their mean ± std.
+
+Each fold is the test split once; the other folds train (validation carved from them, or data.validation when
+given). Folds are written as files under OUTPUT/folds/ and each run is OUTPUT/fold-N, a normal run directory, so
+an interrupted cross-validation resumes: folds that completed with the same recipe are not trained again.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from graft.errors import GraftError
+from graft.evaluation.metrics import SCALAR_METRICS
+from graft.recipe import Recipe
+from graft.rundir import RECORD_FILE, occupied, run_recipe, status
+
+
+def cross_validate(recipe: Recipe | str | Path | dict[str, Any], k: int, *, overrides: list[str] | tuple = (),
+                   overwrite: bool = False, hooks: list | None = None,
+                   train: Callable[..., dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Train `recipe` on `k` stratified folds (with `train`, by default graft.train); write OUTPUT/run.json and
+    OUTPUT/report.html with mean ± std over the folds, and return that summary."""
+    from graft.recipe import load_recipe
+
+    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
+    if train is None:
+        from graft.pipeline import train
+    if k < 2:
+        raise GraftError(f"--cv {k}: cross-validation needs at least 2 folds")
+    if recipe.data.test is not None:
+        raise GraftError("--cv: each fold is the test split once, so data.test must not be set; remove it (or "
+                         "train without --cv to use it)")
+    out = recipe.output.dir
+    if occupied(out) and not (out / "folds").is_dir() and not overwrite:
+        raise GraftError(f"output.dir {out} already holds files that are not a cross-validation; choose another "
+                         f"output.dir or pass --overwrite")
+    examples, column = _read_examples(recipe)
+    folds = _stratified_folds([label for _, label in examples], k, recipe.train.seed, recipe.data.train)
+    records = []
+    for i, test_rows in enumerate(folds):
+        held_out = set(test_rows)
+        files = out / "folds" / f"fold-{i}"
+        files.mkdir(parents=True, exist_ok=True)
+        suffix = ".csv"
+        _write(files / f"train{suffix}", column, recipe.data.label_column,
+               [examples[j] for j in range(len(examples)) if j not in held_out])
+        _write(files / f"test{suffix}", column, recipe.data.label_column, [examples[j] for j in test_rows])
+        fold = recipe.model_copy(deep=True)
+        fold.data.train, fold.data.test = files / f"train{suffix}", files / f"test{suffix}"
+        if recipe.task == "image_classification":
+            fold.data.image_column = column
+        else:
+            fold.data.text_column = column
+        fold.output.dir = out / f"fold-{i}"
+        records.append(_run_fold(fold, train, overwrite, hooks))
+    summary = _summary(recipe, k, records)
+    tmp = out / f".{RECORD_FILE}.tmp"
+    tmp.write_text(json.dumps(summary, indent=2, default=str))
+    os.replace(tmp, out / RECORD_FILE)
+    from graft.report import write_report
+
+    write_report(out)
+    return summary
+
+
+def _run_fold(fold: Recipe, train: Callable[..., dict[str, Any]], overwrite: bool,
+              hooks: list | None) -> dict[str, Any]:
+    run_dir = fold.output.dir
+    if status(run_dir) == "completed" and not overwrite:
+        if run_recipe(run_dir).dump() != fold.dump():
+            raise GraftError(f"{run_dir}: a completed fold trained with another recipe; pass --overwrite to train "
+                             f"the folds again, or choose another output.dir")
+        return json.loads((run_dir / RECORD_FILE).read_text())
+    return train(fold, overwrite=occupied(run_dir), hooks=hooks)
+
+
+def _read_examples(recipe: Recipe) -> tuple[list[tuple[str, str]], str]:
+    """(input, label) rows of data.train, checked as training data is: texts, or absolute image paths."""
+    d = recipe.data
+    if recipe.task == "image_classification":
+        from graft.data.images import load_image_splits
+
+        splits = load_image_splits(d.train, None, None, split=(1.0, 0.0, 0.0), seed=recipe.train.seed,
+                                   image_column=d.image_column, label_column=d.label_column, leakage=d.leakage)
+        s = splits.train
+        return [(str(Path(p).absolute()), splits.labels[y]) for p, y in zip(s.paths, s.labels, strict=True)], "image"
+    from graft.data.checks import drop_duplicate_texts
+    from graft.data.tables import read_labelled
+
+    part = read_labelled(Path(d.train), Path(d.train).name, d.text_column, d.label_column)
+    part, _ = drop_duplicate_texts(part)  # a text in two folds would be leakage
+    return list(zip(part.texts, part.labels, strict=True)), d.text_column
+
+
+def _stratified_folds(labels: list[str], k: int, seed: int, source: Path) -> list[list[int]]:
+    from collections import Counter
+
+    from sklearn.model_selection import StratifiedKFold
+
+    from graft.data.checks import plural
+
+    small = [(label, n) for label, n in Counter(labels).items() if n < k]
+    if small:
+        label, n = small[0]
+        raise GraftError(f"{source}: class {label!r} has {plural(n, 'example')}; --cv {k} needs at least {k} per "
+                         f"class (fewer folds, or more examples)")
+    splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    return [sorted(test.tolist()) for _, test in splitter.split(labels, labels)]
+
+
+def _write(path: Path, column: str, label_column: str, rows: list[tuple[str, str]]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([(column, label_column), *rows])
+    os.replace(tmp, path)
+
+
+def _summary(recipe: Recipe, k: int, records: list[dict[str, Any]]) -> dict[str, Any]:
+    per_fold = [{name: r["metrics"]["test"].get(name) for name in SCALAR_METRICS} for r in records]
+    mean, std = {}, {}
+    for name in SCALAR_METRICS:
+        values = [f[name] for f in per_fold if f[name] is not None]
+        if len(values) == k:
+            mean[name] = statistics.fmean(values)
+            std[name] = statistics.stdev(values)
+    return {
+        "status": "completed",
+        "recipe": recipe.dump(),
+        "cv": {"k": k, "folds": [{"fold": i, "dir": str(r["recipe"]["output"]["dir"]), "test": f,
+                                  "train_s": r["timings"]["train_s"]} for i, (r, f) in enumerate(zip(records, per_fold,
+                                                                                                    strict=True))],
+               "mean": mean, "std": std},
+        "data": {"labels": records[0]["data"]["labels"]},
+        "metrics": {"test": mean},
+        "params": records[0]["params"],
+        "timings": {"train_s": sum(r["timings"]["train_s"] for r in records)},
+        "peak_memory_mb": max(r["peak_memory_mb"] for r in records),
+    }
