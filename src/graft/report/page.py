@@ -107,8 +107,9 @@ def _cards(test: dict[str, Any], record: dict[str, Any]) -> str:
     cards = [f"<div class='card'><b>{v:.3f}</b><span>{k}</span></div>" for k, v in items if v is not None]
     if params:
         share = params["trainable"] / max(1, params["total"])
+        shown = f"{share:.1%}" if share >= 0.01 else f"{share:.2%}"
         cards.append(f"<div class='card'><b>{params['trainable']:,}</b><span>trainable of {params['total']:,} "
-                     f"parameters ({share:.1%})</span></div>")
+                     f"parameters ({shown})</span></div>")
     train_s = record.get("timings", {}).get("train_s")
     if train_s is not None:
         cards.append(f"<div class='card'><b>{train_s:.1f} s</b><span>training time</span></div>")
@@ -143,7 +144,7 @@ def overfitting(train: list[dict[str, Any]], val: list[dict[str, Any]]) -> str |
     if low == len(val) - 1 or last["loss"] < val[low]["loss"] * 1.05:
         return None
     train_at_low = min(train, key=lambda h: abs(h["step"] - val[low]["step"]))["loss"]
-    if train[-1]["loss"] >= train_at_low:
+    if train[-1]["loss"] > train_at_low * 0.95:  # training loss must clearly keep falling, not wobble
         return None
     return (f"Validation loss rose from {val[low]['loss']:.4f} at step {val[low]['step']} to {last['loss']:.4f} at "
             f"step {last['step']} while training loss kept falling ({train_at_low:.4f} → {train[-1]['loss']:.4f}). "
