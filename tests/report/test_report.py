@@ -169,3 +169,15 @@ def test_an_image_run_shows_its_mistakes_as_thumbnails(tmp_path: Path, image_fol
     assert record["mistakes"] and all(Path(m["input"]).is_file() for m in record["mistakes"])
     page = (tmp_path / "run" / "report.html").read_text()
     assert page.count("src='data:image/png;base64,") == len(record["mistakes"])
+
+
+def test_cross_validation_of_an_image_folder(tmp_path: Path, plain_checkpoint: Path) -> None:
+    from tests.conftest import PLAIN_NETS, image_recipe, make_images
+
+    folder = make_images(tmp_path / "train", per_class=6, seed=3)
+    model = {"name": f"{PLAIN_NETS}:small_cnn", "checkpoint": str(plain_checkpoint)}
+    summary = graft.cross_validate(image_recipe(model, folder, tmp_path / "cv", train={"epochs": 1}), 3)
+    listed = [line.split(",")[0] for i in range(3)
+              for line in (tmp_path / "cv" / "folds" / f"fold-{i}" / "test.csv").read_text().splitlines()[1:]]
+    assert sorted(listed) == sorted(str(p) for p in folder.rglob("*.png"))  # each image tested exactly once
+    assert len(summary["cv"]["folds"]) == 3 and 0 <= summary["cv"]["mean"]["accuracy"] <= 1
