@@ -5,6 +5,7 @@ metrics, `graft.predict(run_dir, source)` the predictions, `graft.export(run_dir
 model.
 """
 
+from graft.compare import compare
 from graft.crossval import cross_validate
 from graft.errors import GraftError
 from graft.pipeline import evaluate_run as evaluate
@@ -13,4 +14,4 @@ from graft.pipeline import predict_run as predict
 from graft.pipeline import train
 from graft.recipe import Recipe, load_recipe
 
-__all__ = ["GraftError", "Recipe", "cross_validate", "evaluate", "export", "load_recipe", "predict", "train"]
+__all__ = ["GraftError", "Recipe", "compare", "cross_validate", "evaluate", "export", "load_recipe", "predict", "train"]

@@ -107,13 +107,55 @@ def report(
 
 
 @app.command()
-def demo(
-    output: Annotated[Path, typer.Option(help="Where the demo run goes.")] = Path("runs/demo"),
+def compare(
+    recipe: Annotated[Path, typer.Argument(help="The recipe YAML (its strategy section is replaced per strategy).",
+                                           metavar="RECIPE.yaml")],
+    strategies: Annotated[str, typer.Option(help="Comma-separated presets (scratch, head_only, full, "
+                                            "discriminative, lora, ...) or labels from --variants.")],
+    seeds: Annotated[int, typer.Option(help="Runs per strategy, seeds train.seed, train.seed+1, ...; the table "
+                                       "gives mean ± std.")] = 1,
+    variants: Annotated[Path | None, typer.Option(help="A YAML mapping label -> recipe fragment, e.g. "
+                                                  "{full-lr1e-4: {optim: {lr: 1.0e-4}}}.")] = None,
+    set_: SetOption = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Train every strategy again (finished runs are "
+                                            "reused otherwise).")] = False,
 ) -> None:
-    """The embedded default, offline: fine-tune the packaged MiniLM on graft's support-intent dataset."""
+    """Run several strategies on the same splits, seeds and budget; one table, the winner, negative transfer."""
+    from graft.compare import compare as run
+    from graft.compare import format_table
+
+    result = run(recipe, _strategies(strategies, variants), seeds=seeds, overrides=set_ or [], overwrite=overwrite,
+                 say=lambda line: print(line, file=sys.stderr))
+    print(format_table(result))
+    print(f"report: {Path(result['recipe']['output']['dir']) / 'compare.html'}")
+
+
+def _strategies(names: str, variants: Path | None) -> list:
+    import yaml
+
+    fragments = {}
+    if variants is not None:
+        if not variants.is_file():
+            raise GraftError(f"--variants {variants}: file not found")
+        fragments = yaml.safe_load(variants.read_text()) or {}
+        if not isinstance(fragments, dict) or not all(isinstance(v, dict) for v in fragments.values()):
+            raise GraftError(f"--variants {variants}: expected a mapping of label -> recipe fragment")
+    return [{"label": n, **fragments[n]} if n in fragments else n for n in (x.strip() for x in names.split(","))
+            if n]
+
+
+@app.command()
+def demo(
+    output: Annotated[Path, typer.Option(help="Where the demo's comparison goes.")] = Path("runs/demo"),
+) -> None:
+    """The embedded default, offline: the packaged MiniLM on graft's support-intent dataset, four strategies
+    compared (scratch, head_only, discriminative, lora)."""
+    from graft.compare import format_table
     from graft.demo import run_demo
 
-    _print_summary(run_demo(output))
+    result = run_demo(output)
+    print(format_table(result))
+    print(f"report: {output / 'compare.html'}")
 
 
 def _cross_validate(recipe: Path, overrides: list[str], k: int, overwrite: bool) -> dict:

@@ -18,7 +18,7 @@ from typing import Any
 from graft.errors import GraftError
 from graft.evaluation.metrics import SCALAR_METRICS
 from graft.recipe import Recipe
-from graft.rundir import RECORD_FILE, occupied, run_recipe, status
+from graft.rundir import RECORD_FILE, occupied, reuse_completed
 
 
 def cross_validate(recipe: Recipe | str | Path | dict[str, Any], k: int, *, overrides: list[str] | tuple = (),
@@ -71,13 +71,8 @@ def cross_validate(recipe: Recipe | str | Path | dict[str, Any], k: int, *, over
 
 def _run_fold(fold: Recipe, train: Callable[..., dict[str, Any]], overwrite: bool,
               hooks: list | None) -> dict[str, Any]:
-    run_dir = fold.output.dir
-    if status(run_dir) == "completed" and not overwrite:
-        if run_recipe(run_dir).dump() != fold.dump():
-            raise GraftError(f"{run_dir}: a completed fold trained with another recipe; pass --overwrite to train "
-                             f"the folds again, or choose another output.dir")
-        return json.loads((run_dir / RECORD_FILE).read_text())
-    return train(fold, overwrite=occupied(run_dir), hooks=hooks)
+    done = None if overwrite else reuse_completed(fold)
+    return done or train(fold, overwrite=occupied(fold.output.dir), hooks=hooks)
 
 
 def _read_examples(recipe: Recipe) -> tuple[list[tuple[str, str]], str]:

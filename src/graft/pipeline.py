@@ -5,6 +5,7 @@ Each public function here is what one CLI command calls, and what the Python API
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -59,6 +60,7 @@ def train(recipe: Recipe | str | Path | dict[str, Any], *, overrides: tuple[str,
     from graft.training.optim import build_optimizer, build_scheduler, param_groups
 
     started = time.perf_counter()
+    _reset_peak_memory()
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
     check_run_dir(recipe, resume, overwrite)
     accelerator = _accelerator(recipe)
@@ -537,13 +539,32 @@ def plain_meta(recipe: Recipe, labels: list[str], head_path: str, head_in_shape:
             "head_in_shape": head_in_shape, "labels": labels, "input": image_input}
 
 
+PROC = Path("/proc/self")
+
+
+def _reset_peak_memory() -> None:
+    """Count this run's peak memory afresh, so that several runs in one process (a comparison, a cross-validation)
+    each report their own: Linux resets the peak RSS on `5` written to clear_refs."""
+    import torch
+
+    with contextlib.suppress(OSError):  # not Linux: the peak is the process's since it started (ru_maxrss)
+        (PROC / "clear_refs").write_text("5")
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
 def _peak_memory_mb() -> float:
+    """Peak resident memory since `_reset_peak_memory` (Linux VmHWM; elsewhere ru_maxrss), or on a GPU the peak
+    of allocated GPU memory when larger."""
     import resource
 
     import torch
 
-    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    peak = rss_kb / 1024
+    try:
+        line = next(x for x in (PROC / "status").read_text().splitlines() if x.startswith("VmHWM:"))
+        peak = int(line.split()[1]) / 1024
+    except (OSError, StopIteration, ValueError):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if torch.cuda.is_available():
         peak = max(peak, torch.cuda.max_memory_allocated() / 2**20)
     return round(peak, 1)

@@ -106,3 +106,16 @@ def run_recipe(run_dir: Path) -> Recipe:
     if not path.is_file():
         raise GraftError(f"{run_dir}: not a graft run directory ({RECIPE_FILE} missing)")
     return validate_recipe(yaml.safe_load(path.read_text()), str(path))
+
+
+def reuse_completed(recipe: Recipe) -> dict[str, Any] | None:
+    """The record of a run that already completed in recipe.output.dir with this very recipe (what lets a
+    comparison or a cross-validation resume); None when there is none. A completed run with another recipe is
+    never overwritten unasked."""
+    run_dir = recipe.output.dir
+    if status(run_dir) != "completed":
+        return None
+    if run_recipe(run_dir).dump() != recipe.dump():
+        raise GraftError(f"{run_dir}: a completed run with another recipe; pass --overwrite to train it again, or "
+                         f"choose another output.dir")
+    return json.loads((run_dir / RECORD_FILE).read_text())

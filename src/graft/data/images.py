@@ -205,16 +205,19 @@ def _absolute(path: Path) -> Path:
 
 
 def _display_names(paths: dict[str, Path]) -> dict[str, str]:
-    names = {key: f"{_absolute(path).name}/" for key, path in paths.items()}
+    def slash(path: Path) -> str:
+        return "" if path.is_file() else "/"  # a folder reads `train/`, a list of images `train.csv`
+
+    names = {key: f"{_absolute(path).name}{slash(path)}" for key, path in paths.items()}
     if len(set(names.values())) < len({_absolute(path) for path in paths.values()}):  # a/images and b/images
-        return {key: f"{path}/" for key, path in paths.items()}
+        return {key: f"{path}{slash(path)}" for key, path in paths.items()}
     return names
 
 
 def _labelled(source: Path, name: str, field: str, image_column: str, label_column: str) -> Labelled:
     # Labelled is text-shaped; paths ride in `texts` so the text splitter's checks and split apply as they are.
     if source.is_file() and source.suffix.lower() in SUFFIXES:
-        return read_image_list(source, name.removesuffix("/"), image_column, label_column)
+        return read_image_list(source, name, image_column, label_column)
     paths, classes = find_images(source, field)
     return Labelled(name, [str(path) for path in paths], classes, list(range(1, len(paths) + 1)), noun="image")
 

@@ -1,0 +1,246 @@
+"""Compare strategies side by side: the same splits, seeds and budget, one normal run per strategy and seed, one
+table, and a verdict that says which won, which tie within noise, and whether transfer helped at all.
+
+A strategy is a preset name (`PRESETS`) or a recipe fragment with a `label` (two learning rates of `full`, say).
+The splits are written once under OUTPUT/data/ and every run reads those files, so no strategy or seed can see
+other splits. Runs that completed with the same recipe are reused: an interrupted comparison resumes.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from graft.errors import GraftError
+from graft.evaluation.metrics import metric_mode
+from graft.recipe import Recipe, load_recipe
+from graft.rundir import reuse_completed
+
+PRESETS: dict[str, tuple[dict[str, Any], float]] = {
+    # name: (recipe fragment, multiple of the recipe's optim.lr). The recipe's LR is taken as a full fine-tune's;
+    # methods that train few parameters from scratch need larger steps (the multiples we measured to work).
+    "scratch": ({"strategy": {"name": "scratch"}}, 1.0),
+    "full": ({"strategy": {"name": "full"}}, 1.0),
+    "discriminative": ({"strategy": {"name": "discriminative"}}, 1.0),
+    "freeze": ({"strategy": {"name": "freeze", "freeze_groups": 1}}, 1.0),
+    "two_phase": ({"strategy": {"name": "two_phase"}}, 1.0),
+    "gradual_unfreeze": ({"strategy": {"name": "gradual_unfreeze"}}, 1.0),
+    "head_only": ({"strategy": {"name": "head_only"}}, 100.0),
+    "lora": ({"strategy": {"name": "lora"}}, 10.0),
+    "ia3": ({"strategy": {"name": "ia3"}}, 100.0),
+    "prompt": ({"strategy": {"name": "prompt"}}, 200.0),
+    "ptuning": ({"strategy": {"name": "ptuning"}}, 100.0),
+    "prefix": ({"strategy": {"name": "prefix"}}, 100.0),
+    "adapter": ({"strategy": {"name": "adapter"}}, 20.0),
+}
+COMPARE_FILE = "compare.json"
+PAGE_FILE = "compare.html"
+
+
+def compare(recipe: Recipe | str | Path | dict[str, Any], strategies: list[str | dict[str, Any]], *,
+            seeds: int = 1, overrides: list[str] | tuple = (), overwrite: bool = False,
+            train: Callable[..., dict[str, Any]] | None = None, say: Callable[[str], None] | None = None
+            ) -> dict[str, Any]:
+    """Run every strategy (a preset name, or a fragment with a `label`) for `seeds` seeds on the same splits;
+    write OUTPUT/compare.json and OUTPUT/compare.html and return the comparison."""
+    if train is None:
+        from graft.pipeline import train
+    base = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
+    if seeds < 1:
+        raise GraftError(f"--seeds {seeds}: at least 1")
+    variants = [_variant(s) for s in strategies]
+    labels = [label for label, _, _ in variants]
+    if len(variants) < 2 or len(set(labels)) != len(labels):
+        raise GraftError(f"--strategies {','.join(labels)}: give two or more, each once")
+    out = base.output.dir
+    data = _write_splits(base, out / "data")
+    seed_list = [base.train.seed + i for i in range(seeds)]
+    records: dict[str, list[dict[str, Any]]] = {}
+    for label, fragment, lr_mult in variants:
+        for seed in seed_list:
+            run_recipe = _run_recipe(base, data, fragment, lr_mult, seed, out / _run_name(label, seed, seeds))
+            if say:
+                say(f"compare: {label} (seed {seed}) -> {run_recipe.output.dir}")
+            done = None if overwrite else reuse_completed(run_recipe)
+            records.setdefault(label, []).append(done or train(run_recipe, overwrite=True))
+    result = summarise(base, records, seed_list)
+    tmp = out / f".{COMPARE_FILE}.tmp"
+    tmp.write_text(json.dumps(result, indent=2, default=str))
+    os.replace(tmp, out / COMPARE_FILE)
+    from graft.report.compare_page import write_compare_page
+
+    write_compare_page(out)
+    return result
+
+
+def _variant(item: str | dict[str, Any]) -> tuple[str, dict[str, Any], float]:
+    if isinstance(item, dict):
+        fragment = copy.deepcopy(item)
+        label = fragment.pop("label", None)
+        if not label:
+            raise GraftError("a strategy fragment needs a `label` (e.g. {label: full-lr1e-4, optim: {lr: 1e-4}})")
+        return str(label), fragment, 1.0
+    if item not in PRESETS:
+        raise GraftError(f"--strategies: unknown strategy {item!r}; presets: {', '.join(PRESETS)} (or name a "
+                         f"fragment from --variants)")
+    fragment, lr_mult = PRESETS[item]
+    return item, copy.deepcopy(fragment), lr_mult
+
+
+def _run_name(label: str, seed: int, seeds: int) -> str:
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
+    return safe if seeds == 1 else f"{safe}-seed{seed}"
+
+
+def _run_recipe(base: Recipe, data: dict[str, Any], fragment: dict[str, Any], lr_mult: float, seed: int,
+                run_dir: Path) -> Recipe:
+    tree = base.dump()
+    tree["strategy"] = {}  # the variant says the strategy; the base recipe's own strategy would leak into it
+    _merge(tree, fragment)
+    if "lr" not in fragment.get("optim", {}):
+        tree["optim"]["lr"] = base.optim.lr * lr_mult
+    tree["data"].update(data)
+    tree["train"]["seed"] = seed
+    tree["output"]["dir"] = str(run_dir)
+    return load_recipe(tree)
+
+
+def _merge(tree: dict[str, Any], fragment: dict[str, Any]) -> None:
+    for key, value in fragment.items():
+        if isinstance(value, dict) and isinstance(tree.get(key), dict):
+            _merge(tree[key], value)
+        else:
+            tree[key] = value
+
+
+def _write_splits(recipe: Recipe, folder: Path) -> dict[str, Any]:
+    """The recipe's splits, written once as files that every run reads; the data section pointing at them."""
+    import csv
+
+    from graft.pipeline import _inputs, _load_splits
+
+    splits = _load_splits(recipe)
+    folder.mkdir(parents=True, exist_ok=True)
+    image = recipe.task == "image_classification"
+    column = "image" if image else "text"
+    paths = {}
+    for name in ("train", "validation", "test"):
+        split = getattr(splits, name)
+        ids = split.labels if image else split["label"]
+        inputs = [str(Path(p).absolute()) for p in _inputs(split)] if image else _inputs(split)
+        path = folder / f"{name}.csv"
+        tmp = path.with_name(f".{path.name}.tmp")
+        with tmp.open("w", newline="", encoding="utf-8") as f:
+            csv.writer(f).writerows([(column, "label"), *zip(inputs, (splits.labels[i] for i in ids), strict=True)])
+        os.replace(tmp, path)
+        paths[name] = str(path)
+    return {**paths, f"{column}_column": column, "label_column": "label", "split": [0.7, 0.15, 0.15]}
+
+
+def summarise(base: Recipe, records: dict[str, list[dict[str, Any]]], seeds: list[int]) -> dict[str, Any]:
+    """One row per strategy (means and spreads over seeds), the winner, ties within noise, negative transfer."""
+    metric = base.eval.metric
+    rows = [_row(label, runs, metric) for label, runs in records.items()]
+    verdict = judge(rows, metric)
+    return {"recipe": base.dump(), "metric": metric, "seeds": seeds, "strategies": rows, **verdict,
+            "records": records}
+
+
+def _row(label: str, runs: list[dict[str, Any]], metric: str) -> dict[str, Any]:
+    def values(name: str) -> list[float]:
+        return [r["metrics"]["test"][name] for r in runs if r["metrics"]["test"].get(name) is not None]
+
+    row: dict[str, Any] = {"label": label, "strategy": runs[0]["recipe"]["strategy"]["name"],
+                           "lr": runs[0]["recipe"]["optim"]["lr"], "runs": [r["recipe"]["output"]["dir"] for r in runs],
+                           "n_test": runs[0]["metrics"]["test"]["n"], "trainable": runs[0]["params"]["trainable"],
+                           "total": runs[0]["params"]["total"]}
+    for name in dict.fromkeys(("accuracy", "f1_macro", metric)):
+        v = values(name)
+        row[name] = statistics.fmean(v) if v else None
+        row[f"{name}_std"] = statistics.stdev(v) if len(v) > 1 else 0.0
+    row["train_s"] = statistics.fmean(r["timings"]["train_s"] for r in runs)
+    row["s_per_epoch"] = statistics.fmean(r["timings"]["train_s_per_epoch"] for r in runs)
+    row["peak_memory_mb"] = max(r["peak_memory_mb"] for r in runs)
+    row["curves"] = [[{k: h[k] for k in ("epoch", "loss", metric) if k in h} for h in r["metrics"]["history"]
+                      if h["split"] == "validation"] for r in runs]
+    return row
+
+
+def standard_error(row: dict[str, Any], metric: str) -> float:
+    """Noise in a strategy's score: the spread over seeds and the test set's sampling error (a binomial
+    approximation, which also serves for F1)."""
+    value, n = row[metric], max(1, row["n_test"])
+    sampling = value * (1 - value) / n if 0 <= value <= 1 else 0.0
+    seeds = len(row["runs"])
+    return math.sqrt(row[f"{metric}_std"] ** 2 / seeds + sampling)
+
+
+def judge(rows: list[dict[str, Any]], metric: str) -> dict[str, Any]:
+    """The winner, the strategies tied with it (within two standard errors), negative transfer, in words too."""
+    scored = [r for r in rows if r.get(metric) is not None]
+    if not scored:
+        return {"winner": None, "ties": [], "negative_transfer": [], "transfer_helped": None,
+                "verdict": [f"no strategy has a test {metric}"]}
+    sign = -1.0 if metric_mode(metric) == "min" else 1.0
+    best = max(scored, key=lambda r: sign * r[metric])
+
+    def clearly_better(a: dict[str, Any], b: dict[str, Any]) -> bool:
+        gap = sign * (a[metric] - b[metric])
+        return gap > 2 * math.sqrt(standard_error(a, metric) ** 2 + standard_error(b, metric) ** 2)
+
+    ties = [r["label"] for r in scored if r is not best and not clearly_better(best, r)]
+    words = [f"{best['label']} wins on test {metric} ({best[metric]:.4f})" if not ties else
+             f"tie on test {metric} between {', '.join([best['label'], *ties])} (within two standard errors; "
+             f"{best['label']} is ahead at {best[metric]:.4f})"]
+    scratch = next((r for r in scored if r["strategy"] == "scratch"), None)
+    negative, helped = [], None
+    if scratch is not None:
+        pretrained = [r for r in scored if r["strategy"] != "scratch"]
+        negative = [r["label"] for r in pretrained if clearly_better(scratch, r)]
+        if pretrained:
+            top = max(pretrained, key=lambda r: sign * r[metric])
+            helped = True if clearly_better(top, scratch) else False if clearly_better(scratch, top) else None
+            words.append({True: f"transfer helped: {top['label']} beats training from scratch "
+                                f"({top[metric]:.4f} vs {scratch[metric]:.4f})",
+                          False: f"transfer did not help: training from scratch beats every pretrained strategy "
+                                 f"({scratch[metric]:.4f} vs {top[metric]:.4f} for {top['label']})",
+                          None: f"transfer made no clear difference: the best pretrained strategy ({top['label']}, "
+                                f"{top[metric]:.4f}) and scratch ({scratch[metric]:.4f}) are within noise"}[helped])
+        if negative:
+            words.append(f"negative transfer: scratch beats {', '.join(negative)}")
+    return {"winner": best["label"] if not ties else None, "leader": best["label"], "ties": ties,
+            "negative_transfer": negative, "transfer_helped": helped, "verdict": words}
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The comparison as a plain-text table, best first."""
+    metric = result["metric"]
+    sign = -1.0 if metric_mode(metric) == "min" else 1.0
+    rows = sorted(result["strategies"], key=lambda r: -sign * (r[metric] if r[metric] is not None else -math.inf))
+    spread = len(result["seeds"]) > 1
+    width = max(len(r["label"]) for r in rows)
+    lines = [f"{'strategy':<{width}}  {'accuracy':>15}  {'f1_macro':>15}  {'trainable':>12}  {'train s':>8}  "
+             f"{'s/epoch':>8}  {'peak MB':>8}"]
+    for r in rows:
+        def cell(name: str, r: dict[str, Any] = r) -> str:
+            if r[name] is None:
+                return "n/a"
+            return f"{r[name]:.4f} ± {r[name + '_std']:.4f}" if spread else f"{r[name]:.4f}"
+
+        lines.append(f"{r['label']:<{width}}  {cell('accuracy'):>15}  {cell('f1_macro'):>15}  {r['trainable']:>12,}  "
+                     f"{r['train_s']:>8.1f}  {r['s_per_epoch']:>8.2f}  {r['peak_memory_mb']:>8,.0f}")
+    return "\n".join([*lines, *result["verdict"]])
+
+
+def read_comparison(out: Path) -> dict[str, Any]:
+    path = out / COMPARE_FILE
+    if not path.is_file():
+        raise GraftError(f"{out}: no {COMPARE_FILE}; run graft compare first")
+    return json.loads(path.read_text())
+
