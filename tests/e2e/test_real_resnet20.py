@@ -76,8 +76,8 @@ def test_transfer_example_runs_a_linear_probe_on_a_new_task(tmp_path):
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
     example.main(SHARED_DATA, tmp_path, ["head_only"])
-    cached = json.loads((tmp_path / "head_only" / "run.json").read_text())
-    uncached = json.loads((tmp_path / "head_only_uncached" / "run.json").read_text())
+    cached = json.loads((tmp_path / "compare" / "head_only" / "run.json").read_text())
+    uncached = json.loads((tmp_path / "compare" / "head_only-uncached" / "run.json").read_text())
     assert cached["data"]["labels"] == ["animal", "vehicle"] and cached["model"]["head"]["rows_copied"] == []
     assert cached["strategy"]["feature_cache"].startswith("on")
     assert uncached["strategy"]["feature_cache"] is None

@@ -42,6 +42,10 @@ def line_chart(series: dict[str, tuple[Sequence[float], Sequence[float]]], *, xl
         ax.plot([x], [y], marker="*", markersize=13, color="#111827", linestyle="none", label=label)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
+    if all(float(v).is_integer() for _, (x, _) in series.items() for v in x):
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs and folds: no 1.25
     if log_y:
         ax.set_yscale("log")
     if len(series) + len(marks or {}) > 1:

@@ -22,6 +22,13 @@ def write_compare_page(out: Path) -> Path:
     return path
 
 
+def _relative(run: str, out: str) -> str:
+    try:
+        return Path(run).relative_to(out).as_posix()
+    except ValueError:
+        return Path(run).as_uri()
+
+
 def render_compare(result: dict[str, Any]) -> str:
     metric, rows = result["metric"], result["strategies"]
     recipe = result["recipe"]
@@ -38,11 +45,16 @@ def render_compare(result: dict[str, Any]) -> str:
         text = f"{row[name]:.4f}" + (f" ± {row[name + '_std']:.4f}" if spread else "")
         return f"<td class='n'>{text}</td>"
 
+    sign = -1.0 if metric == "loss" else 1.0
+    rows = sorted(rows, key=lambda r: -sign * r[metric] if r.get(metric) is not None else float("inf"))
     body = ""
     for r in rows:
-        mark = " (winner)" if r["label"] == result.get("winner") else " (tie)" if r["label"] in result["ties"] else ""
+        mark = (" (winner)" if r["label"] == result.get("winner") else
+                " (leader, tied)" if r["label"] == lead else " (tie)" if r["label"] in result["ties"] else "")
         flag = " — negative transfer" if r["label"] in result["negative_transfer"] else ""
-        body += (f"<tr class='{'low' if flag else ''}'><td><b>{_e(r['label'])}</b>{_e(mark)}{_e(flag)}</td>"
+        link = _relative(r["runs"][0], recipe["output"]["dir"]) + "/report.html"
+        body += (f"<tr class='{'low' if flag else ''}'><td><b><a href='{_e(link)}'>{_e(r['label'])}</a></b>"
+                 f"{_e(mark)}{_e(flag)}</td>"
                  f"<td>{_e(r['strategy'])}</td><td class='n'>{r['lr']:.3g}</td>{cell(r, 'accuracy')}"
                  f"{cell(r, 'f1_macro')}<td class='n'>{r['trainable']:,}</td><td class='n'>{r['train_s']:.1f} s</td>"
                  f"<td class='n'>{r['s_per_epoch']:.2f} s</td><td class='n'>{r['peak_memory_mb']:,.0f} MB</td></tr>")
