@@ -175,11 +175,17 @@ def _print_summary(record: dict) -> None:
     test = record["metrics"]["test"]
     print(f"run: {record['recipe']['output']['dir']}")
     _print_metrics(test)
+    for sample in record.get("samples", [])[:3]:
+        print(f"  sample: {sample['prompt'][:60]!r} -> {sample['generated'][:80]!r}")
     t = record["timings"]
     print(f"trained {t['steps']} steps in {t['train_s']:.1f}s; peak memory {record['peak_memory_mb']:.0f} MB")
 
 
 def _print_metrics(m: dict, title: str = "test") -> None:
+    if "perplexity" in m:  # a language model
+        print(f"{title}: loss {m['loss']:.4f}  perplexity {m['perplexity']:.3f}  token_accuracy "
+              f"{m['token_accuracy']:.4f}  (n={m['n']} examples, {m['tokens']} response tokens)")
+        return
     auc = f"{m['roc_auc']:.4f}" if m.get("roc_auc") is not None else "n/a"
     print(f"{title}: accuracy {m['accuracy']:.4f}  f1_macro {m['f1_macro']:.4f}  f1_weighted {m['f1_weighted']:.4f}  "
           f"roc_auc {auc}  loss {m['loss']:.4f}  (n={m['n']})")

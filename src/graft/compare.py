@@ -52,6 +52,9 @@ def compare(recipe: Recipe | str | Path | dict[str, Any], strategies: list[str |
     if train is None:
         from graft.pipeline import train
     base = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
+    if base.task == "causal_lm":
+        raise GraftError("graft compare: classification tasks only so far; train a language model's strategies one "
+                         "by one and compare their run.json (validation loss, perplexity)")
     if seeds < 1:
         raise GraftError(f"--seeds {seeds}: at least 1")
     variants = [_variant(s) for s in strategies]

@@ -33,6 +33,8 @@ def cross_validate(recipe: Recipe | str | Path | dict[str, Any], k: int, *, over
         from graft.pipeline import train
     if k < 2:
         raise GraftError(f"--cv {k}: cross-validation needs at least 2 folds")
+    if recipe.task == "causal_lm":
+        raise GraftError("--cv: classification tasks only so far (folds are stratified by label)")
     if recipe.data.test is not None:
         raise GraftError("--cv: each fold is the test split once, so data.test must not be set; remove it (or "
                          "train without --cv to use it)")

@@ -76,6 +76,10 @@ def train(recipe: Recipe | str | Path | dict[str, Any], *, overrides: tuple[str,
                         scratch=recipe.strategy.name == "scratch")
     for note in [*loaded.notes, loaded.head.line()]:
         say(f"model: {note}")
+    lm = recipe.task == "causal_lm"
+    if lm:
+        loaded.model.config.use_cache = False  # a cache in training also turns off packed attention masks
+    _configure_model(loaded, recipe)
     root, attached = loaded.root, None
     if recipe.strategy.is_peft:
         from graft.strategy.peft import attach
@@ -95,6 +99,12 @@ def train(recipe: Recipe | str | Path | dict[str, Any], *, overrides: tuple[str,
     for note in notes:
         say(f"warning: {note}")
     splits.warnings.extend(notes)
+    rendered = None
+    if lm:
+        from graft.tasks.causal_lm import render
+
+        rendered = render(loaded.processor, train_loader.dataset.conversations[0])
+        say(f"example 1 as the model sees it (the loss is on the assistant's turns only):\n{rendered}")
     previous = claim_run_dir(accelerator, recipe, overwrite and not resume)
 
     model, trained, cache_note, cache_s = loaded.model, loaded.model, None, 0.0
@@ -120,6 +130,10 @@ def train(recipe: Recipe | str | Path | dict[str, Any], *, overrides: tuple[str,
         apply_plan(root, plan, epoch=0)
         begin_epoch = head_train_mode(trained)
     parts = Parts(trained, optimizer, None, train_loader, val_loader, splits.labels, begin_epoch)
+    if lm:
+        from graft.tasks.causal_lm import evaluate_lm
+
+        parts.evaluator = evaluate_lm
     scheduler = build_scheduler(optimizer, recipe.schedule, total_steps=total_steps(parts, recipe.train),
                                 steps_per_epoch=steps_per_epoch(parts, recipe.train),
                                 metric_mode=recipe.eval.resolved_mode)
@@ -136,9 +150,12 @@ def train(recipe: Recipe | str | Path | dict[str, Any], *, overrides: tuple[str,
         say(f"resuming from {last} (step {state.step}, epoch {state.epoch}, batch {state.batch_in_epoch})")
     table = plan.table(root, recipe.optim.lr)
     record = _new_record(recipe, splits, loaded, table, cache_note, accelerator)
+    if rendered is not None:
+        record["data"]["rendered_example"] = rendered
     write_record(accelerator, run_dir, record)
-    say(f"{len(splits.train)} train / {len(splits.validation)} validation / {len(splits.test)} test examples, "
-        f"{len(splits.labels)} classes; strategy {recipe.strategy.name}")
+    what = "instruction examples" if lm else f"examples, {len(splits.labels)} classes"
+    say(f"{len(splits.train)} train / {len(splits.validation)} validation / {len(splits.test)} test {what}; "
+        f"strategy {recipe.strategy.name}")
     say(format_groups(table))
 
     setup_s = time.perf_counter() - started
@@ -153,15 +170,23 @@ def train(recipe: Recipe | str | Path | dict[str, Any], *, overrides: tuple[str,
         raise
 
     best = checkpoint.load_best(accelerator, trained, ckpt_dir)
+    if lm:
+        loaded.model.config.use_cache = True  # what the saved model generates with
     test_started = time.perf_counter()
-    logits, truth = collect_logits(accelerator, model, test_loader)
-    test_metrics = score(logits, truth, splits.labels)
+    if lm:
+        test_metrics = parts.evaluator(accelerator, model, test_loader, [])
+    else:
+        logits, truth = collect_logits(accelerator, model, test_loader)
+        test_metrics = score(logits, truth, splits.labels)
     test_s = time.perf_counter() - test_started
     _save_final_model(accelerator, model, loaded, recipe, splits.labels, run_dir / MODEL_DIR, attached)
 
     record.update(status="completed", stopped=state.stopped, best=best)
     record["metrics"] = {"test": test_metrics, "validation": _best_validation(state), "history": state.history}
-    record["mistakes"] = confident_mistakes(logits, truth, splits.labels, _inputs(splits.test))
+    if lm:
+        record["samples"] = _sample_generations(accelerator, model, loaded, splits.validation, recipe)
+    else:
+        record["mistakes"] = confident_mistakes(logits, truth, splits.labels, _inputs(splits.test))
     epochs_run = max(1, state.epoch + (1 if state.batch_in_epoch else 0))
     record["timings"] = {
         "setup_s": round(setup_s, 3), "train_s": round(state.train_s, 3), "eval_s": round(state.eval_s, 3),
@@ -180,6 +205,32 @@ def train(recipe: Recipe | str | Path | dict[str, Any], *, overrides: tuple[str,
         shutil.rmtree(previous, ignore_errors=True)
     accelerator.end_training()
     return record
+
+
+def _configure_model(loaded: LoadedModel, recipe: Recipe) -> None:
+    """Gradient checkpointing, and the output layer kept in fp32 under bf16/fp16 autocast (logits and the loss
+    are where low precision hurts most)."""
+    if recipe.train.gradient_checkpointing:
+        enable = getattr(loaded.model, "gradient_checkpointing_enable", None)
+        if enable is None:
+            raise GraftError("train.gradient_checkpointing: for Hugging Face models; a plain module checkpoints "
+                             "in its own forward")
+        enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if recipe.train.precision != "fp32":
+        from graft.training.precision import keep_fp32
+
+        keep_fp32(loaded.root.get_submodule(loaded.head.path))
+
+
+def _sample_generations(accelerator: Accelerator, model: nn.Module, loaded: LoadedModel, conversations: list,
+                        recipe: Recipe) -> list[dict[str, Any]]:
+    """Greedy answers to the first few validation prompts, for the record and the report (main process)."""
+    from graft.tasks.causal_lm import generate
+
+    unwrapped = accelerator.unwrap_model(model)
+    if not recipe.eval.samples or not hasattr(unwrapped, "generate") or not accelerator.is_main_process:
+        return []
+    return generate(unwrapped, loaded.processor, conversations[: recipe.eval.samples], recipe.eval.max_new_tokens)
 
 
 def _inputs(split: Any) -> list[str]:
@@ -220,6 +271,10 @@ def evaluate_run(run_dir: Path | str, data: Path | str | None = None) -> dict[st
     run = _open_run(Path(run_dir))
     if data is None:
         split = _load_splits(run.recipe).test
+    elif run.recipe.task == "causal_lm":
+        from graft.data.instructions import read_conversations
+
+        split = read_conversations(Path(data), Path(data).name, run.recipe.data)
     elif run.recipe.task == "image_classification":
         from graft.data.images import labelled_images
 
@@ -231,6 +286,10 @@ def evaluate_run(run_dir: Path | str, data: Path | str | None = None) -> dict[st
         d = run.recipe.data
         split = load_labelled_file(Path(data), text_column=d.text_column, label_column=d.label_column,
                                    labels=run.labels, normalize_labels=d.normalize_labels)
+    if run.recipe.task == "causal_lm":
+        from graft.tasks.causal_lm import evaluate_lm
+
+        return evaluate_lm(*_batches(run, split))
     return evaluate(*_batches(run, split), run.labels)
 
 
@@ -244,6 +303,11 @@ def predict_run(run_dir: Path | str, source: str, output: Path | str | None = No
     from graft.evaluation.predictions import collect_logits
 
     run = _open_run(Path(run_dir))
+    if run.recipe.task == "causal_lm":
+        rows = _generate_answers(run, source)
+        if output is not None:
+            write_rows(rows, Path(output))
+        return rows
     if run.recipe.task == "image_classification":
         from graft.data.images import ImageSet, unlabelled_images
 
@@ -266,6 +330,37 @@ def predict_run(run_dir: Path | str, source: str, output: Path | str | None = No
     if output is not None:
         write_predictions(rows, Path(output), run.labels)
     return rows
+
+
+def _generate_answers(run: _TrainedRun, source: str) -> list[dict[str, Any]]:
+    """A language model's greedy answers to prompts: a table with the prompt (or messages) column, a .txt file or
+    stdin with one prompt a line."""
+    from graft.data.tables import read_unlabelled_texts
+    from graft.tasks.causal_lm import generate
+
+    d = run.recipe.data
+    suffix = Path(source).suffix.lower()
+    if source != "-" and suffix not in (".txt", "") and _has_column(Path(source), d.messages_column):
+        from graft.data.instructions import checked_messages
+        from graft.data.tables import read_table
+
+        rows = read_table(Path(source)).select_columns([d.messages_column]).to_dict()[d.messages_column]
+        conversations = [checked_messages(m, source, i + 1, d.messages_column, need_answer=False)
+                         for i, m in enumerate(rows)]
+    else:
+        prompts = read_unlabelled_texts(source, text_column=d.prompt_column)
+        conversations = [[{"role": "user", "content": p}] for p in prompts]
+    if d.system:
+        conversations = [c if c[0]["role"] == "system" else [{"role": "system", "content": d.system}, *c]
+                         for c in conversations]
+    answers = generate(run.model, run.processor, conversations, run.recipe.eval.max_new_tokens)
+    return [{"prompt": a["prompt"], "generated": a["generated"]} for a in answers]
+
+
+def _has_column(path: Path, column: str) -> bool:
+    from graft.data.tables import read_table
+
+    return column in read_table(path).column_names
 
 
 @dataclass
@@ -347,6 +442,13 @@ def _loaders(recipe: Recipe, splits: Any, loaded: LoadedModel,
     eval_batch = t.eval_batch_size or t.batch_size
     val, test = (_eval_loader(recipe, getattr(splits, n), loaded.processor, loaded.input, eval_batch, notes, n)
                  for n in ("validation", "test"))
+    if recipe.task == "causal_lm":
+        from graft.tasks import causal_lm
+
+        encoded = _encoded(recipe, splits.train, loaded.processor, notes, "train")
+        train = causal_lm.train_loader(encoded, loaded.processor.pad_token_id, t.batch_size, t.seed,
+                                       recipe.data.group_by_length, recipe.data.packing, t.num_workers)
+        return train, val, test, notes
     if recipe.task == "image_classification":
         from graft.tasks import image
         from graft.tasks.augment import Augment
@@ -387,8 +489,27 @@ def _image_tensors(split: Any, size: tuple[int, ...], bad_images: str, name: str
     return ImageTensors(decoded.pixels, labels)
 
 
+def _encoded(recipe: Recipe, conversations: list, tokenizer: Any, notes: list[str], name: str) -> Any:
+    from graft.tasks.causal_lm import Encoded
+
+    encoded = Encoded(conversations, tokenizer, recipe.model.max_length)
+    if encoded.dropped:
+        if not len(encoded):
+            raise GraftError(f"data.{name}: every example's response lies beyond model.max_length = "
+                             f"{recipe.model.max_length} tokens; raise it or shorten the prompts")
+        notes.append(f"data.{name}: left out {encoded.dropped} example(s) whose response starts after "
+                     f"model.max_length = {recipe.model.max_length} tokens (nothing to learn from); raise it to keep "
+                     f"them")
+    return encoded
+
+
 def _eval_loader(recipe: Recipe, split: Any, processor: Any, image_input: dict[str, Any], batch_size: int,
                  notes: list[str] | None = None, name: str = "test") -> DataLoader:
+    if recipe.task == "causal_lm":
+        from graft.tasks import causal_lm
+
+        encoded = _encoded(recipe, split, processor, notes if notes is not None else [], name)
+        return causal_lm.eval_loader(encoded, processor.pad_token_id, batch_size, recipe.train.num_workers)
     if recipe.task == "image_classification":
         from graft.tasks import image
 
@@ -400,6 +521,24 @@ def _eval_loader(recipe: Recipe, split: Any, processor: Any, image_input: dict[s
 
     tokenized = text.tokenize(split, processor, recipe.model.max_length)
     return text.eval_loader(tokenized, processor, batch_size, recipe.train.num_workers)
+
+
+def write_rows(rows: list[dict[str, Any]], path: Path) -> None:
+    """Rows of flat values as CSV/TSV (by suffix) or JSON lines; written atomically."""
+    import csv
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tmp.open("w", newline="", encoding="utf-8") as f:
+        if path.suffix.lower() in (".csv", ".tsv"):
+            w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["prompt", "generated"],
+                               delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+            w.writeheader()
+            w.writerows(rows)
+        else:
+            for r in rows:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
 
 
 def write_predictions(rows: list[dict[str, Any]], path: Path, labels: list[str]) -> None:
@@ -455,6 +594,10 @@ def _accelerator(recipe: Recipe) -> Accelerator:
 def _load_splits(recipe: Recipe) -> Any:
     """TextSplits or ImageSplits: train/validation/test, class names, sources, warnings."""
     d = recipe.data
+    if recipe.task == "causal_lm":
+        from graft.data.instructions import load_instruction_splits
+
+        return load_instruction_splits(d.train, d.validation, d.test, data=d, split=d.split, seed=recipe.train.seed)
     if recipe.task == "image_classification":
         from graft.data.images import load_image_splits
 

@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from graft.errors import GraftError
-from graft.evaluation.metrics import SCALAR_METRICS, metric_mode
+from graft.evaluation.metrics import LM_METRICS, SCALAR_METRICS, metric_mode
 
 PositiveInt = Annotated[int, Field(gt=0)]
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
@@ -122,6 +122,16 @@ class DataSpec(Section):
     mean: tuple[float, float, float] | None = None
     """Images: per-channel normalisation; Hugging Face models default to their image processor's."""
     std: tuple[float, float, float] | None = None
+    prompt_column: str = "prompt"
+    """Causal LMs: the instruction column (with response_column), unless the rows hold chat messages."""
+    response_column: str = "response"
+    messages_column: str = "messages"
+    """Causal LMs: a column of chat messages [{role: system|user|assistant, content: ...}], used when present."""
+    system: str | None = None
+    """Causal LMs: a system prompt put before every example that has none."""
+    packing: bool = False
+    """Causal LMs: each batch becomes one row of its examples back to back, positions restarting and no attention
+    across examples (no padding at all)."""
     image_column: str = "image"
     """Images listed in a CSV/JSON/Parquet file: the column of image paths (relative to that file's folder)."""
     bad_images: Literal["error", "skip"] = "error"
@@ -293,19 +303,26 @@ class TrainSpec(Section):
     log_every: PositiveInt = 10
     """Log the training loss and LR every this many optimiser steps."""
     num_workers: Annotated[int, Field(ge=0)] = 0
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, about a third more compute (HF models)."""
 
 
 class EvalSpec(Section):
     every_steps: PositiveInt | None = None
     """Evaluate on validation every this many optimiser steps; null: at the end of every epoch."""
-    metric: MetricName = "f1_macro"
-    """The validation metric that picks the best model and drives early stopping and `plateau`."""
+    metric: MetricName | None = None
+    """The validation metric that picks the best model and drives early stopping and `plateau`; null: f1_macro for
+    classifiers, loss for causal language models."""
     mode: Literal["auto", "min", "max"] = "auto"
     """auto: min for loss, max for the rest."""
     patience: PositiveInt | None = None
     """Stop after this many evaluations without improvement; null: never stop early."""
     min_delta: Annotated[float, Field(ge=0)] = 0.0
     """An improvement smaller than this does not count."""
+    samples: Annotated[int, Field(ge=0)] = 3
+    """Causal LMs: how many validation prompts get a sample generation (greedy) in run.json and the report."""
+    max_new_tokens: PositiveInt = 64
+    """Causal LMs: the longest sample generation (and `graft predict` answer)."""
 
     @property
     def resolved_mode(self) -> Literal["min", "max"]:
@@ -327,7 +344,7 @@ class OutputSpec(Section):
 class Recipe(Section):
     """Everything a run needs. Only `data.train` has no default."""
 
-    task: Literal["text_classification", "image_classification"] = "text_classification"
+    task: Literal["text_classification", "image_classification", "causal_lm"] = "text_classification"
     model: ModelSpec = ModelSpec()
     data: DataSpec
     strategy: StrategySpec = StrategySpec()
@@ -347,8 +364,19 @@ class Recipe(Section):
                              " a Hugging Face model directory brings its own weights")
         if self.model.is_factory and self.task == "image_classification" and self.data.image_size is None:
             raise ValueError("data.image_size: a plain module needs its input size (e.g. data.image_size: 32)")
-        if self.model.is_factory and self.task == "text_classification":
+        if self.model.is_factory and self.task != "image_classification":
             raise ValueError("model.name: plain nn.Module factories are for task: image_classification")
+        lm = self.task == "causal_lm"
+        if self.eval.metric is None:
+            self.eval.metric = "loss" if lm else "f1_macro"
+        if lm and self.eval.metric not in LM_METRICS:
+            raise ValueError(f"eval.metric = {self.eval.metric!r}: a causal LM is scored by {', '.join(LM_METRICS)}")
+        if not lm and self.eval.metric in ("perplexity", "token_accuracy"):
+            raise ValueError(f"eval.metric = {self.eval.metric!r}: that is a language-model metric; a classifier has "
+                             f"loss, accuracy, f1_macro, ...")
+        if lm and self.strategy.name == "head_only":
+            raise ValueError("strategy.name = 'head_only': a causal LM keeps its pretrained output layer, so there is "
+                             "no new head to train alone; use lora, prompt, prefix, freeze or full")
         return self
 
     def dump(self) -> dict[str, Any]:

@@ -14,12 +14,16 @@ SCALAR_METRICS: tuple[str, ...] = (
     "recall_weighted",
     "f1_weighted",
     "roc_auc",
+    "perplexity",
+    "token_accuracy",
 )
+LM_METRICS = ("loss", "perplexity", "token_accuracy")
+"""What a causal language model is scored on (on response tokens)."""
 
 
 def metric_mode(name: str) -> str:
     """Whether a smaller ("min") or larger ("max") value of the metric `name` is better."""
-    return "min" if name == "loss" else "max"
+    return "min" if name in ("loss", "perplexity") else "max"
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -51,6 +51,8 @@ def _load_hf(spec: ModelSpec, task: str, labels: list[str], data: DataSpec, scra
     from graft.models.groups import head_modules
     from graft.models.hf import load_hf_classifier, set_labels, source_labels
 
+    if task == "causal_lm":
+        return _load_causal_lm(spec, scratch)
     if spec.head.pool != "none" or spec.head.input_from:
         raise GraftError("model.head.pool / input_from: Hugging Face models pool their own features; declare "
                          "batchnorm, dropout or hidden only, or use a plain module")
@@ -71,6 +73,19 @@ def _load_hf(spec: ModelSpec, task: str, labels: list[str], data: DataSpec, scra
     return LoadedModel(model, loaded.processor, loaded.source, report, modules, new_keys, notes,
                        _image_input(loaded.processor, data) if task == "image_classification" else {},
                        [old.in_features])
+
+
+def _load_causal_lm(spec: ModelSpec, scratch: bool) -> LoadedModel:
+    """A language model keeps its pretrained output layer: no new head; its tokenizer ready for instructions."""
+    from graft.models.hf import load_hf_classifier
+    from graft.tasks.causal_lm import prepare_tokenizer
+
+    loaded = load_hf_classifier(spec.name, "causal_lm", spec.revision, scratch=scratch)
+    notes = prepare_tokenizer(loaded.processor)
+    if loaded.missing:
+        notes.append(f"not in the checkpoint, initialised fresh: {', '.join(loaded.missing)}")
+    return LoadedModel(loaded.model, loaded.processor, loaded.source, HeadReport("lm_head", kept=True), [],
+                       list(loaded.missing), notes)
 
 
 def _load_plain(spec: ModelSpec, labels: list[str], data: DataSpec, scratch: bool) -> LoadedModel:
@@ -125,6 +140,11 @@ def load_trained(folder: Path, task: str, data: DataSpec) -> TrainedModel:
     if not (folder / "config.json").is_file():
         raise GraftError(f"{folder}: no saved model here (config.json missing); did the run finish?")
     model, processor = hf.load_trained(folder, task)
+    if task == "causal_lm":
+        from graft.tasks.causal_lm import prepare_tokenizer
+
+        prepare_tokenizer(processor)  # the saved tokenizer has its template; pad/eos as in training
+        return TrainedModel(model, processor, [], {})
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
     image = _image_input(processor, data) if task == "image_classification" else {}
     return TrainedModel(model, processor, labels, image)

@@ -39,8 +39,12 @@ class HeadReport:
     """Where the new head sits, e.g. `classifier` or `linear`."""
     copied: list[str] = field(default_factory=list)
     """Target labels whose rows came from the pretrained head."""
+    kept: bool = False
+    """The pretrained output layer stays (a language model): no new head."""
 
     def line(self) -> str:
+        if self.kept:
+            return f"the pretrained output layer ({self.path}) is kept: a language model needs no new head"
         copied = f"; rows copied from the pretrained head for {', '.join(self.copied)}" if self.copied else ""
         return f"new head at {self.path}{copied}"
 

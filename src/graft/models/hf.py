@@ -12,6 +12,7 @@ import transformers
 from transformers import (
     AutoConfig,
     AutoImageProcessor,
+    AutoModelForCausalLM,
     AutoModelForImageClassification,
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -42,7 +43,8 @@ def resolve_model_name(name: str) -> str:
 
 
 AUTO_CLASSES = {"text_classification": AutoModelForSequenceClassification,
-                "image_classification": AutoModelForImageClassification}
+                "image_classification": AutoModelForImageClassification,
+                "causal_lm": AutoModelForCausalLM}
 
 
 @dataclass
@@ -86,7 +88,7 @@ def set_labels(model: PreTrainedModel, labels: list[str]) -> None:
 
 
 def _processor(name: str, source: str, revision: str | None, task: str) -> Any:
-    if task == "text_classification":
+    if task in ("text_classification", "causal_lm"):
         return _from_pretrained(AutoTokenizer.from_pretrained, name, source, revision, {})
     try:
         return _from_pretrained(AutoImageProcessor.from_pretrained, name, source, revision, {"use_fast": False})

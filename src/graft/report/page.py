@@ -49,7 +49,7 @@ def render(record: dict[str, Any], run_dir: Path) -> str:
     title = f"{Path(recipe['output']['dir']).name}: {recipe['strategy']['name']} on {Path(model).name}"
     parts = [f"<h1>{_e(title)}</h1>",
              f"<p class='sub'>{_e(recipe['task'])} · status <b>{_e(record.get('status', '?'))}</b> · "
-             f"{_sizes(record)} · {len(record['data']['labels'])} classes</p>",
+             f"{_sizes(record)}{_classes(record)}</p>",
              _cards(test, record), *_verdicts(record, history)]
     parts += _curves(history, record)
     if test.get("confusion_matrix"):
@@ -60,6 +60,8 @@ def render(record: dict[str, Any], run_dir: Path) -> str:
                   _per_class(test), "</div>"]
     if record.get("mistakes"):
         parts.append(_mistakes(record["mistakes"], recipe["task"]))
+    if record.get("samples") or record["data"].get("rendered_example"):
+        parts.append(_samples(record))
     parts += [_groups(record), _cost(record), _recipe_and_environment(record)]
     return ("<!doctype html><html lang='en'><head><meta charset='utf-8'>"
             f"<meta name='viewport' content='width=device-width,initial-scale=1'><title>{_e(title)}</title>"
@@ -93,6 +95,25 @@ def _e(value: Any) -> str:
     return html.escape(str(value))
 
 
+def _classes(record: dict[str, Any]) -> str:
+    labels = record["data"].get("labels") or []
+    return f" · {len(labels)} classes" if labels else ""
+
+
+def _samples(record: dict[str, Any]) -> str:
+    rendered = record["data"].get("rendered_example")
+    out = ["<h2>What the model learns from, and what it says</h2>"]
+    if rendered:
+        out.append("<p class='sub'>One training example exactly as the model sees it (the loss is on the assistant's "
+                   f"turns only):</p><pre><code>{_e(rendered)}</code></pre>")
+    rows = "".join(f"<tr><td>{_e(_clip(s['prompt'], 300))}</td><td>{_e(_clip(s.get('reference') or '', 300))}</td>"
+                   f"<td>{_e(_clip(s['generated'], 300))}</td></tr>" for s in record.get("samples", []))
+    if rows:
+        out.append("<p class='sub'>Greedy generations for the first validation prompts, after training:</p><table>"
+                   f"<tr><th>prompt</th><th>reference</th><th>generated</th></tr>{rows}</table>")
+    return "".join(out)
+
+
 def _sizes(record: dict[str, Any]) -> str:
     sizes = record["data"]["sizes"]
     return " / ".join(f"{sizes[k]:,} {k}" for k in ("train", "validation", "test"))
@@ -102,7 +123,8 @@ def _cards(test: dict[str, Any], record: dict[str, Any]) -> str:
     if not test:
         return "<p>No test metrics: the run did not finish.</p>"
     items = [("test accuracy", test.get("accuracy")), ("macro F1", test.get("f1_macro")),
-             ("ROC-AUC", test.get("roc_auc")), ("test loss", test.get("loss"))]
+             ("ROC-AUC", test.get("roc_auc")), ("test loss", test.get("loss")),
+             ("test perplexity", test.get("perplexity")), ("token accuracy (responses)", test.get("token_accuracy"))]
     params = record.get("params", {})
     cards = [f"<div class='card'><b>{v:.3f}</b><span>{k}</span></div>" for k, v in items if v is not None]
     if params:
@@ -167,7 +189,7 @@ def _curves(history: list[dict[str, Any]], record: dict[str, Any]) -> list[str]:
     marks = {f"best (step {best[-1]['step']})": (best[-1]["step"], best[-1]["loss"])} if best else None
     figures.append(_figure(line_chart(series, xlabel="step", ylabel="loss", marks=marks),
                            "Loss: training (mean since the previous log line) and validation."))
-    names = [m for m in ("accuracy", "f1_macro", "roc_auc") if val and val[0].get(m) is not None]
+    names = [m for m in ("accuracy", "f1_macro", "roc_auc", "token_accuracy") if val and val[0].get(m) is not None]
     if names:
         figures.append(_figure(line_chart({m: ([h["step"] for h in val], [h[m] for h in val]) for m in names},
                                           xlabel="step", ylabel="validation"), "Validation metrics."))

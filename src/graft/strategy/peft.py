@@ -43,7 +43,7 @@ class Attached:
 def attach(model: nn.Module, root: nn.Module, head: list[str], spec: StrategySpec, task: str,
            group_patterns: list[str] | None) -> Attached:
     """Add `spec.name`'s parameters to `model` (whose parameters live in `root`, its head in the modules `head`)."""
-    if spec.name in TEXT_ONLY and task != "text_classification":
+    if spec.name in TEXT_ONLY and task == "image_classification":
         raise GraftError(f"strategy.name = '{spec.name}': virtual tokens are for text transformers; use lora or "
                          f"adapter for {task}")
     if spec.name in PEFT_LIBRARY:
@@ -69,10 +69,11 @@ def _attach_peft(model: nn.Module, root: nn.Module, head: list[str], spec: Strat
     import peft
 
     saved = [h for h in head if any(True for _ in root.get_submodule(h).parameters())]
-    text = task == "text_classification"
-    common: dict[str, Any] = {"modules_to_save": saved}
-    if text:
+    common: dict[str, Any] = {"modules_to_save": saved or None}
+    if task == "text_classification":
         common["task_type"] = peft.TaskType.SEQ_CLS
+    elif task == "causal_lm":
+        common["task_type"] = peft.TaskType.CAUSAL_LM
     if spec.name == "lora":
         lo = spec.lora
         config = peft.LoraConfig(r=lo.r, lora_alpha=lo.alpha, lora_dropout=lo.dropout, bias=lo.bias,

@@ -42,6 +42,8 @@ class LoopState:
     history: list[dict[str, Any]] = field(default_factory=list)
     window_loss: float = 0.0
     window_count: int = 0
+    window_tokens: tuple[int, int] = (0, 0)
+    """Real tokens and positions since the last log line (the real-token share goes on from them too)."""
     """The training loss summed since the last log line, so a resumed run logs the very same values."""
     train_s: float = 0.0
     eval_s: float = 0.0
@@ -72,6 +74,8 @@ class Parts:
     begin_epoch: Callable[[int], None] | None = None
     """Puts the model in training mode for an epoch: which parameters train, which modules run in eval mode.
     None: `model.train()`."""
+    evaluator: Callable[..., dict[str, Any]] = evaluate
+    """(accelerator, model, loader, label_names) -> metrics: classification's, or a language model's."""
 
     def train_mode(self, epoch: int) -> None:
         if self.begin_epoch is None:
@@ -93,7 +97,7 @@ def fit(accelerator: Accelerator, parts: Parts, train: TrainSpec, evals: EvalSpe
         ckpt_dir: Path, state: LoopState, hooks: list[Hook]) -> LoopState:
     """Train until the epochs or max_steps run out or early stopping fires; the best weights are in `ckpt_dir`."""
     model, optimizer = parts.model, parts.optimizer
-    window = _Window(state.window_loss, state.window_count)
+    window = _Window(state.window_loss, state.window_count, tuple(state.window_tokens))
     while state.epoch < train.epochs and not _budget_spent(state, train):
         loader = parts.train_loader
         if state.batch_in_epoch:
@@ -105,7 +109,7 @@ def fit(accelerator: Accelerator, parts: Parts, train: TrainSpec, evals: EvalSpe
             with accelerator.accumulate(model):
                 loss = model(**batch).loss
                 accelerator.backward(loss)
-                window.add(loss, batch["labels"].shape[0] * accelerator.num_processes)
+                window.add(loss, batch["labels"].shape[0] * accelerator.num_processes, _real_tokens(batch))
                 if accelerator.sync_gradients:
                     norm = accelerator.clip_grad_norm_(model.parameters(), train.max_grad_norm or math.inf)
                     _stop_if_not_finite(accelerator, window, norm, state, train, ckpt_dir)
@@ -144,6 +148,7 @@ def _after_step(accelerator: Accelerator, parts: Parts, train: TrainSpec, evals:
     save = (state.step % ckpt.every_steps == 0) if ckpt.every_steps else evaluated
     if save or last or state.stopped:
         state.window_loss, state.window_count = window.snapshot(accelerator)
+        state.window_tokens = (window.real_tokens, window.positions)
         path = checkpoint.save_checkpoint(accelerator, ckpt_dir, state.step, asdict(state), ckpt.keep_last)
         _emit(hooks, Event("checkpoint", state, {"path": str(path)}))
 
@@ -151,7 +156,7 @@ def _after_step(accelerator: Accelerator, parts: Parts, train: TrainSpec, evals:
 def _evaluate_and_keep_best(accelerator: Accelerator, parts: Parts, evals: EvalSpec, ckpt_dir: Path,
                             state: LoopState, hooks: list[Hook]) -> None:
     started = time.perf_counter()
-    metrics = evaluate(accelerator, parts.model, parts.val_loader, parts.label_names)
+    metrics = parts.evaluator(accelerator, parts.model, parts.val_loader, parts.label_names)
     parts.train_mode(state.epoch)
     value = metrics.get(evals.metric)
     if value is None:
@@ -200,32 +205,46 @@ class NonFiniteError(GraftError):
 class _Window:
     """Loss and throughput since the last log line; the loss is reduced over processes only when logged."""
 
-    def __init__(self, loss_sum: float = 0.0, count: int = 0) -> None:
+    def __init__(self, loss_sum: float = 0.0, count: int = 0, tokens: tuple[int, int] = (0, 0)) -> None:
         self.micro_loss = torch.zeros(())
-        self._reset(loss_sum, count)
+        self._reset(loss_sum, count, tokens)
 
-    def _reset(self, loss_sum: float = 0.0, count: int = 0) -> None:
+    def _reset(self, loss_sum: float = 0.0, count: int = 0, tokens: tuple[int, int] = (0, 0)) -> None:
         self.loss_sum = torch.tensor(loss_sum)
         self.count = count
         self.samples = 0
+        self.real_tokens, self.positions = tokens
         self.since = time.perf_counter()
 
     def snapshot(self, accelerator: Accelerator) -> tuple[float, int]:
         """The loss sum averaged over processes: later per-process additions average out to the same mean."""
         return accelerator.reduce(self.loss_sum.clone(), "mean").item(), self.count
 
-    def add(self, loss: torch.Tensor, samples: int) -> None:
+    def add(self, loss: torch.Tensor, samples: int, tokens: tuple[int, int] = (0, 0)) -> None:
         self.micro_loss = loss.detach().float()
         self.loss_sum = self.loss_sum.to(self.micro_loss.device) + self.micro_loss
         self.count += 1
         self.samples += samples
+        self.real_tokens += tokens[0]
+        self.positions += tokens[1]
 
     def flush(self, accelerator: Accelerator) -> dict[str, float]:
         loss = accelerator.reduce(self.loss_sum / max(1, self.count), "mean").item()
         elapsed = time.perf_counter() - self.since
         out = {"loss": loss, "samples_per_s": self.samples / elapsed if elapsed > 0 else 0.0}
+        if self.positions:  # this process's share of real (not padding) tokens: padding is compute spent on nothing
+            out["real_token_share"] = self.real_tokens / self.positions
         self._reset()
         return out
+
+
+def _real_tokens(batch: dict[str, Any]) -> tuple[int, int]:
+    """(real tokens, positions) of a text batch; a packed batch (no attention mask) has no padding."""
+    ids = batch.get("input_ids")
+    if ids is None:
+        return 0, 0
+    mask = batch.get("attention_mask")
+    return (int(mask.sum()) if mask is not None else ids.numel()), ids.numel()
 
 
 def _group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
