@@ -192,7 +192,8 @@ def _curves(history: list[dict[str, Any]], record: dict[str, Any]) -> list[str]:
     names = [m for m in ("accuracy", "f1_macro", "roc_auc", "token_accuracy") if val and val[0].get(m) is not None]
     if names:
         figures.append(_figure(line_chart({m: ([h["step"] for h in val], [h[m] for h in val]) for m in names},
-                                          xlabel="step", ylabel="validation"), "Validation metrics."))
+                                          xlabel="step", ylabel=names[0] if len(names) == 1 else "validation"),
+                               "Validation metrics."))
     if train and isinstance(train[0].get("lr"), dict):
         groups = list(train[0]["lr"])
         lrs = {g: ([h["step"] for h in train], [h["lr"][g] for h in train]) for g in groups}

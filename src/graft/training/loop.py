@@ -109,7 +109,7 @@ def fit(accelerator: Accelerator, parts: Parts, train: TrainSpec, evals: EvalSpe
             with accelerator.accumulate(model):
                 loss = model(**batch).loss
                 accelerator.backward(loss)
-                window.add(loss, batch["labels"].shape[0] * accelerator.num_processes, _real_tokens(batch))
+                window.add(loss, _examples(batch) * accelerator.num_processes, _real_tokens(batch))
                 if accelerator.sync_gradients:
                     norm = accelerator.clip_grad_norm_(model.parameters(), train.max_grad_norm or math.inf)
                     _stop_if_not_finite(accelerator, window, norm, state, train, ckpt_dir)
@@ -236,6 +236,13 @@ class _Window:
             out["real_token_share"] = self.real_tokens / self.positions
         self._reset()
         return out
+
+
+def _examples(batch: dict[str, Any]) -> int:
+    """Examples in a batch; a packed row holds several, each starting at position 0."""
+    if "position_ids" in batch and "attention_mask" not in batch:
+        return int((batch["position_ids"] == 0).sum())
+    return int(batch["labels"].shape[0])
 
 
 def _real_tokens(batch: dict[str, Any]) -> tuple[int, int]:
