@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint
+.PHONY: demo test lint bench
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -19,5 +19,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+bench: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m bench.run $(BENCH_ARGS)
+
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff check src tests bench examples

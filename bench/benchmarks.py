@@ -1,0 +1,333 @@
+"""The benchmarks: each a function of a `Size`, returning what it measured (ratios side by side, same machine,
+same run). `run.py` runs them and writes the results; the smoke test runs them at a tiny size."""
+
+from __future__ import annotations
+
+import cProfile
+import math
+import pstats
+import random
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.common import SHARED, per_step, repeat, rt_polarity, spread, uniform_texts, write_csv
+
+
+@dataclass(frozen=True)
+class Size:
+    model: str = "minilm"
+    steps: int = 20
+    warmup: int = 3
+    repeats: int = 3
+    batch: int = 16
+    max_length: int = 64
+    n_train: int = 1000
+    n_test: int = 500
+    matmul: int = 1024
+    real_data: bool = True
+
+
+FULL = Size()
+
+
+def _model_dir(name: str) -> str:
+    from graft.models.hf import resolve_model_name
+
+    return resolve_model_name(name)
+
+
+def _tokenizer(size: Size) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(_model_dir(size.model))
+
+
+def _recipe(size: Size, train_file: Path, test_file: Path, out: Path, **sections: Any) -> dict[str, Any]:
+    tree = {"model": {"name": size.model, "max_length": size.max_length},
+            "data": {"train": str(train_file), "validation": str(test_file), "test": str(test_file),
+                     "leakage": "warn"},
+            "optim": {"name": "adamw", "lr": 5e-5, "weight_decay": 0.01},
+            "schedule": {"name": "constant", "warmup_ratio": 0.0},
+            "train": {"epochs": 1, "batch_size": size.batch, "log_every": 10},
+            "output": {"dir": str(out), "tensorboard": False}}
+    for key, value in sections.items():
+        tree[key] = {**tree.get(key, {}), **value}
+    return tree
+
+
+def _labelled(texts: list[str], seed: int = 0) -> list[tuple[str, str]]:
+    rng = random.Random(seed)
+    return [(t, rng.choice(["pos", "neg"])) for t in texts]
+
+
+def _real_or_synthetic(size: Size, tmp: Path) -> tuple[Path, Path, bool]:
+    if size.real_data and (SHARED / "rt-polarity").is_dir():
+        train, test = rt_polarity(size.n_train, size.n_test)
+        return write_csv(tmp / "train.csv", train), write_csv(tmp / "test.csv", test), True
+    tok = _tokenizer(size)
+    rows = _labelled(uniform_texts(tok, size.n_train + size.n_test, 12))
+    return write_csv(tmp / "train.csv", rows[: size.n_train]), write_csv(tmp / "test.csv", rows[size.n_train:]), False
+
+
+def loop_overhead(size: Size) -> dict[str, Any]:
+    """Steps per second of one model, data, batch, precision and step count: graft vs a plain PyTorch loop vs the
+    Hugging Face Trainer. Every text is cut to the same token length, so padding plays no part."""
+    import graft
+
+    tok = _tokenizer(size)
+    n = size.batch * (size.steps + 1)
+    rows = _labelled(uniform_texts(tok, n, size.max_length * 2))
+    times: dict[str, list[float]] = {"graft": [], "plain_pytorch": [], "hf_trainer": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        train, test = write_csv(Path(tmp) / "train.csv", rows), write_csv(Path(tmp) / "test.csv", rows[: size.batch])
+        for i in range(size.repeats):
+            stamps: list[float] = []
+            recipe = _recipe(size, train, test, Path(tmp) / f"graft-{i}", train={"max_steps": size.steps},
+                             data={"group_by_length": False})
+            graft.train(recipe, hooks=[lambda e, s=stamps: s.append(time.perf_counter()) if e.kind == "step" else None])
+            times["graft"].append(per_step(stamps, size.warmup))
+            times["plain_pytorch"].append(_plain_loop(size, tok, [t for t, _ in rows]))
+            times["hf_trainer"].append(_trainer(size, tok, [t for t, _ in rows], Path(tmp) / f"trainer-{i}"))
+    steps_per_s = {k: spread([1 / t for t in v]) for k, v in times.items()}
+    ratios = {f"graft_vs_{k}": spread([b / a for a, b in zip(times["graft"], v, strict=True)])
+              for k, v in times.items() if k != "graft"}
+    return {"setup": {"model": size.model, "batch": size.batch, "tokens": size.max_length, "steps": size.steps,
+                      "warmup_steps_left_out": size.warmup, "precision": "fp32"},
+            "steps_per_s": steps_per_s, "ratios": ratios,
+            "targets": {"graft_vs_plain_pytorch": ">= 0.97", "graft_vs_hf_trainer": ">= 1.0"}}
+
+
+def _plain_loop(size: Size, tok: Any, texts: list[str]) -> float:
+    """The loop a careful person writes by hand: forward, backward, clip, AdamW step."""
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(_model_dir(size.model), num_labels=2)
+    enc = tok(texts, truncation=True, max_length=size.max_length, padding="max_length", return_tensors="pt")
+    labels = torch.randint(0, 2, (len(texts),))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-5, weight_decay=0.01)
+    model.train()
+    stamps = []
+    for i in range(size.steps):
+        s = slice(i * size.batch, (i + 1) * size.batch)
+        out = model(**{k: v[s] for k, v in enc.items()}, labels=labels[s])
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        stamps.append(time.perf_counter())
+    return per_step(stamps, size.warmup)
+
+
+def _trainer(size: Size, tok: Any, texts: list[str], out: Path) -> float:
+    import datasets
+    from transformers import (
+        AutoModelForSequenceClassification,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
+
+    stamps: list[float] = []
+
+    class Stamp(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            stamps.append(time.perf_counter())
+
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(_model_dir(size.model), num_labels=2)
+    enc = tok(texts, truncation=True, max_length=size.max_length)
+    ds = datasets.Dataset.from_dict({**enc, "labels": [random.Random(i).randint(0, 1) for i in range(len(texts))]})
+    args = TrainingArguments(output_dir=str(out), per_device_train_batch_size=size.batch, max_steps=size.steps,
+                             learning_rate=5e-5, weight_decay=0.01, lr_scheduler_type="constant",
+                             logging_strategy="no", save_strategy="no", eval_strategy="no", report_to=[],
+                             use_cpu=not torch.cuda.is_available(), disable_tqdm=True, seed=0)
+    Trainer(model=model, args=args, train_dataset=ds, data_collator=DataCollatorWithPadding(tok),
+            callbacks=[Stamp()]).train()
+    return per_step(stamps, size.warmup)
+
+
+def mixed_precision(size: Size) -> dict[str, Any]:
+    """bf16 autocast against fp32 on the same run: step time and test accuracy (rt-polarity where present)."""
+    import graft
+
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        train, test, real = _real_or_synthetic(size, Path(tmp))
+        for precision in ("fp32", "bf16"):
+            record = graft.train(_recipe(size, train, test, Path(tmp) / precision, train={"precision": precision}))
+            out[precision] = {"step_s": 1 / record["timings"]["steps_per_s"],
+                              "test_accuracy": record["metrics"]["test"]["accuracy"],
+                              "peak_memory_mb": record["peak_memory_mb"]}
+    return {"setup": {"model": size.model, "data": "rt-polarity" if real else "synthetic", "n_train": size.n_train,
+                      "epochs": 1, "batch": size.batch},
+            **out, "speedup_bf16": out["fp32"]["step_s"] / out["bf16"]["step_s"],
+            "accuracy_change": out["bf16"]["test_accuracy"] - out["fp32"]["test_accuracy"]}
+
+
+def padding(size: Size) -> dict[str, Any]:
+    """Long-tailed text lengths: pad to max_length vs dynamic padding vs dynamic padding in length-grouped batches.
+    Share of real tokens, and samples per second of forward + backward + step."""
+    import datasets
+    from torch.utils.data import DataLoader
+    from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding
+
+    from graft.tasks import text
+
+    tok = _tokenizer(size)
+    rng = random.Random(0)
+    lengths = [min(4 * size.max_length, max(3, int(rng.lognormvariate(math.log(12), 0.8)))) for _ in range(
+        size.batch * size.steps)]
+    words = uniform_texts(tok, 1, 4 * size.max_length)[0].split()
+    ds = datasets.Dataset.from_dict({"text": [" ".join(words[:n]) for n in lengths],
+                                     "label": [rng.randint(0, 1) for _ in lengths]})
+    tokenized = text.tokenize(ds, tok, size.max_length)
+    loaders = {
+        "pad_to_max": DataLoader(tokenized, batch_size=size.batch, shuffle=False, collate_fn=DataCollatorWithPadding(
+            tok, padding="max_length", max_length=size.max_length)),
+        "dynamic": text.train_loader(tokenized, tok, size.batch, 0, group_by_length=False),
+        "dynamic_grouped": text.train_loader(tokenized, tok, size.batch, 0, group_by_length=True),
+    }
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(_model_dir(size.model), num_labels=2)
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-5)
+    out: dict[str, Any] = {}
+    for name, loader in loaders.items():
+        batches = list(loader)
+        real = sum(int(b["attention_mask"].sum()) for b in batches) / sum(b["attention_mask"].numel() for b in batches)
+
+        def run(batches: list = batches) -> float:
+            started = time.perf_counter()
+            for b in batches:
+                model(**b).loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            return len(lengths) / (time.perf_counter() - started)
+
+        out[name] = {"real_token_share": real, "samples_per_s": repeat(run, size.repeats)}
+    return {"setup": {"model": size.model, "batch": size.batch, "max_length": size.max_length,
+                      "lengths": "lognormal, median 12 words"},
+            **out, "speedup_grouped_vs_pad_to_max": out["dynamic_grouped"]["samples_per_s"]["median"]
+            / out["pad_to_max"]["samples_per_s"]["median"]}
+
+
+def feature_cache(size: Size) -> dict[str, Any]:
+    """head_only with and without the frozen-backbone cache: time per epoch and test accuracy."""
+    import graft
+
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        train, test, real = _real_or_synthetic(size, Path(tmp))
+        for cached in (True, False):
+            record = graft.train(_recipe(size, train, test, Path(tmp) / f"cache-{cached}", train={"epochs": 3},
+                                         strategy={"name": "head_only", "feature_cache": cached}, optim={"lr": 1e-2}))
+            t = record["timings"]
+            out["cached" if cached else "uncached"] = {
+                "train_s_per_epoch": t["train_s_per_epoch"], "backbone_pass_s": t["feature_cache_s"],
+                "test_accuracy": record["metrics"]["test"]["accuracy"]}
+    return {"setup": {"model": size.model, "data": "rt-polarity" if real else "synthetic", "epochs": 3},
+            **out, "speedup_per_epoch": out["uncached"]["train_s_per_epoch"] / out["cached"]["train_s_per_epoch"],
+            "target": ">= 10x per epoch at identical accuracy"}
+
+
+def lora_vs_full(size: Size) -> dict[str, Any]:
+    """Full fine-tuning against LoRA (r 8 on query/value): step time, peak RSS, optimiser state."""
+    import graft
+
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        train, test, _ = _real_or_synthetic(size, Path(tmp))
+        for name, strategy, lr in (("full", {"name": "full"}, 5e-5), ("lora", {"name": "lora"}, 5e-4)):
+            record = graft.train(_recipe(size, train, test, Path(tmp) / name, strategy=strategy, optim={"lr": lr},
+                                         train={"max_steps": size.steps}))
+            trainable = record["params"]["trainable"]
+            out[name] = {"step_s": 1 / record["timings"]["steps_per_s"], "peak_rss_mb": record["peak_memory_mb"],
+                         "trainable": trainable, "optimizer_state_mb": trainable * 2 * 4 / 2**20}  # AdamW: 2 fp32
+    return {"setup": {"model": size.model, "steps": size.steps, "batch": size.batch}, **out,
+            "lora_step_time_ratio": out["lora"]["step_s"] / out["full"]["step_s"],
+            "lora_peak_rss_ratio": out["lora"]["peak_rss_mb"] / out["full"]["peak_rss_mb"]}
+
+
+def matmul_limit(size: Size) -> dict[str, Any]:
+    """The machine's matmul rate (fp32, bf16) and a MiniLM training step's achieved FLOP/s as a share of it."""
+    n = size.matmul
+    rates = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        a @ b  # warm up
+
+        def once(a: torch.Tensor = a, b: torch.Tensor = b) -> float:
+            started = time.perf_counter()
+            for _ in range(5):
+                a @ b
+            return 5 * 2 * n**3 / (time.perf_counter() - started)
+
+        rates[str(dtype).removeprefix("torch.")] = repeat(once, max(3, size.repeats))
+    step = loop_overhead(Size(**{**size.__dict__, "repeats": 1}))
+    model = _parameters(size)
+    tokens = size.batch * size.max_length
+    flops = 6 * model * tokens  # forward 2N, backward 4N per token (attention's own FLOPs left out: small at 64)
+    achieved = flops * step["steps_per_s"]["graft"]["median"]
+    return {"matmul_flops_per_s": rates, "training_step": {"non_embedding_params": model, "tokens": tokens,
+                                                           "flops": flops, "achieved_flops_per_s": achieved},
+            "share_of_fp32_peak": achieved / rates["float32"]["median"]}
+
+
+def _parameters(size: Size) -> int:
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(_model_dir(size.model), num_labels=2)
+    return sum(p.numel() for n, p in model.named_parameters() if "embeddings" not in n)
+
+
+def profile(size: Size) -> dict[str, Any]:
+    """Where the time of graft's training steps goes, from cProfile over `graft.train`: the shares of the loop's
+    time in data loading, forward, backward, clipping, optimiser and graft's own bookkeeping."""
+    import graft
+
+    tok = _tokenizer(size)
+    rows = _labelled(uniform_texts(tok, size.batch * (size.steps + 1), size.max_length * 2))
+    profiler = cProfile.Profile()
+    with tempfile.TemporaryDirectory() as tmp:
+        train, test = write_csv(Path(tmp) / "train.csv", rows), write_csv(Path(tmp) / "test.csv", rows[:size.batch])
+        recipe = _recipe(size, train, test, Path(tmp) / "run", train={"max_steps": size.steps})
+        profiler.enable()
+        graft.train(recipe)
+        profiler.disable()
+    stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+
+    def cumulative(match: Callable[[str, str], bool]) -> float:
+        return max((v[3] for (file, _, fn), v in stats.items() if match(file, fn)), default=0.0)
+
+    fit = cumulative(lambda f, fn: f.endswith("graft/training/loop.py") and fn == "fit")
+    parts = {
+        "forward": cumulative(lambda f, fn: "modeling_bert" in f and fn == "forward"),
+        "backward": cumulative(lambda f, fn: f.endswith("accelerate/accelerator.py") and fn == "backward"),
+        "clip_grad_norm": cumulative(lambda f, fn: f.endswith("accelerate/accelerator.py") and fn == "clip_grad_norm_"),
+        "optimizer_step": cumulative(lambda f, fn: f.endswith("accelerate/optimizer.py") and fn == "step"),
+        "after_step (log, eval, checkpoint)": cumulative(lambda f, fn: f.endswith("graft/training/loop.py")
+                                                         and fn == "_after_step"),
+        "data": cumulative(lambda f, fn: f.endswith("accelerate/data_loader.py") and fn == "__iter__"),
+    }
+    known = sum(parts.values())
+    return {"setup": {"model": size.model, "steps": size.steps, "batch": size.batch},
+            "fit_s": fit, "seconds": parts, "shares_of_fit": {k: v / fit for k, v in parts.items()} if fit else {},
+            "unaccounted_share": max(0.0, 1 - known / fit) if fit else None}
+
+
+BENCHMARKS: dict[str, Callable[[Size], dict[str, Any]]] = {
+    "loop_overhead": loop_overhead,
+    "mixed_precision": mixed_precision,
+    "padding": padding,
+    "feature_cache": feature_cache,
+    "lora_vs_full": lora_vs_full,
+    "matmul_limit": matmul_limit,
+    "profile": profile,
+}

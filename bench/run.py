@@ -1,0 +1,90 @@
+"""Run the benchmarks and write bench/results/<name>.json and bench/results/RESULTS.md (the README's table).
+
+    .venv/bin/python -m bench.run                 # everything, full size (about 10 minutes on 2 CPU cores)
+    .venv/bin/python -m bench.run --only padding,matmul_limit
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from bench.benchmarks import BENCHMARKS, FULL
+from bench.common import RESULTS, machine, save
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", help="comma-separated benchmark names: " + ", ".join(BENCHMARKS))
+    args = parser.parse_args(argv)
+    names = args.only.split(",") if args.only else list(BENCHMARKS)
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        sys.exit(f"error: unknown benchmark {unknown[0]!r}; choose from {', '.join(BENCHMARKS)}")
+    for name in names:
+        print(f"running {name} ...", file=sys.stderr, flush=True)
+        path = save(name, BENCHMARKS[name](FULL))
+        print(f"wrote {path}", file=sys.stderr)
+    (RESULTS / "RESULTS.md").write_text(table())
+    print(table())
+
+
+def table() -> str:
+    """The Markdown table of every result on disk, with the machine it came from."""
+    r = {p.stem: json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))}
+    m = next(iter(r.values()))["machine"] if r else machine()
+    lines = [f"Measured on {m['cpu']} ({m['cores']} cores, torch {m['torch']}, {m['date']}); medians, [min–max] over "
+             "repeats.", "", "| benchmark | what | result |", "|---|---|---|"]
+
+    def s(x: dict, fmt: str = ".2f") -> str:
+        return f"{x['median']:{fmt}} [{x['min']:{fmt}}–{x['max']:{fmt}}]"
+
+    if "loop_overhead" in r:
+        x = r["loop_overhead"]
+        lines += [f"| loop overhead | graft ÷ plain PyTorch, steps/s (target ≥ 0.97) | "
+                  f"{s(x['ratios']['graft_vs_plain_pytorch'], '.3f')} |",
+                  f"| loop overhead | graft ÷ HF Trainer, steps/s (target ≥ 1.0) | "
+                  f"{s(x['ratios']['graft_vs_hf_trainer'], '.3f')} |",
+                  f"| loop overhead | steps/s: graft / plain / Trainer | "
+                  f"{x['steps_per_s']['graft']['median']:.2f} / {x['steps_per_s']['plain_pytorch']['median']:.2f} / "
+                  f"{x['steps_per_s']['hf_trainer']['median']:.2f} |"]
+    if "mixed_precision" in r:
+        x = r["mixed_precision"]
+        lines += [f"| CPU mixed precision | bf16 ÷ fp32 step time speed-up; test accuracy fp32 → bf16 | "
+                  f"{x['speedup_bf16']:.2f}×; {x['fp32']['test_accuracy']:.3f} → {x['bf16']['test_accuracy']:.3f} |"]
+    if "padding" in r:
+        x = r["padding"]
+        lines += [f"| padding | real-token share: pad-to-max / dynamic / grouped | "
+                  f"{x['pad_to_max']['real_token_share']:.2f} / {x['dynamic']['real_token_share']:.2f} / "
+                  f"{x['dynamic_grouped']['real_token_share']:.2f} |",
+                  f"| padding | samples/s: pad-to-max / dynamic / grouped | "
+                  f"{s(x['pad_to_max']['samples_per_s'], '.1f')} / {s(x['dynamic']['samples_per_s'], '.1f')} / "
+                  f"{s(x['dynamic_grouped']['samples_per_s'], '.1f')} |"]
+    if "feature_cache" in r:
+        x = r["feature_cache"]
+        lines += [f"| feature cache | head_only time per epoch, uncached ÷ cached (target ≥ 10×); accuracy | "
+                  f"{x['speedup_per_epoch']:.0f}×; {x['uncached']['test_accuracy']:.3f} vs "
+                  f"{x['cached']['test_accuracy']:.3f} |"]
+    if "lora_vs_full" in r:
+        x = r["lora_vs_full"]
+        lines += [f"| LoRA vs full | step time; peak RSS; optimiser state | {x['lora_step_time_ratio']:.2f}×; "
+                  f"{x['lora']['peak_rss_mb']:,.0f} vs {x['full']['peak_rss_mb']:,.0f} MB; "
+                  f"{x['lora']['optimizer_state_mb']:.1f} vs {x['full']['optimizer_state_mb']:.1f} MB |"]
+    if "matmul_limit" in r:
+        x = r["matmul_limit"]
+        f32, b16 = x["matmul_flops_per_s"]["float32"], x["matmul_flops_per_s"]["bfloat16"]
+        lines += [f"| physical limit | matmul GFLOP/s fp32 / bf16; MiniLM step's share of fp32 peak | "
+                  f"{f32['median'] / 1e9:.0f} / {b16['median'] / 1e9:.0f}; {x['share_of_fp32_peak']:.0%} |"]
+    if "profile" in r:
+        x = r["profile"]
+        shares = ", ".join(f"{k} {v:.0%}" for k, v in x["shares_of_fit"].items())
+        lines += [f"| profile | share of graft's loop time | {shares} |"]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
