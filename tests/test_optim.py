@@ -105,3 +105,14 @@ def test_plateau_reduces_on_a_stalled_metric():
     for metric in (0.5, 0.6, 0.6, 0.6):
         sched.step(metric)
     assert opt.param_groups[0]["lr"] == 0.5
+
+
+def test_adam_family_uses_the_fused_kernel() -> None:
+    """bench/ (loop_overhead) found the HF Trainer's fused AdamW faster than the per-parameter loop."""
+    from graft.recipe import OptimSpec
+    from graft.training.optim import build_optimizer
+
+    params = [torch.nn.Parameter(torch.randn(4, 4))]
+    for name in ("adamw", "adam"):
+        optimizer = build_optimizer([{"params": params, "weight_decay": 0.0}], OptimSpec(name=name, lr=1e-3))
+        assert optimizer.defaults["fused"] is True
