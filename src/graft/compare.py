@@ -20,7 +20,7 @@ from typing import Any
 from graft.errors import GraftError
 from graft.evaluation.metrics import metric_mode
 from graft.recipe import Recipe, load_recipe
-from graft.rundir import reuse_completed
+from graft.rundir import reuse_completed, write_json
 
 PRESETS: dict[str, tuple[dict[str, Any], float]] = {
     # name: (recipe fragment, multiple of the recipe's optim.lr). The recipe's LR is taken as a full fine-tune's;
@@ -73,9 +73,7 @@ def compare(recipe: Recipe | str | Path | dict[str, Any], strategies: list[str |
             done = None if overwrite else reuse_completed(run_recipe)
             records.setdefault(label, []).append(done or train(run_recipe, overwrite=True))
     result = summarise(base, records, seed_list)
-    tmp = out / f".{COMPARE_FILE}.tmp"
-    tmp.write_text(json.dumps(result, indent=2, default=str))
-    os.replace(tmp, out / COMPARE_FILE)
+    write_json(out / COMPARE_FILE, result)
     from graft.report.compare_page import write_compare_page
 
     write_compare_page(out)

@@ -8,7 +8,6 @@ an interrupted cross-validation resumes: folds that completed with the same reci
 from __future__ import annotations
 
 import csv
-import json
 import os
 import statistics
 from collections.abc import Callable
@@ -18,7 +17,7 @@ from typing import Any
 from graft.errors import GraftError
 from graft.evaluation.metrics import SCALAR_METRICS
 from graft.recipe import Recipe
-from graft.rundir import RECORD_FILE, occupied, reuse_completed
+from graft.rundir import RECORD_FILE, occupied, reuse_completed, write_json
 
 
 def cross_validate(recipe: Recipe | str | Path | dict[str, Any], k: int, *, overrides: list[str] | tuple = (),
@@ -62,9 +61,7 @@ def cross_validate(recipe: Recipe | str | Path | dict[str, Any], k: int, *, over
         fold.output.dir = out / f"fold-{i}"
         records.append(_run_fold(fold, train, overwrite, hooks))
     summary = _summary(recipe, k, records)
-    tmp = out / f".{RECORD_FILE}.tmp"
-    tmp.write_text(json.dumps(summary, indent=2, default=str))
-    os.replace(tmp, out / RECORD_FILE)
+    write_json(out / RECORD_FILE, summary)
     from graft.report import write_report
 
     write_report(out)

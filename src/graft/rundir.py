@@ -95,9 +95,14 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def write_record(accelerator: Accelerator, run_dir: Path, record: dict[str, Any]) -> None:
     if accelerator.is_main_process:
-        tmp = run_dir / f".{RECORD_FILE}.tmp"
-        tmp.write_text(json.dumps(record, indent=2, default=str))
-        os.replace(tmp, run_dir / RECORD_FILE)
+        write_json(run_dir / RECORD_FILE, record)
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Written beside and renamed into place: a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
 
 
 def run_recipe(run_dir: Path) -> Recipe:
