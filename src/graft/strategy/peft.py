@@ -1,5 +1,6 @@
 """Parameter-efficient strategies: LoRA (DoRA, rsLoRA), IA³, prompt tuning and P-tuning through the `peft`
-library; prefix tuning for encoders and bottleneck adapters are graft's own (`prefix.py`, `adapters.py`).
+library; prefix tuning (encoders and decoders alike) and bottleneck adapters are graft's own (`prefix.py`,
+`adapters.py`).
 
 `attach` turns a loaded model into what trains: the pretrained weights are frozen, the added parameters and the
 new head train. Which parameters train is read off `requires_grad` as the method leaves it, so the plan never
