@@ -195,15 +195,10 @@ def test_lora_on_a_causal_lm_through_the_cli_and_peft(tiny_gpt2, pairs_file, tmp
 
 
 def test_a_resumed_lm_run_equals_an_uninterrupted_one(tiny_llama, pairs_file, tmp_path):
-    from tests.e2e.test_resume import StopAt, assert_identical, weights
+    from tests.e2e.test_resume import assert_resume_matches
 
     sections = {"train": {"epochs": 3}, "checkpoint": {"every_steps": 2}, "data": {"packing": True}}
-    graft.train(lm_recipe(tiny_llama, pairs_file, tmp_path / "whole", **sections))
-    broken = lm_recipe(tiny_llama, pairs_file, tmp_path / "broken", **sections)
-    with pytest.raises(KeyboardInterrupt):
-        graft.train(broken, hooks=[StopAt(5)])
-    graft.train(broken, resume=True)
-    assert_identical(weights(tmp_path / "whole"), weights(tmp_path / "broken"))
+    assert_resume_matches(lambda run: lm_recipe(tiny_llama, pairs_file, run, **sections), tmp_path)
 
 
 def test_instruction_data_errors_are_one_line(tiny_llama, tmp_path):

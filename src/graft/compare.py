@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import statistics
 from collections.abc import Callable
 from pathlib import Path
@@ -122,8 +121,7 @@ def _merge(tree: dict[str, Any], fragment: dict[str, Any]) -> None:
 
 def _write_splits(recipe: Recipe, folder: Path) -> dict[str, Any]:
     """The recipe's splits, written once as files that every run reads; the data section pointing at them."""
-    import csv
-
+    from graft.data.tables import write_csv
     from graft.pipeline import _inputs, _load_splits
 
     splits = _load_splits(recipe)
@@ -135,12 +133,8 @@ def _write_splits(recipe: Recipe, folder: Path) -> dict[str, Any]:
         split = getattr(splits, name)
         ids = split.labels if image else split["label"]
         inputs = [str(Path(p).absolute()) for p in _inputs(split)] if image else _inputs(split)
-        path = folder / f"{name}.csv"
-        tmp = path.with_name(f".{path.name}.tmp")
-        with tmp.open("w", newline="", encoding="utf-8") as f:
-            csv.writer(f).writerows([(column, "label"), *zip(inputs, (splits.labels[i] for i in ids), strict=True)])
-        os.replace(tmp, path)
-        paths[name] = str(path)
+        rows = list(zip(inputs, (splits.labels[i] for i in ids), strict=True))
+        paths[name] = str(write_csv(folder / f"{name}.csv", (column, "label"), rows))
     return {**paths, f"{column}_column": column, "label_column": "label", "split": [0.7, 0.15, 0.15]}
 
 

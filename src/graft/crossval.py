@@ -7,13 +7,12 @@ an interrupted cross-validation resumes: folds that completed with the same reci
 
 from __future__ import annotations
 
-import csv
-import os
 import statistics
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from graft.data.tables import write_csv
 from graft.errors import GraftError
 from graft.evaluation.metrics import SCALAR_METRICS
 from graft.recipe import Recipe
@@ -49,9 +48,9 @@ def cross_validate(recipe: Recipe | str | Path | dict[str, Any], k: int, *, over
         files = out / "folds" / f"fold-{i}"
         files.mkdir(parents=True, exist_ok=True)
         suffix = ".csv"
-        _write(files / f"train{suffix}", column, recipe.data.label_column,
-               [examples[j] for j in range(len(examples)) if j not in held_out])
-        _write(files / f"test{suffix}", column, recipe.data.label_column, [examples[j] for j in test_rows])
+        header = (column, recipe.data.label_column)
+        write_csv(files / f"train{suffix}", header, [examples[j] for j in range(len(examples)) if j not in held_out])
+        write_csv(files / f"test{suffix}", header, [examples[j] for j in test_rows])
         fold = recipe.model_copy(deep=True)
         fold.data.train, fold.data.test = files / f"train{suffix}", files / f"test{suffix}"
         if recipe.task == "image_classification":
@@ -107,12 +106,6 @@ def _stratified_folds(labels: list[str], k: int, seed: int, source: Path) -> lis
     splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
     return [sorted(test.tolist()) for _, test in splitter.split(labels, labels)]
 
-
-def _write(path: Path, column: str, label_column: str, rows: list[tuple[str, str]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as f:
-        csv.writer(f).writerows([(column, label_column), *rows])
-    os.replace(tmp, path)
 
 
 def _summary(recipe: Recipe, k: int, records: list[dict[str, Any]]) -> dict[str, Any]:

@@ -335,32 +335,28 @@ def predict_run(run_dir: Path | str, source: str, output: Path | str | None = No
 def _generate_answers(run: _TrainedRun, source: str) -> list[dict[str, Any]]:
     """A language model's greedy answers to prompts: a table with the prompt (or messages) column, a .txt file or
     stdin with one prompt a line."""
-    from graft.data.tables import read_unlabelled_texts
+    from graft.data.checks import require_column, text_values
+    from graft.data.instructions import checked_messages, with_system
+    from graft.data.tables import read_table, read_unlabelled_texts
     from graft.tasks.causal_lm import generate
 
     d = run.recipe.data
-    suffix = Path(source).suffix.lower()
-    if source != "-" and suffix not in (".txt", "") and _has_column(Path(source), d.messages_column):
-        from graft.data.instructions import checked_messages
-        from graft.data.tables import read_table
-
-        rows = read_table(Path(source)).select_columns([d.messages_column]).to_dict()[d.messages_column]
+    table = None if source == "-" or Path(source).suffix.lower() in (".txt", "") else read_table(Path(source))
+    if table is not None and d.messages_column in table.column_names:
+        rows = table.select_columns([d.messages_column]).to_dict()[d.messages_column]
         conversations = [checked_messages(m, source, i + 1, d.messages_column, need_answer=False)
                          for i, m in enumerate(rows)]
     else:
-        prompts = read_unlabelled_texts(source, text_column=d.prompt_column)
+        if table is None:
+            prompts = read_unlabelled_texts(source, text_column=d.prompt_column)
+        else:
+            require_column(table.column_names, d.prompt_column, Path(source).name, "data.prompt_column")
+            prompts = text_values(table.select_columns([d.prompt_column]).to_dict()[d.prompt_column],
+                                  Path(source).name, d.prompt_column)
         conversations = [[{"role": "user", "content": p}] for p in prompts]
-    if d.system:
-        conversations = [c if c[0]["role"] == "system" else [{"role": "system", "content": d.system}, *c]
-                         for c in conversations]
+    conversations = with_system(conversations, d.system)
     answers = generate(run.model, run.processor, conversations, run.recipe.eval.max_new_tokens)
     return [{"prompt": a["prompt"], "generated": a["generated"]} for a in answers]
-
-
-def _has_column(path: Path, column: str) -> bool:
-    from graft.data.tables import read_table
-
-    return column in read_table(path).column_names
 
 
 @dataclass
@@ -523,15 +519,15 @@ def _eval_loader(recipe: Recipe, split: Any, processor: Any, image_input: dict[s
     return text.eval_loader(tokenized, processor, batch_size, recipe.train.num_workers)
 
 
-def write_rows(rows: list[dict[str, Any]], path: Path) -> None:
-    """Rows of flat values as CSV/TSV (by suffix) or JSON lines; written atomically."""
+def write_rows(rows: list[dict[str, Any]], path: Path, fields: list[str] | None = None) -> None:
+    """Rows as CSV/TSV (by suffix; columns `fields`, else the first row's keys) or JSON lines; written atomically."""
     import csv
 
     tmp = path.with_name(f".{path.name}.tmp")
     path.parent.mkdir(parents=True, exist_ok=True)
     with tmp.open("w", newline="", encoding="utf-8") as f:
         if path.suffix.lower() in (".csv", ".tsv"):
-            w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["prompt", "generated"],
+            w = csv.DictWriter(f, fieldnames=fields or (list(rows[0]) if rows else ["prompt", "generated"]),
                                delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
             w.writeheader()
             w.writerows(rows)
@@ -543,21 +539,12 @@ def write_rows(rows: list[dict[str, Any]], path: Path) -> None:
 
 def write_predictions(rows: list[dict[str, Any]], path: Path, labels: list[str]) -> None:
     """CSV/TSV (one probability column per label) or JSON lines, chosen by suffix; written atomically."""
-    import csv
-
-    tmp = path.with_name(f".{path.name}.tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tmp.open("w", newline="", encoding="utf-8") as f:
-        if path.suffix.lower() in (".csv", ".tsv"):
-            w = csv.writer(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
-            key = next(iter(rows[0])) if rows else "text"  # `text` or `image`
-            w.writerow([key, "label", "score", *(f"p_{name}" for name in labels)])
-            for r in rows:
-                w.writerow([r[key], r["label"], r["score"], *(r["probabilities"][n] for n in labels)])
-        else:
-            for r in rows:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    if path.suffix.lower() not in (".csv", ".tsv"):
+        return write_rows(rows, path)
+    key = next(iter(rows[0])) if rows else "text"  # `text` or `image`
+    flat = [{key: r[key], "label": r["label"], "score": r["score"],
+             **{f"p_{n}": r["probabilities"][n] for n in labels}} for r in rows]
+    return write_rows(flat, path, [key, "label", "score", *(f"p_{n}" for n in labels)])
 
 
 def _accelerator(recipe: Recipe) -> Accelerator:

@@ -129,13 +129,8 @@ def test_predict_on_a_folder_of_images(tmp_path, image_folder, plain_checkpoint)
 
 
 def test_a_resumed_augmented_image_run_equals_an_uninterrupted_one(tmp_path, image_folder, plain_checkpoint):
-    from tests.e2e.test_resume import StopAt, assert_identical, weights
+    from tests.e2e.test_resume import assert_resume_matches
 
     model = {"name": f"{PLAIN_NETS}:small_cnn", "checkpoint": str(plain_checkpoint)}
     sections = {"data": {"augment": {"rotation": 20, "color_jitter": 0.3}}, "checkpoint": {"every_steps": 2}}
-    graft.train(image_recipe(model, image_folder, tmp_path / "whole", **sections))
-    broken = image_recipe(model, image_folder, tmp_path / "broken", **sections)
-    with pytest.raises(KeyboardInterrupt):
-        graft.train(broken, hooks=[StopAt(5)])
-    graft.train(broken, resume=True)
-    assert_identical(weights(tmp_path / "whole"), weights(tmp_path / "broken"))
+    assert_resume_matches(lambda run: image_recipe(model, image_folder, run, **sections), tmp_path)

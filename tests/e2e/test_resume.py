@@ -27,6 +27,16 @@ class StopAt:
             raise KeyboardInterrupt
 
 
+def assert_resume_matches(make_recipe, tmp_path: Path, stop: int = 5) -> None:
+    """`make_recipe(run_dir)` trained whole, and stopped at step `stop` then resumed: the same final weights."""
+    graft.train(make_recipe(tmp_path / "whole"))
+    broken = make_recipe(tmp_path / "broken")
+    with pytest.raises(KeyboardInterrupt):
+        graft.train(broken, hooks=[StopAt(stop)])
+    graft.train(broken, resume=True)
+    assert_identical(weights(tmp_path / "whole"), weights(tmp_path / "broken"))
+
+
 def weights(run_dir: Path, name: str = "model/model.safetensors") -> dict[str, torch.Tensor]:
     return load_file(run_dir / name)
 

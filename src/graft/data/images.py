@@ -165,16 +165,10 @@ def unlabelled_images(source: str, image_column: str = "image") -> list[Path]:
             raise GraftError(f"{path}: no image files ({', '.join(IMAGE_SUFFIXES)}) in it or its sub-folders")
         return paths
     if path.is_file() and path.suffix.lower() in SUFFIXES:
-        folder = _absolute(path).parent
         table = read_table(path)
         require_column(table.column_names, image_column, path.name, "data.image_column")
         listed = text_values(table.select_columns([image_column]).to_dict()[image_column], path.name, image_column)
-        paths = [folder / Path(p.strip()).expanduser() for p in listed]
-        missing = [i + 1 for i, p in enumerate(paths) if not p.is_file()]
-        if missing:
-            raise GraftError(f"{path.name}: {plural(len(missing), 'image file')} not found ({format_rows(missing)});"
-                             f" paths are relative to {folder}")
-        return paths
+        return _resolve_listed(path, path.name, listed, list(range(1, len(listed) + 1)))
     if _is_image(path):
         return [path]
     what = "not found" if not path.exists() else f"not an image ({', '.join(IMAGE_SUFFIXES)}) nor a table"
@@ -225,14 +219,20 @@ def _labelled(source: Path, name: str, field: str, image_column: str, label_colu
 def read_image_list(path: Path, name: str, image_column: str, label_column: str) -> Labelled:
     """A table of image paths (relative to its folder) and labels; every listed file must exist."""
     part = read_labelled(path, name, image_column, label_column, text_field="data.image_column")
-    folder = _absolute(path).parent
-    paths = [str(folder / Path(p.strip()).expanduser()) for p in part.texts]
-    missing = [i for i, p in enumerate(paths) if not Path(p).is_file()]
+    paths = _resolve_listed(path, name, part.texts, part.rows)
+    return Labelled(part.name, [str(p) for p in paths], part.labels, part.rows, noun="image")
+
+
+def _resolve_listed(table: Path, name: str, listed: list[str], rows: list[int]) -> list[Path]:
+    """Paths listed in `table`, relative to its folder; every one must be a file."""
+    folder = _absolute(table).parent
+    paths = [folder / Path(p.strip()).expanduser() for p in listed]
+    missing = [i for i, p in enumerate(paths) if not p.is_file()]
     if missing:
-        rows, listed = format_rows([part.rows[i] for i in missing]), shown([part.texts[i] for i in missing], 3)
-        raise GraftError(f"{name}: {plural(len(missing), 'image file')} not found ({rows}: {listed}); paths are "
-                         f"relative to {folder}, fix them or remove those rows")
-    return Labelled(part.name, paths, part.labels, part.rows, noun="image")
+        where, shown_paths = format_rows([rows[i] for i in missing]), shown([listed[i] for i in missing], 3)
+        raise GraftError(f"{name}: {plural(len(missing), 'image file')} not found ({where}: {shown_paths}); paths "
+                         f"are relative to {folder}, fix them or remove those rows")
+    return paths
 
 
 def _check_classes(parts: dict[str, Labelled], folders: dict[str, Path]) -> None:

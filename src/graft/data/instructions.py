@@ -79,10 +79,14 @@ def read_conversations(path: Path, name: str, data: Any) -> list[Conversation]:
             raise GraftError(f"{name}: empty prompt or response in {format_rows(empty)}; fill or remove those rows")
         conversations = [[{"role": "user", "content": str(p)}, {"role": "assistant", "content": str(r)}]
                          for p, r in zip(values[data.prompt_column], values[data.response_column], strict=True)]
-    if data.system:
-        conversations = [c if c[0]["role"] == "system" else [{"role": "system", "content": data.system}, *c]
-                         for c in conversations]
-    return conversations
+    return with_system(conversations, data.system)
+
+
+def with_system(conversations: list[Conversation], system: str | None) -> list[Conversation]:
+    """`system` first in every conversation that has no system message of its own."""
+    if not system:
+        return conversations
+    return [c if c[0]["role"] == "system" else [{"role": "system", "content": system}, *c] for c in conversations]
 
 
 def checked_messages(value: Any, name: str, row: int, column: str, need_answer: bool = True) -> Conversation:

@@ -12,6 +12,7 @@ import csv
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import datasets
 
@@ -169,3 +170,14 @@ def _read_text(path: Path) -> str:
         raise GraftError(f"{path}: no such file; check the path (relative paths start at {Path.cwd()})") from error
     except UnicodeDecodeError as error:
         raise GraftError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8") from error
+
+
+def write_csv(path: Path, header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> Path:
+    """A CSV file, written beside and renamed into place (split files that runs read back)."""
+    import os
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([header, *rows])
+    os.replace(tmp, path)
+    return path

@@ -143,11 +143,9 @@ def _groups_inside(outer: nn.Module, inner: nn.Module, prefix: str, head: list[s
 
 
 def _freeze_all_but(module: nn.Module, keep: Callable[[str], bool]) -> set[str]:
-    trains = set()
+    trains = {name for name, _ in module.named_parameters() if keep(name)}
     for name, p in module.named_parameters():
-        p.requires_grad_(keep(name))
-        if keep(name):
-            trains.add(name)
+        p.requires_grad_(name in trains)
     return trains
 
 

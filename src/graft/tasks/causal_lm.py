@@ -63,23 +63,28 @@ def encode(tokenizer: Any, messages: list[dict[str, str]], max_length: int) -> d
         if m["role"] != "assistant":
             continue
         start = len(render(tokenizer, messages[:i], add_generation_prompt=True)) if i else 0
-        end = len(render(tokenizer, messages[: i + 1]))
-        if not text.startswith(render(tokenizer, messages[: i + 1])):
+        upto = render(tokenizer, messages[: i + 1])
+        if not text.startswith(upto):
             raise GraftError("the chat template renders a conversation's start differently from the whole "
                              "conversation, so responses cannot be located; use a template without that")
-        spans.append((start, end))
+        spans.append((start, len(upto)))
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = list(enc["input_ids"])
     offsets = list(enc["offset_mapping"])
-    bos = tokenizer.bos_token_id
-    if bos is not None and (not ids or ids[0] != bos) and not text.startswith(tokenizer.bos_token or "\0"):
-        ids, offsets = [bos, *ids], [(0, 0), *offsets]
+    if _needs_bos(tokenizer, ids):
+        ids, offsets = [tokenizer.bos_token_id, *ids], [(0, 0), *offsets]
     labels = [t if any(s <= a < e for s, e in spans) and b > a else IGNORE
               for t, (a, b) in zip(ids, offsets, strict=True)]
     ids, labels = ids[:max_length], labels[:max_length]
     if all(label == IGNORE for label in labels):
         return None
     return {"input_ids": ids, "labels": labels}
+
+
+def _needs_bos(tokenizer: Any, ids: list[int]) -> bool:
+    """The tokenizer has a beginning-of-sequence token that the rendered text did not already start with."""
+    bos = tokenizer.bos_token_id
+    return bos is not None and (not ids or ids[0] != bos)
 
 
 class Encoded(Dataset):
@@ -166,9 +171,10 @@ def generate(model: torch.nn.Module, tokenizer: Any, conversations: list[list[di
         last = max(i for i, m in enumerate(messages) if m["role"] == "assistant") if any(
             m["role"] == "assistant" for m in messages) else len(messages)
         prompt = render(tokenizer, messages[:last], add_generation_prompt=True)
-        ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"].to(device)
-        if tokenizer.bos_token_id is not None and ids[0, 0] != tokenizer.bos_token_id:
-            ids = torch.cat([torch.tensor([[tokenizer.bos_token_id]], device=device), ids], dim=1)
+        tokens = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        if _needs_bos(tokenizer, tokens):
+            tokens = [tokenizer.bos_token_id, *tokens]
+        ids = torch.tensor([tokens], device=device)
         new = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                              do_sample=False, pad_token_id=tokenizer.pad_token_id,
                              eos_token_id=tokenizer.eos_token_id, use_cache=True)[0, ids.shape[1]:]

@@ -148,7 +148,7 @@ def _after_step(accelerator: Accelerator, parts: Parts, train: TrainSpec, evals:
     save = (state.step % ckpt.every_steps == 0) if ckpt.every_steps else evaluated
     if save or last or state.stopped:
         state.window_loss, state.window_count = window.snapshot(accelerator)
-        state.window_tokens = (window.real_tokens, window.positions)
+        state.window_tokens = (int(window.real_tokens), window.positions)
         path = checkpoint.save_checkpoint(accelerator, ckpt_dir, state.step, asdict(state), ckpt.keep_last)
         _emit(hooks, Event("checkpoint", state, {"path": str(path)}))
 
@@ -220,7 +220,7 @@ class _Window:
         """The loss sum averaged over processes: later per-process additions average out to the same mean."""
         return accelerator.reduce(self.loss_sum.clone(), "mean").item(), self.count
 
-    def add(self, loss: torch.Tensor, samples: int, tokens: tuple[int, int] = (0, 0)) -> None:
+    def add(self, loss: torch.Tensor, samples: int, tokens: tuple[torch.Tensor | int, int] = (0, 0)) -> None:
         self.micro_loss = loss.detach().float()
         self.loss_sum = self.loss_sum.to(self.micro_loss.device) + self.micro_loss
         self.count += 1
@@ -233,7 +233,7 @@ class _Window:
         elapsed = time.perf_counter() - self.since
         out = {"loss": loss, "samples_per_s": self.samples / elapsed if elapsed > 0 else 0.0}
         if self.positions:  # this process's share of real (not padding) tokens: padding is compute spent on nothing
-            out["real_token_share"] = self.real_tokens / self.positions
+            out["real_token_share"] = int(self.real_tokens) / self.positions
         self._reset()
         return out
 
@@ -245,13 +245,14 @@ def _examples(batch: dict[str, Any]) -> int:
     return int(batch["labels"].shape[0])
 
 
-def _real_tokens(batch: dict[str, Any]) -> tuple[int, int]:
-    """(real tokens, positions) of a text batch; a packed batch (no attention mask) has no padding."""
+def _real_tokens(batch: dict[str, Any]) -> tuple[torch.Tensor | int, int]:
+    """(real tokens, positions) of a text batch; a packed batch (no attention mask) has no padding. The count stays
+    a tensor until it is logged: no device sync in the step."""
     ids = batch.get("input_ids")
     if ids is None:
         return 0, 0
     mask = batch.get("attention_mask")
-    return (int(mask.sum()) if mask is not None else ids.numel()), ids.numel()
+    return (mask.sum() if mask is not None else ids.numel()), ids.numel()
 
 
 def _group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
