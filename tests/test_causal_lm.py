@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 import graft
 from graft.cli import app
-from graft.tasks.causal_lm import DEFAULT_TEMPLATE, IGNORE, Encoded, Pad, encode, prepare_tokenizer
+from graft.tasks.chat import DEFAULT_TEMPLATE, IGNORE, Encoded, Pad, encode, prepare_tokenizer
 from tests.conftest import SPECIALS, error_of
 
 PAIRS = [

@@ -8,10 +8,12 @@ model.
 from graft.compare import compare
 from graft.crossval import cross_validate
 from graft.errors import GraftError
-from graft.pipeline import evaluate_run as evaluate
-from graft.pipeline import export_run as export
-from graft.pipeline import predict_run as predict
 from graft.pipeline import train
 from graft.recipe import Recipe, load_recipe
+from graft.setup import Setup, setup
+from graft.trained import evaluate_run as evaluate
+from graft.trained import export_run as export
+from graft.trained import predict_run as predict
 
-__all__ = ["GraftError", "Recipe", "compare", "cross_validate", "evaluate", "export", "load_recipe", "predict", "train"]
+__all__ = ["GraftError", "Recipe", "Setup", "compare", "cross_validate", "evaluate", "export", "load_recipe", "predict",
+           "setup", "train"]

@@ -54,7 +54,7 @@ def eval_(
     output: Annotated[Path | None, typer.Option(help="Also write the metrics as JSON here.")] = None,
 ) -> None:
     """Metrics of a trained run on a dataset: accuracy, F1, per-class table, confusion matrix."""
-    from graft.pipeline import evaluate_run
+    from graft.trained import evaluate_run
 
     metrics = evaluate_run(run_dir, data)
     if output is not None:
@@ -73,7 +73,7 @@ def predict(
     )] = None,
 ) -> None:
     """Labels and probabilities for new texts or images."""
-    from graft.pipeline import predict_run
+    from graft.trained import predict_run
 
     rows = predict_run(run_dir, input, output)
     if output is None:
@@ -91,7 +91,7 @@ def export(
                                         "standalone model that plain transformers loads.")] = False,
 ) -> None:
     """A standalone copy of a run's final model, for serving elsewhere."""
-    from graft.pipeline import export_run
+    from graft.trained import export_run
 
     print(f"exported to {export_run(run_dir, output, merge=merge)}", file=sys.stderr)
 

@@ -18,8 +18,10 @@ from typing import Any
 
 from graft.errors import GraftError
 from graft.evaluation.metrics import metric_mode
+from graft.files import write_json
 from graft.recipe import Recipe, load_recipe
-from graft.rundir import reuse_completed, write_json
+from graft.rundir import reuse_completed
+from graft.tasks import get_task
 
 PRESETS: dict[str, tuple[dict[str, Any], float]] = {
     # name: (recipe fragment, multiple of the recipe's optim.lr). The recipe's LR is taken as a full fine-tune's;
@@ -51,9 +53,9 @@ def compare(recipe: Recipe | str | Path | dict[str, Any], strategies: list[str |
     if train is None:
         from graft.pipeline import train
     base = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
-    if base.task == "causal_lm":
-        raise GraftError("graft compare: classification tasks only so far; train a language model's strategies one "
-                         "by one and compare their run.json (validation loss, perplexity)")
+    if get_task(base.task).input_kind is None:
+        raise GraftError(f"graft compare: classification tasks only so far, not {base.task}; train its strategies "
+                         f"one by one and compare their run.json (validation loss, perplexity)")
     if seeds < 1:
         raise GraftError(f"--seeds {seeds}: at least 1")
     variants = [_variant(s) for s in strategies]
@@ -122,19 +124,14 @@ def _merge(tree: dict[str, Any], fragment: dict[str, Any]) -> None:
 def _write_splits(recipe: Recipe, folder: Path) -> dict[str, Any]:
     """The recipe's splits, written once as files that every run reads; the data section pointing at them."""
     from graft.data.tables import write_csv
-    from graft.pipeline import _inputs, _load_splits
 
-    splits = _load_splits(recipe)
+    task = get_task(recipe.task)
+    splits = task.load_splits(recipe)
     folder.mkdir(parents=True, exist_ok=True)
-    image = recipe.task == "image_classification"
-    column = "image" if image else "text"
-    paths = {}
-    for name in ("train", "validation", "test"):
-        split = getattr(splits, name)
-        ids = split.labels if image else split["label"]
-        inputs = [str(Path(p).absolute()) for p in _inputs(split)] if image else _inputs(split)
-        rows = list(zip(inputs, (splits.labels[i] for i in ids), strict=True))
-        paths[name] = str(write_csv(folder / f"{name}.csv", (column, "label"), rows))
+    column = task.input_kind
+    paths = {name: str(write_csv(folder / f"{name}.csv", (column, "label"), task.rows(getattr(splits, name),
+                                                                                      splits.labels)))
+             for name in ("train", "validation", "test")}
     return {**paths, f"{column}_column": column, "label_column": "label", "split": [0.7, 0.15, 0.15]}
 
 

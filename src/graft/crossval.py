@@ -15,8 +15,10 @@ from typing import Any
 from graft.data.tables import write_csv
 from graft.errors import GraftError
 from graft.evaluation.metrics import SCALAR_METRICS
+from graft.files import write_json
 from graft.recipe import Recipe
-from graft.rundir import RECORD_FILE, occupied, reuse_completed, write_json
+from graft.tasks import get_task
+from graft.rundir import RECORD_FILE, occupied, reuse_completed
 
 
 def cross_validate(recipe: Recipe | str | Path | dict[str, Any], k: int, *, overrides: list[str] | tuple = (),
@@ -31,8 +33,9 @@ def cross_validate(recipe: Recipe | str | Path | dict[str, Any], k: int, *, over
         from graft.pipeline import train
     if k < 2:
         raise GraftError(f"--cv {k}: cross-validation needs at least 2 folds")
-    if recipe.task == "causal_lm":
-        raise GraftError("--cv: classification tasks only so far (folds are stratified by label)")
+    task = get_task(recipe.task)
+    if task.input_kind is None:
+        raise GraftError(f"--cv: classification tasks only so far, not {recipe.task} (folds are stratified by label)")
     if recipe.data.test is not None:
         raise GraftError("--cv: each fold is the test split once, so data.test must not be set; remove it (or "
                          "train without --cv to use it)")
@@ -40,23 +43,19 @@ def cross_validate(recipe: Recipe | str | Path | dict[str, Any], k: int, *, over
     if occupied(out) and not (out / "folds").is_dir() and not overwrite:
         raise GraftError(f"output.dir {out} already holds files that are not a cross-validation; choose another "
                          f"output.dir or pass --overwrite")
-    examples, column = _read_examples(recipe)
+    examples, column = task.read_examples(recipe), task.input_kind
     folds = _stratified_folds([label for _, label in examples], k, recipe.train.seed, recipe.data.train)
     records = []
     for i, test_rows in enumerate(folds):
         held_out = set(test_rows)
         files = out / "folds" / f"fold-{i}"
         files.mkdir(parents=True, exist_ok=True)
-        suffix = ".csv"
         header = (column, recipe.data.label_column)
-        write_csv(files / f"train{suffix}", header, [examples[j] for j in range(len(examples)) if j not in held_out])
-        write_csv(files / f"test{suffix}", header, [examples[j] for j in test_rows])
+        write_csv(files / "train.csv", header, [examples[j] for j in range(len(examples)) if j not in held_out])
+        write_csv(files / "test.csv", header, [examples[j] for j in test_rows])
         fold = recipe.model_copy(deep=True)
-        fold.data.train, fold.data.test = files / f"train{suffix}", files / f"test{suffix}"
-        if recipe.task == "image_classification":
-            fold.data.image_column = column
-        else:
-            fold.data.text_column = column
+        fold.data.train, fold.data.test = files / "train.csv", files / "test.csv"
+        setattr(fold.data, f"{column}_column", column)
         fold.output.dir = out / f"fold-{i}"
         records.append(_run_fold(fold, train, overwrite, hooks))
     summary = _summary(recipe, k, records)
@@ -71,24 +70,6 @@ def _run_fold(fold: Recipe, train: Callable[..., dict[str, Any]], overwrite: boo
               hooks: list | None) -> dict[str, Any]:
     done = None if overwrite else reuse_completed(fold)
     return done or train(fold, overwrite=occupied(fold.output.dir), hooks=hooks)
-
-
-def _read_examples(recipe: Recipe) -> tuple[list[tuple[str, str]], str]:
-    """(input, label) rows of data.train, checked as training data is: texts, or absolute image paths."""
-    d = recipe.data
-    if recipe.task == "image_classification":
-        from graft.data.images import load_image_splits
-
-        splits = load_image_splits(d.train, None, None, split=(1.0, 0.0, 0.0), seed=recipe.train.seed,
-                                   image_column=d.image_column, label_column=d.label_column, leakage=d.leakage)
-        s = splits.train
-        return [(str(Path(p).absolute()), splits.labels[y]) for p, y in zip(s.paths, s.labels, strict=True)], "image"
-    from graft.data.checks import drop_duplicate_texts
-    from graft.data.tables import read_labelled
-
-    part = read_labelled(Path(d.train), Path(d.train).name, d.text_column, d.label_column)
-    part, _ = drop_duplicate_texts(part)  # a text in two folds would be leakage
-    return list(zip(part.texts, part.labels, strict=True)), d.text_column
 
 
 def _stratified_folds(labels: list[str], k: int, seed: int, source: Path) -> list[list[int]]:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 from accelerate import Accelerator
@@ -47,3 +49,34 @@ def environment(accelerator: Accelerator) -> dict[str, Any]:
         "mixed_precision": accelerator.mixed_precision,
         "packages": versions,
     }
+
+
+PROC = Path("/proc/self")
+
+
+def reset_peak_memory() -> None:
+    """Count this run's peak memory afresh, so that several runs in one process (a comparison, a cross-validation)
+    each report their own: Linux resets the peak RSS on `5` written to clear_refs."""
+    import torch
+
+    with contextlib.suppress(OSError):  # not Linux: the peak is the process's since it started (ru_maxrss)
+        (PROC / "clear_refs").write_text("5")
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory since `reset_peak_memory` (Linux VmHWM; elsewhere ru_maxrss), or on a GPU the peak
+    of allocated GPU memory when larger."""
+    import resource
+
+    import torch
+
+    try:
+        line = next(x for x in (PROC / "status").read_text().splitlines() if x.startswith("VmHWM:"))
+        peak = int(line.split()[1]) / 1024
+    except (OSError, StopIteration, ValueError):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if torch.cuda.is_available():
+        peak = max(peak, torch.cuda.max_memory_allocated() / 2**20)
+    return round(peak, 1)

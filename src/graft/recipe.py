@@ -16,7 +16,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from graft.errors import GraftError
-from graft.evaluation.metrics import LM_METRICS, SCALAR_METRICS, metric_mode
+from graft.evaluation.metrics import SCALAR_METRICS, metric_mode
+from graft.tasks import TASKS
 
 PositiveInt = Annotated[int, Field(gt=0)]
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
@@ -144,6 +145,12 @@ class DataSpec(Section):
         if any(f < 0 for f in v) or abs(sum(v) - 1.0) > 1e-6 or v[0] <= 0:
             raise ValueError("must be three non-negative fractions (train, validation, test) summing to 1")
         return v
+
+
+_TASK_DATA_FIELDS = frozenset().union(*(t.data_fields for t in TASKS.values()))
+"""data.* fields that some task reads and another does not."""
+_DATA_DEFAULTS = {name: DataSpec.model_fields[name].get_default(call_default_factory=True)
+                  for name in _TASK_DATA_FIELDS}
 
 
 PEFT_METHODS = ("lora", "ia3", "prompt", "ptuning", "prefix", "adapter")
@@ -306,6 +313,10 @@ class TrainSpec(Section):
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, about a third more compute (HF models)."""
 
+    @property
+    def eval_batch(self) -> int:
+        return self.eval_batch_size or self.batch_size
+
 
 class EvalSpec(Section):
     every_steps: PositiveInt | None = None
@@ -344,7 +355,7 @@ class OutputSpec(Section):
 class Recipe(Section):
     """Everything a run needs. Only `data.train` has no default."""
 
-    task: Literal["text_classification", "image_classification", "causal_lm"] = "text_classification"
+    task: Literal[tuple(TASKS)] = "text_classification"  # type: ignore[valid-type]
     model: ModelSpec = ModelSpec()
     data: DataSpec
     strategy: StrategySpec = StrategySpec()
@@ -362,22 +373,34 @@ class Recipe(Section):
         if self.model.checkpoint is not None and not self.model.is_factory:
             raise ValueError("model.checkpoint: only for a factory-built module (model.name: package.module:function);"
                              " a Hugging Face model directory brings its own weights")
-        if self.model.is_factory and self.task == "image_classification" and self.data.image_size is None:
-            raise ValueError("data.image_size: a plain module needs its input size (e.g. data.image_size: 32)")
-        if self.model.is_factory and self.task != "image_classification":
-            raise ValueError("model.name: plain nn.Module factories are for task: image_classification")
-        lm = self.task == "causal_lm"
-        if self.eval.metric is None:
-            self.eval.metric = "loss" if lm else "f1_macro"
-        if lm and self.eval.metric not in LM_METRICS:
-            raise ValueError(f"eval.metric = {self.eval.metric!r}: a causal LM is scored by {', '.join(LM_METRICS)}")
-        if not lm and self.eval.metric in ("perplexity", "token_accuracy"):
-            raise ValueError(f"eval.metric = {self.eval.metric!r}: that is a language-model metric; a classifier has "
-                             f"loss, accuracy, f1_macro, ...")
-        if lm and self.strategy.name == "head_only":
-            raise ValueError("strategy.name = 'head_only': a causal LM keeps its pretrained output layer, so there is "
-                             "no new head to train alone; use lora, prompt, prefix, freeze or full")
+        if self.model.is_factory and self.train.gradient_checkpointing:
+            raise ValueError("train.gradient_checkpointing: for Hugging Face models; a plain module checkpoints in its "
+                             "own forward")
+        if not self.model.is_factory and (self.model.head.pool != "none" or self.model.head.input_from):
+            raise ValueError("model.head.pool / input_from: Hugging Face models pool their own features; declare "
+                             "batchnorm, dropout or hidden only, or use a plain module")
+        self._check_task()
         return self
+
+    def _check_task(self) -> None:
+        """What the task takes: its own data fields, its metrics, the strategies and models it can train."""
+        task = TASKS[self.task]
+        foreign = [f for f in _TASK_DATA_FIELDS - task.data_fields if getattr(self.data, f) != _DATA_DEFAULTS[f]]
+        if foreign:
+            owners = [t.name for t in TASKS.values() if foreign[0] in t.data_fields]
+            raise ValueError(f"data.{foreign[0]}: {self.task} does not read it (it is for {' and '.join(owners)}); "
+                             f"remove it")
+        if self.model.is_factory and not task.takes_plain_modules:
+            takers = [t.name for t in TASKS.values() if t.takes_plain_modules]
+            raise ValueError(f"model.name: plain nn.Module factories are for task: {', '.join(takers)}")
+        reason = task.refused_strategies.get(self.strategy.name)
+        if reason:
+            raise ValueError(f"strategy.name = '{self.strategy.name}': {reason}")
+        if self.eval.metric is None:
+            self.eval.metric = task.default_metric
+        if self.eval.metric not in task.metrics:
+            raise ValueError(f"eval.metric = {self.eval.metric!r}: {self.task} is scored by {', '.join(task.metrics)}")
+        task.check_recipe(self)
 
     def dump(self) -> dict[str, Any]:
         """The resolved recipe as plain YAML/JSON-ready data."""

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from graft.errors import GraftError
+from graft.files import write_json, write_text
 from graft.recipe import Recipe, validate_recipe
 
 if TYPE_CHECKING:
@@ -57,7 +58,7 @@ def claim_run_dir(accelerator: Accelerator, recipe: Recipe, overwrite: bool) -> 
                 shutil.rmtree(previous, ignore_errors=True)
                 os.replace(run_dir, previous)
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / RECIPE_FILE).write_text(yaml.safe_dump(recipe.dump(), sort_keys=False))
+        write_text(run_dir / RECIPE_FILE, yaml.safe_dump(recipe.dump(), sort_keys=False))
     accelerator.wait_for_everyone()
     return previous
 
@@ -96,13 +97,6 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def write_record(accelerator: Accelerator, run_dir: Path, record: dict[str, Any]) -> None:
     if accelerator.is_main_process:
         write_json(run_dir / RECORD_FILE, record)
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Written beside and renamed into place: a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
 
 
 def run_recipe(run_dir: Path) -> Recipe:

@@ -12,7 +12,7 @@ from torch import nn
 from graft.models.build import load_model
 from graft.models.heads import ConcatPool, build_head, find_output_layer, replace_head
 from graft.models.plain import PlainClassifier
-from graft.recipe import DataSpec, HeadSpec, ModelSpec
+from graft.recipe import DataSpec, HeadSpec, ModelSpec, load_recipe
 from tests.conftest import IMAGE_MEAN, IMAGE_STD, PLAIN_NETS, build_tiny_resnet, error_of, save_plain_checkpoint
 
 SMALL_CNN = f"{PLAIN_NETS}:small_cnn"
@@ -59,10 +59,11 @@ def test_hf_head_with_generic_labels_copies_nothing(tmp_path):
 
 
 def test_hf_head_with_pool_is_refused(tiny_resnet, tmp_path):
-    for head in (HeadSpec(pool="avg"), HeadSpec(input_from="resnet.encoder")):
-        message = error_of(load_model, ModelSpec(name=str(tiny_resnet), head=head), "image_classification",
-                           ["a", "b"], image_data(tmp_path))
-        assert message.startswith("model.head.pool / input_from: Hugging Face models pool their own features")
+    for head in ({"pool": "avg"}, {"input_from": "resnet.encoder"}):
+        tree = {"task": "image_classification", "model": {"name": str(tiny_resnet), "head": head},
+                "data": {"train": str(tmp_path)}}
+        message = error_of(load_recipe, tree)
+        assert "model.head.pool / input_from: Hugging Face models pool their own features" in message
 
 
 def test_hf_declared_head_without_pool(tiny_resnet, tmp_path):

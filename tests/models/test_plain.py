@@ -188,7 +188,7 @@ def test_load_trained_round_trip(tmp_path, plain_checkpoint, head):
     model.train()
     model(pixel_values=torch.randn(4, 3, 16, 16))  # move BatchNorm statistics, so they must travel too
     folder = tmp_path / "model"
-    # The meta that pipeline._save_final_model writes.
+    # The meta that graft.models.save.save_final_model writes.
     save_plain(model, model.state_dict(), folder, {
         "factory": spec.name, "kwargs": spec.kwargs, "head_path": model.head_path, "head": spec.head.model_dump(),
         "head_in_shape": loaded.head_in_shape, "labels": labels, "input": loaded.input})

@@ -112,10 +112,10 @@ def initial_state(recipe) -> tuple[dict[str, torch.Tensor], list[str]]:
     """The weights a run starts from, built the way train() builds them (same seed), and the parameter names."""
     from accelerate.utils import set_seed
 
-    from graft.pipeline import _load_splits
+    from graft.setup import load_splits
 
     set_seed(recipe.train.seed)
-    labels = _load_splits(recipe).labels
+    labels = load_splits(recipe).labels
     loaded = load_model(recipe.model, recipe.task, labels, recipe.data, scratch=recipe.strategy.name == "scratch")
     state = {k: v.detach().clone() for k, v in loaded.model.state_dict().items()}
     return state, [n for n, _ in loaded.model.named_parameters()]

@@ -17,9 +17,10 @@ from safetensors.torch import load_file
 import graft
 from graft.evaluation.predictions import collect_logits
 from graft.models.build import load_model
-from graft.pipeline import _batches, _load_splits, _open_run
 from graft.recipe import load_recipe
+from graft.setup import load_splits
 from graft.strategy.peft import MERGEABLE, attach
+from graft.trained import batches, open_run
 from tests.conftest import PLAIN_NETS, SPECIALS, build_tiny_bert, image_recipe, make_texts, tiny_recipe, write_csv
 
 LOGIT_TOL = 1e-5
@@ -80,7 +81,7 @@ def _untrained(recipe):
     from accelerate.utils import set_seed
 
     set_seed(recipe.train.seed)
-    splits = _load_splits(recipe)
+    splits = load_splits(recipe)
     loaded = load_model(recipe.model, recipe.task, splits.labels, recipe.data)
     base_state = {k: v.detach().clone() for k, v in loaded.root.named_parameters()}
     base_names = {id(p): n for n, p in loaded.root.named_parameters()}
@@ -91,8 +92,8 @@ def _untrained(recipe):
 
 
 def _logits(run_dir: Path, model=None) -> torch.Tensor:
-    run = _open_run(run_dir)
-    accelerator, own, loader = _batches(run, _load_splits(run.recipe).test)
+    run = open_run(run_dir)
+    accelerator, own, loader = batches(run, load_splits(run.recipe).test)
     if model is not None:
         own = accelerator.prepare(model)
     return torch.from_numpy(collect_logits(accelerator, own, loader)[0])
@@ -219,7 +220,7 @@ def test_merge_is_refused_for_methods_that_add_layers(recipes, tmp_path):
 def test_adapters_start_as_the_identity(recipes, tmp_path):
     """Up-projections start at zero: with adapters added, the model computes what it computed before."""
     recipe = load_recipe({**recipes["bert"](tmp_path / "run"), "strategy": {"name": "adapter"}})
-    splits = _load_splits(recipe)
+    splits = load_splits(recipe)
     loaded = load_model(recipe.model, recipe.task, splits.labels, recipe.data)
     batch = {"input_ids": torch.randint(5, 20, (3, 7)), "attention_mask": torch.ones(3, 7, dtype=torch.long)}
     loaded.model.eval()
@@ -234,7 +235,7 @@ def test_prefix_that_attends_nowhere_changes_nothing(recipes, tmp_path):
     from graft.strategy.prefix import PrefixTuned
 
     recipe = load_recipe(recipes["bert"](tmp_path / "run"))
-    loaded = load_model(recipe.model, recipe.task, _load_splits(recipe).labels, recipe.data)
+    loaded = load_model(recipe.model, recipe.task, load_splits(recipe).labels, recipe.data)
     loaded.model.eval()
     ids = torch.randint(5, 20, (2, 6))
     mask = torch.tensor([[1] * 6, [1] * 4 + [0] * 2])

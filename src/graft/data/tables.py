@@ -174,10 +174,8 @@ def _read_text(path: Path) -> str:
 
 def write_csv(path: Path, header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> Path:
     """A CSV file, written beside and renamed into place (split files that runs read back)."""
-    import os
+    from graft.files import writing
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as f:
+    with writing(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
         csv.writer(f).writerows([header, *rows])
-    os.replace(tmp, path)
     return path

@@ -19,6 +19,7 @@ SCALAR_METRICS: tuple[str, ...] = (
 )
 LM_METRICS = ("loss", "perplexity", "token_accuracy")
 """What a causal language model is scored on (on response tokens)."""
+LM_ONLY_METRICS = ("perplexity", "token_accuracy")
 
 
 def metric_mode(name: str) -> str:

@@ -41,22 +41,27 @@ class LoadedModel:
 
 
 def load_model(spec: ModelSpec, task: str, labels: list[str], data: DataSpec, *, scratch: bool = False) -> LoadedModel:
-    """The recipe's model with a head for `labels`; `scratch`: the same architecture, randomly initialised."""
+    """The recipe's model ready for `task` (a head for `labels`); `scratch`: the same architecture, randomly
+    initialised."""
+    from graft.tasks import get_task
+
+    return get_task(task).load_model(spec, labels, data, scratch)
+
+
+def load_classifier(spec: ModelSpec, labels: list[str], data: DataSpec, scratch: bool, auto_class: str,
+                    processor: str) -> LoadedModel:
+    """A plain module, or a Hugging Face model through transformers' `auto_class`, with a new head for `labels`;
+    `processor` (`tokenizer` or `image`) is what prepares its inputs."""
     if spec.is_factory:
         return _load_plain(spec, labels, data, scratch)
-    return _load_hf(spec, task, labels, data, scratch)
+    return _load_hf(spec, labels, scratch, auto_class, processor)
 
 
-def _load_hf(spec: ModelSpec, task: str, labels: list[str], data: DataSpec, scratch: bool) -> LoadedModel:
+def _load_hf(spec: ModelSpec, labels: list[str], scratch: bool, auto_class: str, processor: str) -> LoadedModel:
     from graft.models.groups import head_modules
-    from graft.models.hf import load_hf_classifier, set_labels, source_labels
+    from graft.models.hf import load_hf_model, set_labels, source_labels
 
-    if task == "causal_lm":
-        return _load_causal_lm(spec, scratch)
-    if spec.head.pool != "none" or spec.head.input_from:
-        raise GraftError("model.head.pool / input_from: Hugging Face models pool their own features; declare "
-                         "batchnorm, dropout or hidden only, or use a plain module")
-    loaded = load_hf_classifier(spec.name, task, spec.revision, scratch=scratch)
+    loaded = load_hf_model(spec.name, auto_class, processor, spec.revision, scratch=scratch)
     model = loaded.model
     modules = head_modules(model, "")
     path = find_output_layer(model, spec.head.path, within=modules)
@@ -70,20 +75,16 @@ def _load_hf(spec: ModelSpec, task: str, labels: list[str], data: DataSpec, scra
     new_keys = sorted({f"{path}.{name}" for name, _ in head.named_parameters()} | set(loaded.missing))
     elsewhere = [k for k in loaded.missing if not k.startswith(path + ".")]
     notes = [f"not in the checkpoint, initialised fresh: {', '.join(elsewhere)}"] if elsewhere else []
-    return LoadedModel(model, loaded.processor, loaded.source, report, modules, new_keys, notes,
-                       _image_input(loaded.processor, data) if task == "image_classification" else {},
+    return LoadedModel(model, loaded.processor, loaded.source, report, modules, new_keys, notes, {},
                        [old.in_features])
 
 
-def _load_causal_lm(spec: ModelSpec, scratch: bool) -> LoadedModel:
-    """A language model keeps its pretrained output layer: no new head; its tokenizer ready for instructions."""
-    from graft.models.hf import load_hf_classifier
-    from graft.tasks.causal_lm import prepare_tokenizer
+def load_causal_lm(spec: ModelSpec, scratch: bool) -> LoadedModel:
+    """A language model with its pretrained output layer (no new head) and its tokenizer."""
+    from graft.models.hf import load_hf_model
 
-    loaded = load_hf_classifier(spec.name, "causal_lm", spec.revision, scratch=scratch)
-    notes = prepare_tokenizer(loaded.processor)
-    if loaded.missing:
-        notes.append(f"not in the checkpoint, initialised fresh: {', '.join(loaded.missing)}")
+    loaded = load_hf_model(spec.name, "AutoModelForCausalLM", "tokenizer", spec.revision, scratch=scratch)
+    notes = [f"not in the checkpoint, initialised fresh: {', '.join(loaded.missing)}"] if loaded.missing else []
     return LoadedModel(loaded.model, loaded.processor, loaded.source, HeadReport("lm_head", kept=True), [],
                        list(loaded.missing), notes)
 
@@ -130,24 +131,25 @@ class TrainedModel:
     input: dict[str, Any]
 
 
-def load_trained(folder: Path, task: str, data: DataSpec) -> TrainedModel:
-    """The final model of a graft run (`RUN_DIR/model`), Hugging Face or plain, for eval and predict; `data` is
-    the run's data section (image size and normalisation where the model folder has no image processor)."""
+def load_trained(folder: Path, task: str, data: DataSpec | None) -> TrainedModel:
+    """The final model of a graft run (`RUN_DIR/model`) for `task`, for eval and predict; `data` is the run's data
+    section (image size and normalisation where the model folder has no image processor)."""
+    from graft.tasks import get_task
+
+    return get_task(task).load_trained(folder, data)
+
+
+def load_trained_classifier(folder: Path, auto_class: str, processor: str) -> TrainedModel:
+    """A plain module or a Hugging Face model saved by a graft run, and its class names."""
     from graft.models import hf, plain
 
     if plain.is_plain_dir(folder):
         return _load_trained_plain(folder)
     if not (folder / "config.json").is_file():
         raise GraftError(f"{folder}: no saved model here (config.json missing); did the run finish?")
-    model, processor = hf.load_trained(folder, task)
-    if task == "causal_lm":
-        from graft.tasks.causal_lm import prepare_tokenizer
-
-        prepare_tokenizer(processor)  # the saved tokenizer has its template; pad/eos as in training
-        return TrainedModel(model, processor, [], {})
+    model, loaded_processor = hf.load_trained(folder, auto_class, processor)
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    image = _image_input(processor, data) if task == "image_classification" else {}
-    return TrainedModel(model, processor, labels, image)
+    return TrainedModel(model, loaded_processor, labels, {})
 
 
 def _load_trained_plain(folder: Path) -> TrainedModel:
@@ -165,11 +167,12 @@ def _load_trained_plain(folder: Path) -> TrainedModel:
     return TrainedModel(model, None, meta["labels"], meta["input"])
 
 
-def _image_input(processor: Any, data: DataSpec) -> dict[str, Any]:
+def image_input(processor: Any, data: DataSpec | None) -> dict[str, Any]:
     """Input size and normalisation: the recipe's, else the model's image processor's."""
-    size = _pair(data.image_size) if data.image_size is not None else _processor_size(processor)
-    mean = data.mean or getattr(processor, "image_mean", None)
-    std = data.std or getattr(processor, "image_std", None)
+    given = data or DataSpec.model_construct()
+    size = _pair(given.image_size) if given.image_size is not None else _processor_size(processor)
+    mean = given.mean or getattr(processor, "image_mean", None)
+    std = given.std or getattr(processor, "image_std", None)
     if size is None or mean is None or std is None:
         raise GraftError("data.image_size / mean / std: the model folder has no image processor to take them from; "
                          "set them in the recipe")

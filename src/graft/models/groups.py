@@ -9,6 +9,7 @@ their top-level children; a recipe can give regexes instead. Every parameter lan
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from torch import nn
@@ -49,8 +50,8 @@ def head_modules(root: nn.Module, output_layer: str) -> list[str]:
 def layer_groups(root: nn.Module, head: list[str], patterns: list[str] | None = None) -> list[Group]:
     """Ordered groups covering every parameter of `root` once; the parameters under `head` form the last."""
     names = [name for name, _ in root.named_parameters()]
-    in_head = [n for n in names if _under(n, head)]
-    body = [n for n in names if not _under(n, head)]
+    in_head = [n for n in names if under(n, head)]
+    body = [n for n in names if not under(n, head)]
     if patterns:
         groups = _by_patterns(body, patterns)
     else:
@@ -67,7 +68,7 @@ def backbone_children(root: nn.Module, head: list[str]) -> list[str]:
     parent = root.get_submodule(base) if base else root
     prefix = f"{base}." if base else ""
     return [f"{prefix}{name}" for name, child in parent.named_children()
-            if not _under(f"{prefix}{name}", head) and any(True for _ in child.parameters())]
+            if not under(f"{prefix}{name}", head) and any(True for _ in child.parameters())]
 
 
 def _block_owners(root: nn.Module) -> list[str]:
@@ -130,7 +131,9 @@ def _by_patterns(names: list[str], patterns: list[str]) -> list[Group]:
     return groups
 
 
-def _under(name: str, prefixes: list[str]) -> bool:
+def under(name: str, prefixes: Iterable[str]) -> bool:
+    """Whether a dotted name (a parameter, module or state-dict key) is one of `prefixes` or inside one, on whole
+    dotted components (`layer1` holds `layer1.0.weight`, not `layer10.weight`)."""
     return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 

@@ -12,9 +12,6 @@ import transformers
 from transformers import (
     AutoConfig,
     AutoImageProcessor,
-    AutoModelForCausalLM,
-    AutoModelForImageClassification,
-    AutoModelForSequenceClassification,
     AutoTokenizer,
     PreTrainedModel,
 )
@@ -42,11 +39,6 @@ def resolve_model_name(name: str) -> str:
     return maker() if maker else name
 
 
-AUTO_CLASSES = {"text_classification": AutoModelForSequenceClassification,
-                "image_classification": AutoModelForImageClassification,
-                "causal_lm": AutoModelForCausalLM}
-
-
 @dataclass
 class HFLoaded:
     model: PreTrainedModel
@@ -57,18 +49,20 @@ class HFLoaded:
     """Parameters the checkpoint did not have (e.g. a classification head on a bare encoder)."""
 
 
-def load_hf_classifier(name: str, task: str, revision: str | None = None, *, scratch: bool = False) -> HFLoaded:
-    """A classifier with the checkpoint's own head (its rows are what label-row copying reads), or with random
-    weights of the same architecture (`scratch`)."""
+def load_hf_model(name: str, auto_class: str, processor: str, revision: str | None = None, *,
+                  scratch: bool = False) -> HFLoaded:
+    """A model through transformers' `auto_class` with the checkpoint's own head (its rows are what label-row
+    copying reads), or with random weights of the same architecture (`scratch`); and its `processor`
+    (`tokenizer` or `image`)."""
     source = _local_or_hub(name)
-    auto = AUTO_CLASSES[task]
+    auto = getattr(transformers, auto_class)
     if scratch:
         config = _from_pretrained(AutoConfig.from_pretrained, name, source, revision, {})
         model, missing = auto.from_config(config), []
     else:
         model, info = _from_pretrained(auto.from_pretrained, name, source, revision, {"output_loading_info": True})
         missing = sorted(info["missing_keys"])
-    return HFLoaded(model, _processor(name, source, revision, task), source, missing)
+    return HFLoaded(model, _processor(name, source, revision, processor), source, missing)
 
 
 def source_labels(model: PreTrainedModel) -> list[str] | None:
@@ -87,8 +81,8 @@ def set_labels(model: PreTrainedModel, labels: list[str]) -> None:
         model.num_labels = len(labels)
 
 
-def _processor(name: str, source: str, revision: str | None, task: str) -> Any:
-    if task in ("text_classification", "causal_lm"):
+def _processor(name: str, source: str, revision: str | None, kind: str) -> Any:
+    if kind == "tokenizer":
         return _from_pretrained(AutoTokenizer.from_pretrained, name, source, revision, {})
     try:
         return _from_pretrained(AutoImageProcessor.from_pretrained, name, source, revision, {"use_fast": False})
@@ -108,11 +102,11 @@ def _local_or_hub(name: str) -> str:
     return source
 
 
-def load_trained(model_dir: Path, task: str) -> tuple[PreTrainedModel, Any]:
+def load_trained(model_dir: Path, auto_class: str, processor: str) -> tuple[PreTrainedModel, Any]:
     """A Hugging Face model saved by a graft run (`RUN_DIR/model`) and its tokenizer or image processor."""
     _quiet_transformers()
-    model = AUTO_CLASSES[task].from_pretrained(model_dir)
-    return model, _processor(str(model_dir), str(model_dir), None, task)
+    model = getattr(transformers, auto_class).from_pretrained(model_dir)
+    return model, _processor(str(model_dir), str(model_dir), None, processor)
 
 
 def _from_pretrained(load: Callable[..., Any], name: str, source: str, revision: str | None,

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from graft.errors import GraftError
+from graft.models.groups import under
 
 STATE_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network", "weights", "params")
 """Where training scripts usually nest the weights inside a checkpoint dict, in the order they are tried."""
@@ -144,15 +145,10 @@ def remap_keys(state: dict[str, Tensor], renames: dict[str, str] | None = None) 
 
 
 def _rename(key: str, old: str, new: str) -> str | None:
-    if old and not _under(key, old):
+    if old and not under(key, [old]):
         return None
     rest = key[len(old):].removeprefix(".")
     return ".".join(part for part in (new, rest) if part)
-
-
-def _under(key: str, *prefixes: str) -> bool:
-    """Whether `key` is one of `prefixes` or inside one, on whole dotted components."""
-    return any(key == p or key.startswith(p + ".") for p in prefixes)
 
 
 def load_into(model: nn.Module, state: dict[str, Tensor], *, skip: Iterable[str] = ()) -> LoadReport:
@@ -163,10 +159,10 @@ def load_into(model: nn.Module, state: dict[str, Tensor], *, skip: Iterable[str]
     """
     # A lone string is one prefix, not a sequence of one-letter prefixes.
     prefixes = [p.rstrip(".") for p in ([skip] if isinstance(skip, str) else skip)]
-    target = {k: v for k, v in model.state_dict().items() if not _under(k, *prefixes)}
+    target = {k: v for k, v in model.state_dict().items() if not under(k, prefixes)}
     report, chosen = LoadReport(), {}  # chosen: the tensors to copy, key to tensor
     for key, value in state.items():
-        if _under(key, *prefixes):
+        if under(key, prefixes):
             continue
         if key not in target:
             report.unexpected.append(key)

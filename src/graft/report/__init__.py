@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from graft.errors import GraftError
+from graft.files import write_text
 
 REPORT_FILE = "report.html"
 
@@ -19,18 +19,11 @@ def write_report(run_dir: Path | str) -> Path:
     run_dir = Path(run_dir)
     record = _read_record(run_dir)
     if "cv" in record:
-        return _write(run_dir / REPORT_FILE, render_cv(record))
+        return write_text(run_dir / REPORT_FILE, render_cv(record))
     metrics = record.setdefault("metrics", {})
     if not metrics.get("history"):
         metrics["history"] = _read_history(run_dir / "metrics.jsonl")
-    return _write(run_dir / REPORT_FILE, render(record, run_dir))
-
-
-def _write(path: Path, page: str) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text(run_dir / REPORT_FILE, render(record, run_dir))
 
 
 def _read_record(run_dir: Path) -> dict:

@@ -3,23 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
+from graft.files import write_text
 from graft.report.charts import line_chart
-from graft.report.page import CSS, _e, _figure
+from graft.report.page import CSS, escape, figure
 
 PAGE_FILE = "compare.html"
 
 
 def write_compare_page(out: Path) -> Path:
     result = json.loads((out / "compare.json").read_text())
-    path = out / PAGE_FILE
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(render_compare(result), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text(out / PAGE_FILE, render_compare(result))
 
 
 def _relative(run: str, out: str) -> str:
@@ -36,7 +32,7 @@ def render_compare(result: dict[str, Any]) -> str:
     title = f"{Path(recipe['output']['dir']).name}: {len(rows)} strategies compared"
     lead = result.get("winner") or result.get("leader")
     verdict = "".join(
-        f"<div class='verdict{' warn' if 'negative' in line or 'did not help' in line else ''}'>{_e(line)}</div>"
+        f"<div class='verdict{' warn' if 'negative' in line or 'did not help' in line else ''}'>{escape(line)}</div>"
         for line in result["verdict"])
 
     def cell(row: dict[str, Any], name: str) -> str:
@@ -53,9 +49,9 @@ def render_compare(result: dict[str, Any]) -> str:
                 " (leader, tied)" if r["label"] == lead else " (tie)" if r["label"] in result["ties"] else "")
         flag = " — negative transfer" if r["label"] in result["negative_transfer"] else ""
         link = _relative(r["runs"][0], recipe["output"]["dir"]) + "/report.html"
-        body += (f"<tr class='{'low' if flag else ''}'><td><b><a href='{_e(link)}'>{_e(r['label'])}</a></b>"
-                 f"{_e(mark)}{_e(flag)}</td>"
-                 f"<td>{_e(r['strategy'])}</td><td class='n'>{r['lr']:.3g}</td>{cell(r, 'accuracy')}"
+        body += (f"<tr class='{'low' if flag else ''}'><td><b><a href='{escape(link)}'>{escape(r['label'])}</a></b>"
+                 f"{escape(mark)}{escape(flag)}</td>"
+                 f"<td>{escape(r['strategy'])}</td><td class='n'>{r['lr']:.3g}</td>{cell(r, 'accuracy')}"
                  f"{cell(r, 'f1_macro')}<td class='n'>{r['trainable']:,}</td><td class='n'>{r['train_s']:.1f} s</td>"
                  f"<td class='n'>{r['s_per_epoch']:.2f} s</td><td class='n'>{r['peak_memory_mb']:,.0f} MB</td></tr>")
     table = ("<table><tr><th>strategy</th><th>method</th><th>lr</th><th>test accuracy</th><th>test macro F1</th>"
@@ -65,14 +61,14 @@ def render_compare(result: dict[str, Any]) -> str:
         series = {r["label"]: ([h["epoch"] for h in r["curves"][0]], [h[name] for h in r["curves"][0]])
                   for r in rows if r["curves"] and r["curves"][0] and name in r["curves"][0][0]}
         if series:
-            figures.append(_figure(line_chart(series, xlabel="epoch", ylabel=label),
+            figures.append(figure(line_chart(series, xlabel="epoch", ylabel=label),
                                    f"{label.capitalize()} of every strategy (seed {result['seeds'][0]})."))
     seeds = f"seeds {', '.join(map(str, result['seeds']))}" if spread else f"seed {result['seeds'][0]}"
     return ("<!doctype html><html lang='en'><head><meta charset='utf-8'>"
-            f"<meta name='viewport' content='width=device-width,initial-scale=1'><title>{_e(title)}</title>"
-            f"<style>{CSS}</style></head><body><main><h1>{_e(title)}</h1>"
-            f"<p class='sub'>{_e(recipe['task'])} on {_e(Path(recipe['model']['name']).name)} · the same splits, "
-            f"{_e(seeds)} and budget ({recipe['train']['epochs']} epochs) for every strategy · ranked by test "
-            f"{_e(metric)}; leader: <b>{_e(lead)}</b></p>{verdict}<h2>Strategies</h2>{table}"
+            f"<meta name='viewport' content='width=device-width,initial-scale=1'><title>{escape(title)}</title>"
+            f"<style>{CSS}</style></head><body><main><h1>{escape(title)}</h1>"
+            f"<p class='sub'>{escape(recipe['task'])} on {escape(Path(recipe['model']['name']).name)} · the same splits, "
+            f"{escape(seeds)} and budget ({recipe['train']['epochs']} epochs) for every strategy · ranked by test "
+            f"{escape(metric)}; leader: <b>{escape(lead)}</b></p>{verdict}<h2>Strategies</h2>{table}"
             f"<h2>Curves</h2><div class='grid'>{''.join(figures)}</div>"
             "<p class='sub'>Each strategy is a normal run directory with its own report.html.</p></main></body></html>")

@@ -47,8 +47,8 @@ def render(record: dict[str, Any], run_dir: Path) -> str:
     test = metrics.get("test") or {}
     model = recipe["model"]["name"].rpartition(":")[0] or recipe["model"]["name"]  # a factory: its file
     title = f"{Path(recipe['output']['dir']).name}: {recipe['strategy']['name']} on {Path(model).name}"
-    parts = [f"<h1>{_e(title)}</h1>",
-             f"<p class='sub'>{_e(recipe['task'])} · status <b>{_e(record.get('status', '?'))}</b> · "
+    parts = [f"<h1>{escape(title)}</h1>",
+             f"<p class='sub'>{escape(recipe['task'])} · status <b>{escape(record.get('status', '?'))}</b> · "
              f"{_sizes(record)}{_classes(record)}</p>",
              _cards(test, record), *_verdicts(record, history)]
     parts += _curves(history, record)
@@ -59,12 +59,12 @@ def render(record: dict[str, Any], run_dir: Path) -> str:
                   f"matrix: counts; colour is the share of each true class.</figcaption></figure>",
                   _per_class(test), "</div>"]
     if record.get("mistakes"):
-        parts.append(_mistakes(record["mistakes"], recipe["task"]))
+        parts.append(_mistakes(record["mistakes"], record["data"].get("input_kind") == "image"))
     if record.get("samples") or record["data"].get("rendered_example"):
         parts.append(_samples(record))
     parts += [_groups(record), _cost(record), _recipe_and_environment(record)]
     return ("<!doctype html><html lang='en'><head><meta charset='utf-8'>"
-            f"<meta name='viewport' content='width=device-width,initial-scale=1'><title>{_e(title)}</title>"
+            f"<meta name='viewport' content='width=device-width,initial-scale=1'><title>{escape(title)}</title>"
             f"<style>{CSS}</style></head><body><main>{''.join(parts)}</main></body></html>")
 
 
@@ -81,17 +81,17 @@ def render_cv(record: dict[str, Any]) -> str:
     rows = ""
     for f in cv["folds"]:
         cells = "".join(f"<td class='n'>{f['test'][m]:.4f}</td>" for m in names)
-        rows += f"<tr><td>{f['fold']}</td>{cells}<td class='n'>{f['train_s']:.1f} s</td><td>{_e(f['dir'])}</td></tr>"
+        rows += f"<tr><td>{f['fold']}</td>{cells}<td class='n'>{f['train_s']:.1f} s</td><td>{escape(f['dir'])}</td></tr>"
     head = "".join(f"<th>{m}</th>" for m in names)
     return ("<!doctype html><html lang='en'><head><meta charset='utf-8'>"
-            f"<title>{_e(title)}</title><style>{CSS}</style></head><body><main><h1>{_e(title)}</h1>"
-            f"<p class='sub'>{_e(recipe['task'])} · each fold is the test split once · every fold's run directory "
+            f"<title>{escape(title)}</title><style>{CSS}</style></head><body><main><h1>{escape(title)}</h1>"
+            f"<p class='sub'>{escape(recipe['task'])} · each fold is the test split once · every fold's run directory "
             f"has its own report</p><div class='cards'>{cards}</div><h2>Folds</h2><div class='grid'>"
-            f"{_figure(chart, 'Test metrics of each fold.')}<table><tr><th>fold</th>{head}<th>training</th>"
+            f"{figure(chart, 'Test metrics of each fold.')}<table><tr><th>fold</th>{head}<th>training</th>"
             f"<th>run</th></tr>{rows}</table></div></main></body></html>")
 
 
-def _e(value: Any) -> str:
+def escape(value: Any) -> str:
     return html.escape(str(value))
 
 
@@ -105,9 +105,9 @@ def _samples(record: dict[str, Any]) -> str:
     out = ["<h2>What the model learns from, and what it says</h2>"]
     if rendered:
         out.append("<p class='sub'>One training example exactly as the model sees it (the loss is on the assistant's "
-                   f"turns only):</p><pre><code>{_e(rendered)}</code></pre>")
-    rows = "".join(f"<tr><td>{_e(_clip(s['prompt'], 300))}</td><td>{_e(_clip(s.get('reference') or '', 300))}</td>"
-                   f"<td>{_e(_clip(s['generated'], 300))}</td></tr>" for s in record.get("samples", []))
+                   f"turns only):</p><pre><code>{escape(rendered)}</code></pre>")
+    rows = "".join(f"<tr><td>{escape(_clip(s['prompt'], 300))}</td><td>{escape(_clip(s.get('reference') or '', 300))}</td>"
+                   f"<td>{escape(_clip(s['generated'], 300))}</td></tr>" for s in record.get("samples", []))
     if rows:
         out.append("<p class='sub'>Greedy generations for the first validation prompts, after training:</p><table>"
                    f"<tr><th>prompt</th><th>reference</th><th>generated</th></tr>{rows}</table>")
@@ -146,7 +146,7 @@ def _verdicts(record: dict[str, Any], history: list[dict[str, Any]]) -> list[str
     best = record.get("best") or {}
     metric = record["recipe"]["eval"]["metric"]
     if best.get("step") is not None:
-        out.append(f"<div class='verdict'>The best model (by validation {_e(metric)} = {best.get(metric, 0):.4f}) "
+        out.append(f"<div class='verdict'>The best model (by validation {escape(metric)} = {best.get(metric, 0):.4f}) "
                    f"is from step {best['step']}; the test metrics above are that model's.</div>")
     if record.get("stopped") == "early_stopping":
         out.append("<div class='verdict'>Training stopped early: validation did not improve for "
@@ -187,11 +187,11 @@ def _curves(history: list[dict[str, Any]], record: dict[str, Any]) -> list[str]:
         series["validation"] = ([h["step"] for h in val], [h["loss"] for h in val])
     best = [h for h in val if h.get("best")]
     marks = {f"best (step {best[-1]['step']})": (best[-1]["step"], best[-1]["loss"])} if best else None
-    figures.append(_figure(line_chart(series, xlabel="step", ylabel="loss", marks=marks),
+    figures.append(figure(line_chart(series, xlabel="step", ylabel="loss", marks=marks),
                            "Loss: training (mean since the previous log line) and validation."))
     names = [m for m in ("accuracy", "f1_macro", "roc_auc", "token_accuracy") if val and val[0].get(m) is not None]
     if names:
-        figures.append(_figure(line_chart({m: ([h["step"] for h in val], [h[m] for h in val]) for m in names},
+        figures.append(figure(line_chart({m: ([h["step"] for h in val], [h[m] for h in val]) for m in names},
                                           xlabel="step", ylabel=names[0] if len(names) == 1 else "validation"),
                                "Validation metrics."))
     if train and isinstance(train[0].get("lr"), dict):
@@ -200,36 +200,36 @@ def _curves(history: list[dict[str, Any]], record: dict[str, Any]) -> list[str]:
         distinct = {tuple(v[1]) for v in lrs.values()}
         if len(distinct) == 1:  # every group at one LR: one line says it
             lrs = {"all groups": next(iter(lrs.values()))}
-        figures.append(_figure(line_chart(lrs, xlabel="step", ylabel="learning rate",
+        figures.append(figure(line_chart(lrs, xlabel="step", ylabel="learning rate",
                                           log_y=len(distinct) > 1 and min(min(v[1]) for v in lrs.values()) > 0),
                                "Learning rate per layer group."))
     speed = [h.get("samples_per_s") for h in train]
     if train and all(s is not None for s in speed):
-        figures.append(_figure(line_chart({"samples/s": ([h["step"] for h in train], speed)}, xlabel="step",
+        figures.append(figure(line_chart({"samples/s": ([h["step"] for h in train], speed)}, xlabel="step",
                                           ylabel="samples per second"), "Training throughput."))
     return ["<h2>Curves</h2><div class='grid'>", *figures, "</div>"]
 
 
-def _figure(svg: str, caption: str) -> str:
-    return f"<figure>{svg}<figcaption>{_e(caption)}</figcaption></figure>"
+def figure(svg: str, caption: str) -> str:
+    return f"<figure>{svg}<figcaption>{escape(caption)}</figcaption></figure>"
 
 
 def _per_class(test: dict[str, Any]) -> str:
     rows = sorted(test["per_class"].items(), key=lambda kv: kv[1]["f1"])
     worst = rows[0][1]["f1"] if rows else 0
     body = "".join(
-        f"<tr class='{'low' if c['f1'] == worst and len(rows) > 1 else ''}'><td>{_e(name)}</td>"
+        f"<tr class='{'low' if c['f1'] == worst and len(rows) > 1 else ''}'><td>{escape(name)}</td>"
         f"<td class='n'>{c['precision']:.3f}</td><td class='n'>{c['recall']:.3f}</td><td class='n'>{c['f1']:.3f}</td>"
         f"<td class='n'>{c['support']}</td></tr>" for name, c in rows)
     return ("<div><table><tr><th>class (worst F1 first)</th><th>precision</th><th>recall</th><th>F1</th>"
             f"<th>support</th></tr>{body}</table></div>")
 
 
-def _mistakes(mistakes: list[dict[str, Any]], task: str) -> str:
+def _mistakes(mistakes: list[dict[str, Any]], images: bool) -> str:
     rows = []
     for m in mistakes:
-        what = _thumbnail(m["input"]) if task == "image_classification" else _e(_clip(m["input"], 300))
-        rows.append(f"<tr class='mistake'><td>{what}</td><td>{_e(m['label'])}</td><td>{_e(m['predicted'])}</td>"
+        what = _thumbnail(m["input"]) if images else escape(_clip(m["input"], 300))
+        rows.append(f"<tr class='mistake'><td>{what}</td><td>{escape(m['label'])}</td><td>{escape(m['predicted'])}</td>"
                     f"<td class='n'>{m['confidence']:.3f}</td><td class='n'>{m['p_label']:.3f}</td></tr>")
     return ("<h2>Most confident mistakes on test</h2><p class='sub'>Up to three per true class, surest first: "
             "label noise and real confusions show here first.</p><table><tr><th>example</th><th>true</th>"
@@ -251,15 +251,15 @@ def _thumbnail(path: str) -> str:
             buffer = io.BytesIO()
             image.save(buffer, format="PNG")
         data = base64.b64encode(buffer.getvalue()).decode()
-        name = _e(Path(path).name)
+        name = escape(Path(path).name)
         return f"<img alt='{name}' src='data:image/png;base64,{data}'><br><small>{name}</small>"
     except OSError:
-        return f"<small>{_e(path)} (not readable now)</small>"
+        return f"<small>{escape(path)} (not readable now)</small>"
 
 
 def _groups(record: dict[str, Any]) -> str:
     rows = "".join(
-        f"<tr><td>{_e(g['name'])}</td><td class='n'>{g['params']:,}</td><td class='n'>{g['trainable']:,}</td>"
+        f"<tr><td>{escape(g['name'])}</td><td class='n'>{g['params']:,}</td><td class='n'>{g['trainable']:,}</td>"
         f"<td class='n'>{g['params'] - g['trainable']:,}</td>"
         f"<td class='n'>{'-' if g['from_epoch'] is None else g['from_epoch']}</td><td class='n'>{g['lr']:.3g}</td></tr>"
         for g in record.get("groups", []))
@@ -278,7 +278,7 @@ def _cost(record: dict[str, Any]) -> str:
               f"{t['feature_cache_s']:.1f} s" if t.get("feature_cache_s") else None),
              ("total", f"{t['total_s']:.1f} s" if "total_s" in t else None),
              ("peak memory", f"{record['peak_memory_mb']:,.0f} MB" if record.get("peak_memory_mb") else None)]
-    rows = "".join(f"<tr><td>{_e(k)}</td><td class='n'>{_e(v)}</td></tr>" for k, v in items if v is not None)
+    rows = "".join(f"<tr><td>{escape(k)}</td><td class='n'>{escape(v)}</td></tr>" for k, v in items if v is not None)
     return f"<h2>Cost</h2><table>{rows}</table>"
 
 
@@ -289,6 +289,6 @@ def _recipe_and_environment(record: dict[str, Any]) -> str:
              f"{env.get('num_processes', 1)} process(es) · precision {env.get('mixed_precision', '?')} · "
              f"Python {env.get('python', '?')}")
     recipe = json.dumps(record["recipe"], indent=2)
-    return (f"<h2>Where it ran</h2><p>{_e(where)}<br><small>{_e(packages)}</small></p>"
-            f"<h2>Recipe</h2><details><summary>the resolved recipe</summary><pre><code>{_e(recipe)}</code></pre>"
+    return (f"<h2>Where it ran</h2><p>{escape(where)}<br><small>{escape(packages)}</small></p>"
+            f"<h2>Recipe</h2><details><summary>the resolved recipe</summary><pre><code>{escape(recipe)}</code></pre>"
             "</details>")

@@ -17,14 +17,14 @@ from typing import Any
 from torch import nn
 
 from graft.errors import GraftError
-from graft.models.groups import Group, layer_groups
+from graft.models.groups import Group, layer_groups, under
 from graft.recipe import StrategySpec
+from graft.tasks import get_task
 
 PEFT_LIBRARY = ("lora", "ia3", "prompt", "ptuning")
 """Methods that go through the peft library; the others are graft's own."""
 MERGEABLE = ("lora", "ia3")
 """Methods whose update folds into the base weights (`graft export --merge`)."""
-TEXT_ONLY = ("prompt", "ptuning", "prefix")
 
 
 @dataclass
@@ -43,24 +43,22 @@ class Attached:
 
 def attach(model: nn.Module, root: nn.Module, head: list[str], spec: StrategySpec, task: str,
            group_patterns: list[str] | None) -> Attached:
-    """Add `spec.name`'s parameters to `model` (whose parameters live in `root`, its head in the modules `head`)."""
-    if spec.name in TEXT_ONLY and task == "image_classification":
-        raise GraftError(f"strategy.name = '{spec.name}': virtual tokens are for text transformers; use lora or "
-                         f"adapter for {task}")
+    """Add `spec.name`'s parameters to `model` (whose parameters live in `root`, its head in the modules `head`),
+    for a model of `task` (which strategies a task takes, the recipe has checked)."""
     if spec.name in PEFT_LIBRARY:
         return _attach_peft(model, root, head, spec, task, group_patterns)
     if spec.name == "prefix":
         from graft.strategy.prefix import PrefixTuned
 
         wrapped = PrefixTuned(model, spec.prompt.num_virtual_tokens)
-        trains = _freeze_all_but(wrapped, lambda n: n == "prefix" or _under(n.removeprefix("model."), head))
+        trains = _freeze_all_but(wrapped, lambda n: n == "prefix" or under(n.removeprefix("model."), head))
         groups = _groups_inside(wrapped, model, "model.", head, group_patterns, "prefix")
         return Attached(wrapped, wrapped, groups, trains)
     from graft.strategy.adapters import add_adapters
 
     added = add_adapters(root, spec.adapter)
     norms = set(_norm_params(root)) if spec.adapter.train_norms else set()
-    trains = _freeze_all_but(root, lambda n: n in added or n in norms or _under(n, head))
+    trains = _freeze_all_but(root, lambda n: n in added or n in norms or under(n, head))
     return Attached(model, root, layer_groups(root, head, group_patterns), trains,
                     notes=[f"adapters ({spec.adapter.kind}): {len(added) // 4} bottlenecks added"])
 
@@ -71,10 +69,9 @@ def _attach_peft(model: nn.Module, root: nn.Module, head: list[str], spec: Strat
 
     saved = [h for h in head if any(True for _ in root.get_submodule(h).parameters())]
     common: dict[str, Any] = {"modules_to_save": saved or None}
-    if task == "text_classification":
-        common["task_type"] = peft.TaskType.SEQ_CLS
-    elif task == "causal_lm":
-        common["task_type"] = peft.TaskType.CAUSAL_LM
+    task_type = get_task(task).peft_task_type
+    if task_type is not None:
+        common["task_type"] = getattr(peft.TaskType, task_type)
     if spec.name == "lora":
         lo = spec.lora
         config = peft.LoraConfig(r=lo.r, lora_alpha=lo.alpha, lora_dropout=lo.dropout, bias=lo.bias,
@@ -125,7 +122,7 @@ def _targets(root: nn.Module, head: list[str], given: list[str] | str | None, me
     if config is not None and getattr(config, "model_type", None) in known:
         return None
     layers = [name for name, m in root.named_modules()
-              if isinstance(m, nn.Linear | nn.Conv2d) and not _under(name, head)]
+              if isinstance(m, nn.Linear | nn.Conv2d) and not under(name, head)]
     if not layers:
         raise GraftError(f"strategy.{method}.target_modules: the model has no Linear or Conv2d layer outside its "
                          f"head; name the modules to adapt")
@@ -152,10 +149,6 @@ def _freeze_all_but(module: nn.Module, keep: Callable[[str], bool]) -> set[str]:
 def _norm_params(model: nn.Module) -> list[str]:
     return [f"{m_name}.{p_name}" if m_name else p_name for m_name, m in model.named_modules()
             if isinstance(m, nn.LayerNorm) for p_name, _ in m.named_parameters(recurse=False)]
-
-
-def _under(name: str, prefixes: list[str]) -> bool:
-    return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
 def _first_line(error: Exception) -> str:

@@ -1,184 +1,157 @@
-"""Causal language models on instructions: chat rendering, loss on responses only, packing, LM metrics, samples.
-
-A conversation is rendered with the tokenizer's own chat template, or graft's default (`DEFAULT_TEMPLATE`) when it
-has none. Tokens inside an assistant turn (through its end-of-turn marker) are the labels; everything else is -100,
-so the loss is on responses only, on every assistant turn of a multi-turn chat. The model shifts labels by one
-itself. Packing hands a batch to transformers' `DataCollatorWithFlattening`: one row, positions restarting at each
-example, which transformers turns into attention that never crosses examples (with the cache off).
-"""
+"""Causal language models on instructions: prompt/response or chat messages, the loss on the answers only, scored
+by loss, perplexity and token accuracy, with sample generations in the record. The torch side is
+`graft.tasks.chat`."""
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
-from torch.utils.data import DataLoader, Dataset
+from graft.evaluation.metrics import LM_METRICS
 
-from graft.errors import GraftError
-from graft.tasks.text import EpochShuffle
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+    from torch import nn
+    from torch.utils.data import DataLoader
 
-IGNORE = -100
-DEFAULT_TEMPLATE = (
-    "{%- for m in messages -%}"
-    "{%- if m['role'] == 'system' -%}{{ '### System:\\n' + m['content'] + '\\n\\n' }}"
-    "{%- elif m['role'] == 'user' -%}{{ '### User:\\n' + m['content'] + '\\n\\n' }}"
-    "{%- else -%}{{ '### Assistant:\\n' + m['content'] + eos_token + '\\n\\n' }}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ '### Assistant:\\n' }}{%- endif -%}"
-)
-"""graft's chat template for tokenizers without one: `### System:` / `### User:` / `### Assistant:` blocks, each
-answer closed by the end-of-sequence token so that generation knows where to stop."""
+    from graft.models.build import LoadedModel, TrainedModel
+    from graft.recipe import DataSpec, ModelSpec, Recipe
 
 
-def prepare_tokenizer(tokenizer: Any) -> list[str]:
-    """Give the tokenizer what instruction tuning needs (a chat template, an end and a pad token); say what was
-    added, so the run can print it."""
-    notes = []
-    if not getattr(tokenizer, "chat_template", None):
-        tokenizer.chat_template = DEFAULT_TEMPLATE
-        notes.append("the tokenizer has no chat template: graft's default (### System / ### User / ### Assistant)")
-    if tokenizer.eos_token is None:
-        tokenizer.eos_token = tokenizer.sep_token or tokenizer.pad_token
-        notes.append(f"no end-of-sequence token: {tokenizer.eos_token!r} ends each answer")
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if not getattr(tokenizer, "is_fast", False):
-        raise GraftError("model.name: a fast tokenizer is needed (offsets tell which tokens are the response)")
-    return notes
+class CausalLM:
+    name = "causal_lm"
+    data_fields = frozenset({"prompt_column", "response_column", "messages_column", "system", "packing",
+                             "group_by_length"})
+    metrics = LM_METRICS
+    default_metric = "loss"
+    refused_strategies: ClassVar[dict[str, str]] = {
+        "head_only": "a causal LM keeps its pretrained output layer, so there is no new head to train alone; use lora, "
+                     "prompt, prefix, freeze or full"}
+    peft_task_type = "CAUSAL_LM"
+    input_kind = None
+    takes_plain_modules = False
+
+    def check_recipe(self, recipe: Recipe) -> None:
+        pass
+
+    def load_splits(self, recipe: Recipe) -> Any:
+        from graft.data.instructions import load_instruction_splits
+
+        d = recipe.data
+        return load_instruction_splits(d.train, d.validation, d.test, data=d, split=d.split, seed=recipe.train.seed)
+
+    def read_labelled(self, recipe: Recipe, path: Path, labels: list[str]) -> Any:
+        from graft.data.instructions import read_conversations
+
+        return read_conversations(path, path.name, recipe.data)
+
+    def read_examples(self, recipe: Recipe) -> list[tuple[str, str]]:
+        raise NotImplementedError("conversations have no single label to fold by")
+
+    def load_model(self, spec: ModelSpec, labels: list[str], data: DataSpec, scratch: bool) -> LoadedModel:
+        """The pretrained output layer is kept (no new head); the tokenizer gets what instructions need."""
+        from graft.models.build import load_causal_lm
+        from graft.tasks.chat import prepare_tokenizer
+
+        loaded = load_causal_lm(spec, scratch)
+        loaded.notes[:0] = prepare_tokenizer(loaded.processor)
+        loaded.model.config.use_cache = False  # a cache in training also turns off packed attention masks
+        return loaded
+
+    def load_trained(self, folder: Path, data: DataSpec | None) -> TrainedModel:
+        from graft.models.build import load_trained_classifier
+        from graft.tasks.chat import prepare_tokenizer
+
+        trained = load_trained_classifier(folder, "AutoModelForCausalLM", "tokenizer")
+        prepare_tokenizer(trained.processor)  # the saved tokenizer has its template; pad/eos as in training
+        trained.labels = []
+        return trained
+
+    def train_loader(self, recipe: Recipe, split: Any, loaded: LoadedModel, augment: bool,
+                     notes: list[str]) -> DataLoader:
+        from graft.tasks import chat
+
+        t = recipe.train
+        encoded = _encoded(recipe, split, loaded.processor, notes, "train")
+        return chat.train_loader(encoded, loaded.processor.pad_token_id, t.batch_size, t.seed,
+                                 recipe.data.group_by_length, recipe.data.packing, t.num_workers)
+
+    def eval_loader(self, recipe: Recipe, split: Any, model: Any, notes: list[str] | None = None,
+                    name: str = "test") -> DataLoader:
+        from graft.tasks import chat
+
+        encoded = _encoded(recipe, split, model.processor, notes if notes is not None else [], name)
+        return chat.eval_loader(encoded, model.processor.pad_token_id, recipe.train.eval_batch,
+                                recipe.train.num_workers)
+
+    def evaluate(self, accelerator: Accelerator, model: nn.Module, loader: DataLoader,
+                 labels: list[str]) -> dict[str, Any]:
+        from graft.tasks.chat import evaluate_lm
+
+        return evaluate_lm(accelerator, model, loader)
+
+    def test(self, accelerator: Accelerator, model: nn.Module, loader: DataLoader, splits: Any,
+             loaded: LoadedModel, recipe: Recipe) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Test metrics, and greedy answers to the first few validation prompts (main process)."""
+        from graft.tasks.chat import evaluate_lm, generate
+
+        loaded.model.config.use_cache = True  # what the saved model generates with
+        metrics = evaluate_lm(accelerator, model, loader)
+        unwrapped = accelerator.unwrap_model(model)
+        samples = []
+        if recipe.eval.samples and hasattr(unwrapped, "generate") and accelerator.is_main_process:
+            samples = generate(unwrapped, loaded.processor, splits.validation[: recipe.eval.samples],
+                               recipe.eval.max_new_tokens)
+        return metrics, {"samples": samples}
+
+    def describe(self, splits: Any, loader: DataLoader) -> tuple[str, dict[str, Any], list[str]]:
+        from graft.tasks.chat import render
+
+        rendered = render(loader.dataset.tokenizer, loader.dataset.conversations[0])
+        shown = f"example 1 as the model sees it (the loss is on the assistant's turns only):\n{rendered}"
+        return "instruction examples", {"rendered_example": rendered}, [shown]
+
+    def predict(self, run: Any, source: str, batches: Any) -> tuple[list[dict[str, Any]], list[str]]:
+        """Greedy answers to prompts: a table with the prompt (or messages) column, a .txt file or stdin with one
+        prompt a line."""
+        from graft.tasks.chat import generate
+
+        conversations = _prompts(run.recipe.data, source)
+        answers = generate(run.model, run.processor, conversations, run.recipe.eval.max_new_tokens)
+        return [{"prompt": a["prompt"], "generated": a["generated"]} for a in answers], ["prompt", "generated"]
 
 
-def render(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+def _encoded(recipe: Recipe, conversations: list, tokenizer: Any, notes: list[str], name: str) -> Any:
+    from graft.errors import GraftError
+    from graft.tasks.chat import Encoded
+
+    encoded = Encoded(conversations, tokenizer, recipe.model.max_length)
+    if encoded.dropped:
+        if not len(encoded):
+            raise GraftError(f"data.{name}: every example's response lies beyond model.max_length = "
+                             f"{recipe.model.max_length} tokens; raise it or shorten the prompts")
+        notes.append(f"data.{name}: left out {encoded.dropped} example(s) whose response starts after "
+                     f"model.max_length = {recipe.model.max_length} tokens (nothing to learn from); raise it to keep "
+                     f"them")
+    return encoded
 
 
-def encode(tokenizer: Any, messages: list[dict[str, str]], max_length: int) -> dict[str, list[int]] | None:
-    """Token ids and labels (-100 but on assistant turns), cut to `max_length`; None when the cut leaves no
-    response token."""
-    text = render(tokenizer, messages)
-    spans = []
-    for i, m in enumerate(messages):
-        if m["role"] != "assistant":
-            continue
-        start = len(render(tokenizer, messages[:i], add_generation_prompt=True)) if i else 0
-        upto = render(tokenizer, messages[: i + 1])
-        if not text.startswith(upto):
-            raise GraftError("the chat template renders a conversation's start differently from the whole "
-                             "conversation, so responses cannot be located; use a template without that")
-        spans.append((start, len(upto)))
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids = list(enc["input_ids"])
-    offsets = list(enc["offset_mapping"])
-    if _needs_bos(tokenizer, ids):
-        ids, offsets = [tokenizer.bos_token_id, *ids], [(0, 0), *offsets]
-    labels = [t if any(s <= a < e for s, e in spans) and b > a else IGNORE
-              for t, (a, b) in zip(ids, offsets, strict=True)]
-    ids, labels = ids[:max_length], labels[:max_length]
-    if all(label == IGNORE for label in labels):
-        return None
-    return {"input_ids": ids, "labels": labels}
+def _prompts(d: DataSpec, source: str) -> list[list[dict[str, str]]]:
+    from graft.data.checks import require_column, text_values
+    from graft.data.instructions import checked_messages, with_system
+    from graft.data.tables import read_table, read_unlabelled_texts
 
-
-def _needs_bos(tokenizer: Any, ids: list[int]) -> bool:
-    """The tokenizer has a beginning-of-sequence token that the rendered text did not already start with."""
-    bos = tokenizer.bos_token_id
-    return bos is not None and (not ids or ids[0] != bos)
-
-
-class Encoded(Dataset):
-    """Encoded conversations; `dropped` counts those whose responses were cut away by max_length."""
-
-    def __init__(self, conversations: list[list[dict[str, str]]], tokenizer: Any, max_length: int) -> None:
-        encoded = [encode(tokenizer, c, max_length) for c in conversations]
-        self.items = [e for e in encoded if e is not None]
-        self.conversations = [c for c, e in zip(conversations, encoded, strict=True) if e is not None]
-        self.dropped = len(encoded) - len(self.items)
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> dict[str, list[int]]:
-        return self.items[index]
-
-
-@dataclass
-class Pad:
-    """Pad a batch to its longest example: pad ids, attention mask 0, labels -100."""
-
-    pad_id: int
-
-    def __call__(self, items: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
-        width = max(len(x["input_ids"]) for x in items)
-        ids = torch.full((len(items), width), self.pad_id, dtype=torch.long)
-        labels = torch.full((len(items), width), IGNORE, dtype=torch.long)
-        mask = torch.zeros((len(items), width), dtype=torch.long)
-        for i, x in enumerate(items):
-            n = len(x["input_ids"])
-            ids[i, :n] = torch.tensor(x["input_ids"])
-            labels[i, :n] = torch.tensor(x["labels"])
-            mask[i, :n] = 1
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
-
-
-def train_loader(ds: Encoded, pad_id: int, batch_size: int, seed: int, group_by_length: bool, packing: bool,
-                 num_workers: int = 0) -> DataLoader:
-    """Shuffled batches (a pure function of seed and epoch), padded, or packed into one row each."""
-    from transformers import DataCollatorWithFlattening
-
-    sampler = EpochShuffle([len(x["input_ids"]) for x in ds.items], batch_size, seed, group_by_length)
-    collate = DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE) if packing else Pad(pad_id)
-    return DataLoader(ds, batch_size=batch_size, sampler=sampler, collate_fn=collate, num_workers=num_workers,
-                      generator=torch.Generator().manual_seed(0))
-
-
-def eval_loader(ds: Encoded, pad_id: int, batch_size: int, num_workers: int = 0) -> DataLoader:
-    return DataLoader(ds, batch_size=batch_size, collate_fn=Pad(pad_id), num_workers=num_workers)
-
-
-@torch.no_grad()
-def evaluate_lm(accelerator: Any, model: torch.nn.Module, loader: DataLoader, label_names: Any = None) -> dict:
-    """Mean loss per response token, its perplexity, and the share of response tokens predicted exactly."""
-    model.eval()
-    totals = torch.zeros(3, dtype=torch.float64, device=accelerator.device)  # loss sum, tokens, correct
-    examples = 0
-    for batch in loader:
-        logits = model(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=False).logits.float()
-        target = batch["labels"][:, 1:]
-        logits = logits[:, -target.shape[1] - 1: -1]  # prompt-learning methods prepend virtual tokens
-        keep = target != IGNORE
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                                                 ignore_index=IGNORE, reduction="sum")
-        correct = ((logits.argmax(-1) == target) & keep).sum()
-        totals += torch.stack([loss.double(), keep.sum().double(), correct.double()])
-        examples += batch["input_ids"].shape[0]
-    totals = accelerator.reduce(totals, "sum")
-    loss = (totals[0] / totals[1].clamp(min=1)).item()
-    return {"n": int(accelerator.reduce(torch.tensor(examples, device=accelerator.device), "sum").item()),
-            "tokens": int(totals[1].item()), "loss": loss, "perplexity": math.exp(min(loss, 50.0)),
-            "token_accuracy": (totals[2] / totals[1].clamp(min=1)).item()}
-
-
-@torch.no_grad()
-def generate(model: torch.nn.Module, tokenizer: Any, conversations: list[list[dict[str, str]]],
-             max_new_tokens: int) -> list[dict[str, str]]:
-    """Greedy answers to each conversation's last user turn (everything before its last assistant turn)."""
-    model.eval()
-    out = []
-    device = next(model.parameters()).device
-    for messages in conversations:
-        last = max(i for i, m in enumerate(messages) if m["role"] == "assistant") if any(
-            m["role"] == "assistant" for m in messages) else len(messages)
-        prompt = render(tokenizer, messages[:last], add_generation_prompt=True)
-        tokens = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        if _needs_bos(tokenizer, tokens):
-            tokens = [tokenizer.bos_token_id, *tokens]
-        ids = torch.tensor([tokens], device=device)
-        new = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                             do_sample=False, pad_token_id=tokenizer.pad_token_id,
-                             eos_token_id=tokenizer.eos_token_id, use_cache=True)[0, ids.shape[1]:]
-        out.append({"prompt": messages[last - 1]["content"] if last else "",
-                    "reference": messages[last]["content"] if last < len(messages) else None,
-                    "generated": tokenizer.decode(new, skip_special_tokens=True).strip()})
-    return out
+    table = None if source == "-" or Path(source).suffix.lower() in (".txt", "") else read_table(Path(source))
+    if table is not None and d.messages_column in table.column_names:
+        rows = table.select_columns([d.messages_column]).to_dict()[d.messages_column]
+        conversations = [checked_messages(m, source, i + 1, d.messages_column, need_answer=False)
+                         for i, m in enumerate(rows)]
+    else:
+        if table is None:
+            prompts = read_unlabelled_texts(source, text_column=d.prompt_column)
+        else:
+            require_column(table.column_names, d.prompt_column, Path(source).name, "data.prompt_column")
+            prompts = text_values(table.select_columns([d.prompt_column]).to_dict()[d.prompt_column],
+                                  Path(source).name, d.prompt_column)
+        conversations = [[{"role": "user", "content": p}] for p in prompts]
+    return with_system(conversations, d.system)

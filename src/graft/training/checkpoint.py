@@ -9,7 +9,6 @@ lives apart in `checkpoints/best/` and is replaced the same way.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,8 @@ from typing import Any
 from accelerate import Accelerator
 from safetensors.torch import load_model
 from torch import nn
+
+from graft.files import old_path, replace, temp_path, write_json
 
 PREFIX = "step-"
 STATE_FILE = "loop_state.json"
@@ -27,7 +28,7 @@ def save_checkpoint(accelerator: Accelerator, root: Path, step: int, loop_state:
                     keep_last: int) -> Path:
     """Save the full training state at `step`; keep the newest `keep_last`. Every process must call this."""
     final = root / f"{PREFIX}{step:08d}"
-    tmp = root / f".tmp-{PREFIX}{step:08d}"
+    tmp = temp_path(final)
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -36,10 +37,8 @@ def save_checkpoint(accelerator: Accelerator, root: Path, step: int, loop_state:
     # Every process writes its own RNG file into tmp: none may still be writing when it is renamed.
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        _write_json(tmp / STATE_FILE, loop_state)
-        if final.exists():  # the same step saved twice (e.g. an eval and the end): the new one wins
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        write_json(tmp / STATE_FILE, loop_state)
+        replace(tmp, final)  # the same step saved twice (e.g. an eval and the end): the new one wins
         for old in list_checkpoints(root)[:-keep_last]:
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
@@ -62,7 +61,8 @@ def load_checkpoint(accelerator: Accelerator, path: Path) -> dict[str, Any]:
 
 def save_best(accelerator: Accelerator, model: nn.Module, root: Path, meta: dict[str, Any]) -> None:
     """Replace `checkpoints/best/` with the current weights. Every process must call this."""
-    final, tmp = root / BEST, root / f".tmp-{BEST}"
+    final = root / BEST
+    tmp = temp_path(final)
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -70,12 +70,8 @@ def save_best(accelerator: Accelerator, model: nn.Module, root: Path, meta: dict
     # save_model creates and lists tmp on every process: none may still be in it when it is renamed.
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        _write_json(tmp / "best.json", meta)
-        old = root / f".old-{BEST}"
-        if final.exists():
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
+        write_json(tmp / "best.json", meta)
+        replace(tmp, final)
     accelerator.wait_for_everyone()
 
 
@@ -83,15 +79,9 @@ def load_best(accelerator: Accelerator, model: nn.Module, root: Path) -> dict[st
     """Load the best weights into `model` if there are any; return their metadata."""
     path = root / BEST
     if not (path / "best.json").is_file():
-        path = root / f".old-{BEST}"  # a crash between save_best's two renames leaves the previous best here
+        path = old_path(root / BEST)  # a crash between save_best's two renames leaves the previous best here
     if not (path / "best.json").is_file():
         return None
     # Read on the CPU; load_state_dict copies into the parameters wherever they live.
     load_model(accelerator.unwrap_model(model), str(path / "model.safetensors"))
     return json.loads((path / "best.json").read_text())
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)

@@ -51,8 +51,11 @@ class ProgressBar:
 
 
 def format_eval(v: dict[str, Any]) -> str:
-    shown = "  ".join(f"{k} {v[k]:.4f}" for k in SHOWN if v.get(k) is not None)
-    return f"epoch {v['epoch']:.2f} step {v['step']}: validation {shown}{'  (best)' if v.get('best') else ''}"
+    """One evaluation as a line: validation's usual metrics, or an extra evaluation's first few."""
+    keys = [k for k in SHOWN if v.get(k) is not None] or [
+        k for k, x in v.items() if k not in ("step", "epoch", "split", "best") and isinstance(x, float)][:3]
+    shown = "  ".join(f"{k} {v[k]:.4f}" for k in keys)
+    return f"epoch {v['epoch']:.2f} step {v['step']}: {v['split']} {shown}{'  (best)' if v.get('best') else ''}"
 
 
 class MetricsFile:

@@ -2,6 +2,14 @@
 
 One pass over the batches per epoch; after every optimiser step, `_after_step` decides what else happens at that
 step (log, evaluate, keep the best model, checkpoint, stop). Hooks observe events; they never steer the loop.
+
+Two seams let other parts of graft change training without editing this file:
+- loss terms: `Parts.loss_terms` maps a name to a callable of (batch, model output) that returns a scalar; it is
+  added to the task's loss and logged on its own as `loss_<name>` (the task's own part as `loss_task`);
+- extra evaluations: `Parts.evaluations` run beside validation, before training and at every evaluation, each
+  logged in the history under its own split name.
+A batch may carry a second source's examples under `MIXED` (see `graft.training.mixing`): the model never sees
+them, loss terms do.
 """
 
 from __future__ import annotations
@@ -24,6 +32,26 @@ from graft.evaluation.predictions import evaluate
 from graft.recipe import CheckpointSpec, EvalSpec, TrainSpec
 from graft.training import checkpoint
 
+MIXED = "mixed"
+"""The batch key of examples drawn from a second source (replay): for loss terms, not for the model."""
+RESERVED = ("train", "validation", "test", "history")
+"""Split names an extra evaluation may not take."""
+
+LossTerm = Callable[[dict[str, Any], Any], torch.Tensor]
+"""(batch, model output) -> a scalar added to the loss; it closes over what it needs (a teacher, start weights)."""
+
+
+@dataclass
+class Evaluation:
+    """An extra evaluation set with its own metrics: `run(accelerator, model)` -> metrics (scalars are logged)."""
+
+    name: str
+    run: Callable[[Accelerator, nn.Module], dict[str, Any]]
+
+    def __post_init__(self) -> None:
+        if self.name in RESERVED:
+            raise ValueError(f"an extra evaluation cannot be named {self.name!r} ({', '.join(RESERVED)} are taken)")
+
 
 @dataclass
 class LoopState:
@@ -42,9 +70,11 @@ class LoopState:
     history: list[dict[str, Any]] = field(default_factory=list)
     window_loss: float = 0.0
     window_count: int = 0
+    """The training loss summed since the last log line, so a resumed run logs the very same values."""
+    window_terms: dict[str, float] = field(default_factory=dict)
+    """Each loss term summed since the last log line, likewise."""
     window_tokens: tuple[int, int] = (0, 0)
     """Real tokens and positions since the last log line (the real-token share goes on from them too)."""
-    """The training loss summed since the last log line, so a resumed run logs the very same values."""
     train_s: float = 0.0
     eval_s: float = 0.0
 
@@ -75,7 +105,11 @@ class Parts:
     """Puts the model in training mode for an epoch: which parameters train, which modules run in eval mode.
     None: `model.train()`."""
     evaluator: Callable[..., dict[str, Any]] = evaluate
-    """(accelerator, model, loader, label_names) -> metrics: classification's, or a language model's."""
+    """(accelerator, model, loader, label_names) -> metrics: the task's."""
+    loss_terms: dict[str, LossTerm] = field(default_factory=dict)
+    evaluations: list[Evaluation] = field(default_factory=list)
+    whole_model: nn.Module | None = None
+    """What extra evaluations run on when `model` is not the whole model (a cached head); None: `model`."""
 
     def train_mode(self, epoch: int) -> None:
         if self.begin_epoch is None:
@@ -97,7 +131,9 @@ def fit(accelerator: Accelerator, parts: Parts, train: TrainSpec, evals: EvalSpe
         ckpt_dir: Path, state: LoopState, hooks: list[Hook]) -> LoopState:
     """Train until the epochs or max_steps run out or early stopping fires; the best weights are in `ckpt_dir`."""
     model, optimizer = parts.model, parts.optimizer
-    window = _Window(state.window_loss, state.window_count, tuple(state.window_tokens))
+    window = _Window(state.window_loss, state.window_count, tuple(state.window_tokens), state.window_terms)
+    if state.step == 0 and parts.evaluations:  # where the extra evaluations start from: the model before training
+        _run_evaluations(accelerator, parts, state, hooks)
     while state.epoch < train.epochs and not _budget_spent(state, train):
         loader = parts.train_loader
         if state.batch_in_epoch:
@@ -107,9 +143,12 @@ def fit(accelerator: Accelerator, parts: Parts, train: TrainSpec, evals: EvalSpe
         started = time.perf_counter()
         for batch in loader:
             with accelerator.accumulate(model):
-                loss = model(**batch).loss
+                output = model(**{k: v for k, v in batch.items() if k != MIXED})
+                terms = {name: term(batch, output) for name, term in parts.loss_terms.items()}
+                loss = output.loss + sum(terms.values()) if terms else output.loss
                 accelerator.backward(loss)
-                window.add(loss, _examples(batch) * accelerator.num_processes, _real_tokens(batch))
+                window.add(loss, _examples(batch) * accelerator.num_processes, _real_tokens(batch),
+                           {"task": output.loss, **terms} if terms else None)
                 if accelerator.sync_gradients:
                     norm = accelerator.clip_grad_norm_(model.parameters(), train.max_grad_norm or math.inf)
                     _stop_if_not_finite(accelerator, window, norm, state, train, ckpt_dir)
@@ -147,7 +186,7 @@ def _after_step(accelerator: Accelerator, parts: Parts, train: TrainSpec, evals:
         _evaluate_and_keep_best(accelerator, parts, evals, ckpt_dir, state, hooks)
     save = (state.step % ckpt.every_steps == 0) if ckpt.every_steps else evaluated
     if save or last or state.stopped:
-        state.window_loss, state.window_count = window.snapshot(accelerator)
+        state.window_loss, state.window_count, state.window_terms = window.snapshot(accelerator)
         state.window_tokens = (int(window.real_tokens), window.positions)
         path = checkpoint.save_checkpoint(accelerator, ckpt_dir, state.step, asdict(state), ckpt.keep_last)
         _emit(hooks, Event("checkpoint", state, {"path": str(path)}))
@@ -157,7 +196,6 @@ def _evaluate_and_keep_best(accelerator: Accelerator, parts: Parts, evals: EvalS
                             state: LoopState, hooks: list[Hook]) -> None:
     started = time.perf_counter()
     metrics = parts.evaluator(accelerator, parts.model, parts.val_loader, parts.label_names)
-    parts.train_mode(state.epoch)
     value = metrics.get(evals.metric)
     if value is None:
         raise GraftError(f"eval.metric = '{evals.metric}' is undefined on this validation set "
@@ -175,10 +213,25 @@ def _evaluate_and_keep_best(accelerator: Accelerator, parts: Parts, evals: EvalS
         if evals.patience and state.bad_evals >= evals.patience:
             state.stopped = "early_stopping"
     record = {"split": "validation", "step": state.step, "epoch": _epoch_float(parts, state),
-              **{k: v for k, v in metrics.items() if not isinstance(v, dict | list)}, "best": improved}
+              **_scalars(metrics), "best": improved}
     state.history.append(record)
-    state.eval_s += time.perf_counter() - started
     _emit(hooks, Event("eval", state, record))
+    _run_evaluations(accelerator, parts, state, hooks)
+    parts.train_mode(state.epoch)
+    state.eval_s += time.perf_counter() - started
+
+
+def _run_evaluations(accelerator: Accelerator, parts: Parts, state: LoopState, hooks: list[Hook]) -> None:
+    for evaluation in parts.evaluations:
+        metrics = evaluation.run(accelerator, parts.whole_model or parts.model)
+        record = {"split": evaluation.name, "step": state.step, "epoch": _epoch_float(parts, state),
+                  **_scalars(metrics)}
+        state.history.append(record)
+        _emit(hooks, Event("eval", state, record))
+
+
+def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in metrics.items() if not isinstance(v, dict | list)}
 
 
 def _stop_if_not_finite(accelerator: Accelerator, window: _Window, norm: torch.Tensor, state: LoopState,
@@ -205,24 +258,32 @@ class NonFiniteError(GraftError):
 class _Window:
     """Loss and throughput since the last log line; the loss is reduced over processes only when logged."""
 
-    def __init__(self, loss_sum: float = 0.0, count: int = 0, tokens: tuple[int, int] = (0, 0)) -> None:
+    def __init__(self, loss_sum: float = 0.0, count: int = 0, tokens: tuple[int, int] = (0, 0),
+                 terms: dict[str, float] | None = None) -> None:
         self.micro_loss = torch.zeros(())
-        self._reset(loss_sum, count, tokens)
+        self._reset(loss_sum, count, tokens, terms)
 
-    def _reset(self, loss_sum: float = 0.0, count: int = 0, tokens: tuple[int, int] = (0, 0)) -> None:
+    def _reset(self, loss_sum: float = 0.0, count: int = 0, tokens: tuple[int, int] = (0, 0),
+               terms: dict[str, float] | None = None) -> None:
         self.loss_sum = torch.tensor(loss_sum)
+        self.term_sums = {name: torch.tensor(value) for name, value in (terms or {}).items()}
         self.count = count
         self.samples = 0
         self.real_tokens, self.positions = tokens
         self.since = time.perf_counter()
 
-    def snapshot(self, accelerator: Accelerator) -> tuple[float, int]:
-        """The loss sum averaged over processes: later per-process additions average out to the same mean."""
-        return accelerator.reduce(self.loss_sum.clone(), "mean").item(), self.count
+    def snapshot(self, accelerator: Accelerator) -> tuple[float, int, dict[str, float]]:
+        """The loss sums averaged over processes: later per-process additions average out to the same mean."""
+        terms = {name: accelerator.reduce(value.clone(), "mean").item() for name, value in self.term_sums.items()}
+        return accelerator.reduce(self.loss_sum.clone(), "mean").item(), self.count, terms
 
-    def add(self, loss: torch.Tensor, samples: int, tokens: tuple[torch.Tensor | int, int] = (0, 0)) -> None:
+    def add(self, loss: torch.Tensor, samples: int, tokens: tuple[torch.Tensor | int, int] = (0, 0),
+            terms: dict[str, torch.Tensor] | None = None) -> None:
         self.micro_loss = loss.detach().float()
         self.loss_sum = self.loss_sum.to(self.micro_loss.device) + self.micro_loss
+        for name, value in (terms or {}).items():
+            previous = self.term_sums.get(name, torch.zeros(()))
+            self.term_sums[name] = previous.to(self.micro_loss.device) + value.detach().float()
         self.count += 1
         self.samples += samples
         self.real_tokens += tokens[0]
@@ -232,6 +293,8 @@ class _Window:
         loss = accelerator.reduce(self.loss_sum / max(1, self.count), "mean").item()
         elapsed = time.perf_counter() - self.since
         out = {"loss": loss, "samples_per_s": self.samples / elapsed if elapsed > 0 else 0.0}
+        for name, value in self.term_sums.items():
+            out[f"loss_{name}"] = accelerator.reduce(value / max(1, self.count), "mean").item()
         if self.positions:  # this process's share of real (not padding) tokens: padding is compute spent on nothing
             out["real_token_share"] = int(self.real_tokens) / self.positions
         self._reset()

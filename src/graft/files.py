@@ -1,0 +1,71 @@
+"""Writes a crash never leaves half done: every file and folder graft writes is built beside its final name, then
+renamed into place (a rename is atomic), and a folder being replaced is deleted only after the new one is in place.
+
+One module for every write-then-rename, so the rule lives in one place. No torch here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+
+def temp_path(path: Path) -> Path:
+    """Where `path` is built before it is renamed into place: hidden, beside it."""
+    return path.with_name(f".tmp-{path.name}")
+
+
+def old_path(path: Path) -> Path:
+    """Where a folder being replaced waits until its successor is in place."""
+    return path.with_name(f".old-{path.name}")
+
+
+@contextmanager
+def writing(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path` (a file or a folder to fill); when the block succeeds it replaces
+    `path`, when it fails it is removed and `path` is untouched."""
+    tmp = temp_path(path)
+    _remove(tmp)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        yield tmp
+    except BaseException:
+        _remove(tmp)
+        raise
+    replace(tmp, path)
+
+
+def replace(new: Path, path: Path) -> None:
+    """Move `new` onto `path`. A folder already at `path` moves aside first and is deleted only once `new` is in
+    place, so a crash in between leaves the old one at `old_path(path)`, never nothing."""
+    if path.is_dir() and not path.is_symlink():
+        old = old_path(path)
+        _remove(old)
+        os.replace(path, old)
+        os.replace(new, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(new, path)
+
+
+def write_text(path: Path, text: str) -> Path:
+    with writing(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return path
+
+
+def write_json(path: Path, data: Any) -> Path:
+    """JSON (indented; anything else as its string), written atomically."""
+    return write_text(path, json.dumps(data, indent=2, default=str))
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()

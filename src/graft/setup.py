@@ -1,0 +1,144 @@
+"""The first phase of every run, and of everything that needs a model and data without a run: read and check the
+splits, load the model for the task, attach the strategy, plan what trains when, build the loaders.
+
+`setup` writes no file. `graft train` calls it before it claims the run directory (a bad file leaves nothing
+behind); compare and cross-validation read splits through it; an advisor or an LR finder can take its model and
+loaders as they are. A `Setup` also carries the seams a capability fills before training: loss terms, extra
+evaluations, and a training loader that mixes in a second source (`graft.training.mixing.mix`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from graft.errors import GraftError
+from graft.recipe import Recipe, TrainSpec
+from graft.tasks import Task, get_task
+
+if TYPE_CHECKING:
+    from torch import nn
+    from torch.utils.data import DataLoader
+
+    from graft.models.build import LoadedModel
+    from graft.strategy.peft import Attached
+    from graft.strategy.plan import Plan
+    from graft.training.loop import Evaluation, LossTerm
+
+
+def quiet(line: str) -> None:
+    """A `say` that says nothing."""
+
+
+@dataclass
+class Setup:
+    """Everything a run needs before it writes anything."""
+
+    recipe: Recipe
+    task: Task
+    splits: Any
+    """`.train`, `.validation`, `.test`, `.labels` (class names), `.sources`, `.warnings`."""
+    loaded: LoadedModel
+    """The model as loaded for the task: its processor, head, input description, load report."""
+    model: nn.Module
+    """What trains and is saved: the loaded model, or the PEFT-wrapped one."""
+    root: nn.Module
+    """The module whose parameter names the plan, the groups and the optimiser use."""
+    attached: Attached | None
+    plan: Plan
+    train_loader: DataLoader
+    val_loader: DataLoader
+    test_loader: DataLoader
+    cached: bool
+    """The whole backbone stays frozen and the recipe allows the feature cache: fit will train the head alone."""
+    notes: list[str] = field(default_factory=list)
+    """Warnings met on the way (also printed), for the record."""
+    data_record: dict[str, Any] = field(default_factory=dict)
+    """What the task adds to run.json's `data` section."""
+    noun: str = "examples"
+    """How the size line names the examples ("examples, 4 classes")."""
+    loss_terms: dict[str, LossTerm] = field(default_factory=dict)
+    """Named terms added to the task's loss (see `graft.training.loop`)."""
+    evaluations: list[Evaluation] = field(default_factory=list)
+    """Named extra evaluation sets, run beside validation and at the end."""
+
+
+def setup(recipe: Recipe, say: Callable[[str], None] = quiet) -> Setup:
+    """Splits, model, strategy, plan and loaders for `recipe`, printing what a user should know through `say`."""
+    from graft.models.groups import layer_groups
+    from graft.strategy.plan import make_plan
+
+    task = get_task(recipe.task)
+    splits = task.load_splits(recipe)
+    for warning in splits.warnings:
+        say(f"warning: {warning}")
+    loaded = task.load_model(recipe.model, splits.labels, recipe.data, recipe.strategy.name == "scratch")
+    for note in [*loaded.notes, loaded.head.line()]:
+        say(f"model: {note}")
+    configure_model(loaded, recipe.train)
+    attached = attach_strategy(loaded, recipe, say)
+    model, root = (attached.model, attached.root) if attached else (loaded.model, loaded.root)
+    groups = attached.groups if attached else layer_groups(root, loaded.head_modules, recipe.model.groups)
+    plan = make_plan(root, groups, loaded.head_modules, recipe.strategy, recipe.train.epochs,
+                     attached.trains if attached else None)
+    cached = plan.backbone_frozen_throughout and recipe.strategy.feature_cache
+    # Data is read (images decoded) before the run directory is touched: a bad file leaves nothing behind.
+    notes: list[str] = []
+    train_loader = task.train_loader(recipe, splits.train, loaded, not cached, notes)
+    val_loader, test_loader = (task.eval_loader(recipe, getattr(splits, n), loaded, notes, n)
+                               for n in ("validation", "test"))
+    for note in notes:
+        say(f"warning: {note}")
+    splits.warnings.extend(notes)
+    noun, data_record, lines = task.describe(splits, train_loader)
+    for line in lines:
+        say(line)
+    return Setup(recipe, task, splits, loaded, model, root, attached, plan, train_loader, val_loader, test_loader,
+                 cached, notes, data_record, noun)
+
+
+def load_splits(recipe: Recipe) -> Any:
+    """The recipe's splits, read and checked by its task."""
+    return get_task(recipe.task).load_splits(recipe)
+
+
+def configure_model(loaded: LoadedModel, train: TrainSpec) -> None:
+    """Gradient checkpointing, and the output layer kept in fp32 under bf16/fp16 autocast (logits and the loss
+    are where low precision hurts most)."""
+    if train.gradient_checkpointing:
+        enable = getattr(loaded.model, "gradient_checkpointing_enable", None)
+        if enable is None:
+            raise GraftError("train.gradient_checkpointing: this model has no switch for it (Hugging Face models "
+                             "do); turn it off")
+        enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if train.precision != "fp32":
+        from graft.training.precision import keep_fp32
+
+        keep_fp32(loaded.root.get_submodule(loaded.head.path))
+
+
+def attach_strategy(loaded: LoadedModel, recipe: Recipe, say: Callable[[str], None]) -> Attached | None:
+    """A PEFT method's parameters added to the model (None for the other strategies, which only freeze)."""
+    if not recipe.strategy.is_peft:
+        return None
+    from graft.strategy.peft import attach
+
+    attached = attach(loaded.model, loaded.root, loaded.head_modules, recipe.strategy, recipe.task,
+                      recipe.model.groups)
+    for note in attached.notes:
+        say(f"model: {note}")
+    return attached
+
+
+def format_groups(table: list[dict[str, Any]]) -> str:
+    """The layer-group table a run prints at its start."""
+    width = max(len(row["name"]) for row in table)
+    lines = [f"{'group':<{width}}  {'params':>10}  {'trainable':>10}  {'from epoch':>10}  {'lr':>9}"]
+    for row in table:
+        start = "-" if row["from_epoch"] is None else str(row["from_epoch"])
+        lines.append(f"{row['name']:<{width}}  {row['params']:>10,}  {row['trainable']:>10,}  {start:>10}  "
+                     f"{row['lr']:>9.3g}")
+    total, trainable = sum(r["params"] for r in table), sum(r["trainable"] for r in table)
+    lines.append(f"{'total':<{width}}  {total:>10,}  {trainable:>10,}")
+    return "\n".join(lines)

@@ -1,0 +1,98 @@
+"""The task registry: everything that differs between tasks, behind one small interface.
+
+A task says how its data is read, checked and split, how it becomes batches, how the model for it is loaded, how it
+is evaluated and what its test adds to the run record, how predictions look, and which recipe fields and strategies
+it takes. The pipeline, compare, cross-validation and the report ask the task; none of them names one.
+
+Importing this module costs no torch: the recipe validates against it in milliseconds. Each task module imports
+its heavy parts inside its methods.
+
+To add a task: write `graft/tasks/<name>.py` with a class that has the attributes and methods of `Task`, and add
+an instance to `TASKS` below. Nothing else in graft needs to learn its name.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+from graft.tasks.causal_lm import CausalLM
+from graft.tasks.image_classification import ImageClassification
+from graft.tasks.text_classification import TextClassification
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from accelerate import Accelerator
+    from torch import nn
+    from torch.utils.data import DataLoader
+
+    from graft.models.build import LoadedModel
+    from graft.recipe import Recipe
+
+
+class Task(Protocol):
+    """What a task module supplies. Splits have `.train`, `.validation`, `.test`, `.labels`, `.sources` and
+    `.warnings`; a split is whatever the task's loaders take."""
+
+    name: str
+    data_fields: frozenset[str]
+    """The `data.*` fields only this task reads; another task's field set to a non-default value is refused."""
+    metrics: tuple[str, ...]
+    """What `eval.metric` may name."""
+    default_metric: str
+    refused_strategies: dict[str, str]
+    """strategy name -> why this task cannot take it (one line, with what to use instead)."""
+    peft_task_type: str | None
+    """peft's TaskType for this task's models (None: a plain module, peft wraps it as it is)."""
+    input_kind: str | None
+    takes_plain_modules: bool
+    """Whether `model.name` may be a plain nn.Module factory."""
+    """`text` or `image`: what one example is, for people (mistakes, compare's split files); None: not a single
+    input with one label (compare and cross-validation then decline)."""
+
+    def check_recipe(self, recipe: Recipe) -> None:
+        """Task rules over the whole recipe, before any data or model is read; raise ValueError with one line."""
+
+    def load_splits(self, recipe: Recipe) -> Any:
+        """Read, check and split the recipe's data."""
+
+    def read_labelled(self, recipe: Recipe, path: Path, labels: list[str]) -> Any:
+        """A labelled file (or folder) to evaluate a trained run on, checked against the run's `labels`."""
+
+    def read_examples(self, recipe: Recipe) -> list[tuple[str, str]]:
+        """data.train as (input, label) rows, checked as training data is (cross-validation folds them)."""
+
+    def load_model(self, recipe: Recipe, labels: list[str]) -> LoadedModel:
+        """The recipe's model, ready for this task (a new head for `labels`, a prepared tokenizer...)."""
+
+    def load_trained(self, recipe: Recipe, folder: Path) -> Any:
+        """The final model a run saved, for eval and predict (a `graft.models.build.TrainedModel`)."""
+
+    def train_loader(self, recipe: Recipe, split: Any, loaded: LoadedModel, augment: bool,
+                     notes: list[str]) -> DataLoader:
+        """Shuffled training batches, a pure function of (seed, epoch); what was left out goes to `notes`."""
+
+    def eval_loader(self, recipe: Recipe, split: Any, model: Any, notes: list[str] | None = None,
+                    name: str = "test") -> DataLoader:
+        """In-order batches; `model` has `.processor` and `.input`; `notes` None: unreadable inputs are errors."""
+
+    def evaluate(self, accelerator: Accelerator, model: nn.Module, loader: DataLoader,
+                 labels: list[str]) -> dict[str, Any]:
+        """Validation and test metrics."""
+
+    def test(self, accelerator: Accelerator, model: nn.Module, loader: DataLoader, splits: Any,
+             loaded: LoadedModel, recipe: Recipe) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Test metrics, and what else the run record gets (`mistakes`, `samples`)."""
+
+    def describe(self, splits: Any, loader: DataLoader) -> tuple[str, dict[str, Any]]:
+        """The size line's noun ("examples, 4 classes") and extra `data` fields for the record."""
+
+    def predict(self, run: Any, source: str, batches: Any) -> tuple[list[dict[str, Any]], list[str]]:
+        """Prediction rows for `source`, and the columns of a CSV of them."""
+
+
+TASKS: dict[str, Task] = {t.name: t for t in (TextClassification(), ImageClassification(), CausalLM())}
+
+
+def get_task(name: str) -> Task:
+    return TASKS[name]

@@ -1,0 +1,123 @@
+"""Image classification: image folders or lists, decoded once into memory, augmented and normalised per batch; CNNs
+and vision transformers from Hugging Face, or any plain nn.Module."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from graft.errors import GraftError
+from graft.tasks.classification import Classification
+
+if TYPE_CHECKING:
+    from torch.utils.data import DataLoader
+
+    from graft.models.build import LoadedModel, TrainedModel
+    from graft.recipe import DataSpec, ModelSpec, Recipe
+
+VIRTUAL_TOKENS = "virtual tokens are for text transformers; use lora or adapter for images"
+
+
+class ImageClassification(Classification):
+    name = "image_classification"
+    data_fields = frozenset({"image_column", "label_column", "image_size", "mean", "std", "bad_images", "augment"})
+    refused_strategies: ClassVar[dict[str, str]] = dict.fromkeys(("prompt", "ptuning", "prefix"), VIRTUAL_TOKENS)
+    input_kind = "image"
+    takes_plain_modules = True
+    hf_auto_class = "AutoModelForImageClassification"
+    hf_processor = "image"
+
+    def check_recipe(self, recipe: Recipe) -> None:
+        if recipe.model.is_factory and recipe.data.image_size is None:
+            raise ValueError("data.image_size: a plain module needs its input size (e.g. data.image_size: 32)")
+
+    def load_model(self, spec: ModelSpec, labels: list[str], data: DataSpec, scratch: bool) -> LoadedModel:
+        from graft.models.build import image_input
+
+        loaded = super().load_model(spec, labels, data, scratch)
+        loaded.input = loaded.input or image_input(loaded.processor, data)
+        return loaded
+
+    def load_trained(self, folder: Path, data: DataSpec | None) -> TrainedModel:
+        from graft.models.build import image_input
+
+        trained = super().load_trained(folder, data)
+        trained.input = trained.input or image_input(trained.processor, data)
+        return trained
+
+    def load_splits(self, recipe: Recipe) -> Any:
+        from graft.data.images import load_image_splits
+
+        d = recipe.data
+        return load_image_splits(d.train, d.validation, d.test, split=d.split, seed=recipe.train.seed,
+                                 image_column=d.image_column, label_column=d.label_column, leakage=d.leakage)
+
+    def read_labelled(self, recipe: Recipe, path: Path, labels: list[str]) -> Any:
+        from graft.data.images import labelled_images
+
+        return labelled_images(path, labels, recipe.data.image_column, recipe.data.label_column)
+
+    def read_examples(self, recipe: Recipe) -> list[tuple[str, str]]:
+        from graft.data.images import load_image_splits
+
+        d = recipe.data
+        splits = load_image_splits(d.train, None, None, split=(1.0, 0.0, 0.0), seed=recipe.train.seed,
+                                   image_column=d.image_column, label_column=d.label_column, leakage=d.leakage)
+        return self.rows(splits.train, splits.labels)
+
+    def read_unlabelled(self, recipe: Recipe, source: str) -> tuple[list[str], Any]:
+        from graft.data.images import ImageSet, unlabelled_images
+
+        paths = unlabelled_images(source, image_column=recipe.data.image_column)
+        return [str(p) for p in paths], ImageSet(paths, None)
+
+    def train_loader(self, recipe: Recipe, split: Any, loaded: LoadedModel, augment: bool,
+                     notes: list[str]) -> DataLoader:
+        from graft.tasks import image
+        from graft.tasks.augment import Augment
+
+        t, aug = recipe.train, recipe.data.augment
+        size = tuple(loaded.input["image_size"])
+        if not augment and aug.enabled:
+            notes.append("augmentation: off, the feature cache needs fixed inputs (strategy.feature_cache: false to "
+                         "augment)")
+        augmenter = Augment(size, aug.crop_scale, aug.crop_ratio, aug.hflip, aug.rotation, aug.color_jitter,
+                            t.seed) if augment and aug.enabled else None
+        images = _decoded(split, size, recipe.data.bad_images, "train", notes, square_source=augmenter is not None)
+        return image.train_loader(images, t.batch_size, t.seed, loaded.input["mean"], loaded.input["std"],
+                                  t.num_workers, augmenter)
+
+    def eval_loader(self, recipe: Recipe, split: Any, model: Any, notes: list[str] | None = None,
+                    name: str = "test") -> DataLoader:
+        from graft.tasks import image
+
+        bad = recipe.data.bad_images if notes is not None else "error"
+        size = tuple(model.input["image_size"])
+        images = _decoded(split, size, bad, name, notes if notes is not None else [])
+        return image.eval_loader(images, recipe.train.eval_batch, model.input["mean"], model.input["std"],
+                                 recipe.train.num_workers)
+
+    def inputs(self, split: Any) -> list[str]:
+        return [str(Path(p).absolute()) for p in split.paths]
+
+    def label_ids(self, split: Any) -> list[int]:
+        return list(split.labels)
+
+
+def _decoded(split: Any, size: tuple[int, ...], bad_images: str, name: str, notes: list[str],
+             square_source: bool = False) -> Any:
+    """A split's images decoded once into memory; unreadable files stop the run or are left out (and noted)."""
+    from graft.data.checks import plural, shown
+    from graft.data.images import decode_images
+    from graft.tasks.image import ImageTensors
+
+    decoded = decode_images(split.paths, (size[0], size[1]), skip_bad=bad_images == "skip",
+                            square_source=square_source)
+    if decoded.bad:
+        if not decoded.kept and len(split.paths):
+            raise GraftError(f"data.{name}: none of its {len(split.paths)} images can be read (e.g. "
+                             f"{decoded.bad[0]}); check the files")
+        notes.append(f"data.{name}: left out {plural(len(decoded.bad), 'unreadable image')} "
+                     f"({shown(decoded.bad, 3)}; data.bad_images: skip)")
+    labels = None if split.labels is None else [split.labels[i] for i in decoded.kept]
+    return ImageTensors(decoded.pixels, labels)

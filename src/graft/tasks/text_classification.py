@@ -1,0 +1,77 @@
+"""Text classification: one label per text; tokenised once, padded per batch, batches grouped by length."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from graft.tasks.classification import Classification
+
+if TYPE_CHECKING:
+    from torch.utils.data import DataLoader
+
+    from graft.models.build import LoadedModel
+    from graft.recipe import Recipe
+
+
+class TextClassification(Classification):
+    name = "text_classification"
+    data_fields = frozenset({"text_column", "label_column", "normalize_labels", "group_by_length"})
+    peft_task_type = "SEQ_CLS"
+    input_kind = "text"
+    hf_auto_class = "AutoModelForSequenceClassification"
+    hf_processor = "tokenizer"
+
+    def load_splits(self, recipe: Recipe) -> Any:
+        from graft.data import load_text_splits
+
+        d = recipe.data
+        return load_text_splits(d.train, d.validation, d.test, text_column=d.text_column, label_column=d.label_column,
+                                split=d.split, seed=recipe.train.seed, leakage=d.leakage,
+                                normalize_labels=d.normalize_labels)
+
+    def read_labelled(self, recipe: Recipe, path: Path, labels: list[str]) -> Any:
+        from graft.data import load_labelled_file
+
+        d = recipe.data
+        return load_labelled_file(path, text_column=d.text_column, label_column=d.label_column, labels=labels,
+                                  normalize_labels=d.normalize_labels)
+
+    def read_examples(self, recipe: Recipe) -> list[tuple[str, str]]:
+        from graft.data.checks import drop_duplicate_texts
+        from graft.data.tables import read_labelled
+
+        d = recipe.data
+        part = read_labelled(Path(d.train), Path(d.train).name, d.text_column, d.label_column)
+        part, _ = drop_duplicate_texts(part)  # a text in two folds would be leakage
+        return list(zip(part.texts, part.labels, strict=True))
+
+    def read_unlabelled(self, recipe: Recipe, source: str) -> tuple[list[str], Any]:
+        import datasets
+
+        from graft.data import read_unlabelled_texts
+
+        texts = read_unlabelled_texts(source, text_column=recipe.data.text_column)
+        return texts, datasets.Dataset.from_dict({"text": texts})
+
+    def train_loader(self, recipe: Recipe, split: Any, loaded: LoadedModel, augment: bool,
+                     notes: list[str]) -> DataLoader:
+        from graft.tasks import text
+
+        t = recipe.train
+        tokenized = text.tokenize(split, loaded.processor, recipe.model.max_length)
+        return text.train_loader(tokenized, loaded.processor, t.batch_size, t.seed, recipe.data.group_by_length,
+                                 t.num_workers)
+
+    def eval_loader(self, recipe: Recipe, split: Any, model: Any, notes: list[str] | None = None,
+                    name: str = "test") -> DataLoader:
+        from graft.tasks import text
+
+        tokenized = text.tokenize(split, model.processor, recipe.model.max_length)
+        return text.eval_loader(tokenized, model.processor, recipe.train.eval_batch, recipe.train.num_workers)
+
+    def inputs(self, split: Any) -> list[str]:
+        return list(split["text"])
+
+    def label_ids(self, split: Any) -> list[int]:
+        return list(split["label"])
