@@ -17,8 +17,8 @@ from graft.errors import GraftError
 from graft.evaluation.metrics import SCALAR_METRICS
 from graft.files import write_json
 from graft.recipe import Recipe
-from graft.tasks import get_task
 from graft.rundir import RECORD_FILE, occupied, reuse_completed
+from graft.tasks import get_task
 
 
 def cross_validate(recipe: Recipe | str | Path | dict[str, Any], k: int, *, overrides: list[str] | tuple = (),

@@ -81,7 +81,8 @@ def render_cv(record: dict[str, Any]) -> str:
     rows = ""
     for f in cv["folds"]:
         cells = "".join(f"<td class='n'>{f['test'][m]:.4f}</td>" for m in names)
-        rows += f"<tr><td>{f['fold']}</td>{cells}<td class='n'>{f['train_s']:.1f} s</td><td>{escape(f['dir'])}</td></tr>"
+        rows += (f"<tr><td>{f['fold']}</td>{cells}<td class='n'>{f['train_s']:.1f} s</td>"
+                 f"<td>{escape(f['dir'])}</td></tr>")
     head = "".join(f"<th>{m}</th>" for m in names)
     return ("<!doctype html><html lang='en'><head><meta charset='utf-8'>"
             f"<title>{escape(title)}</title><style>{CSS}</style></head><body><main><h1>{escape(title)}</h1>"
@@ -106,7 +107,8 @@ def _samples(record: dict[str, Any]) -> str:
     if rendered:
         out.append("<p class='sub'>One training example exactly as the model sees it (the loss is on the assistant's "
                    f"turns only):</p><pre><code>{escape(rendered)}</code></pre>")
-    rows = "".join(f"<tr><td>{escape(_clip(s['prompt'], 300))}</td><td>{escape(_clip(s.get('reference') or '', 300))}</td>"
+    rows = "".join(f"<tr><td>{escape(_clip(s['prompt'], 300))}</td>"
+                   f"<td>{escape(_clip(s.get('reference') or '', 300))}</td>"
                    f"<td>{escape(_clip(s['generated'], 300))}</td></tr>" for s in record.get("samples", []))
     if rows:
         out.append("<p class='sub'>Greedy generations for the first validation prompts, after training:</p><table>"
