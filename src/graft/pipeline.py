@@ -137,6 +137,8 @@ def _prepare(accelerator: Accelerator, run: Setup, say: Callable[[str], None]
     trained, optimizer, train_loader, val_loader, test_loader = accelerator.prepare(
         head or run.model, optimizer, train_loader, val_loader, run.test_loader)
     model = trained if head is None else accelerator.prepare(run.model)
+    for evaluation in run.evaluations:
+        evaluation.loader = accelerator.prepare(evaluation.loader)
     if head is None:
         begin_epoch = partial(apply_plan, run.root, run.plan)
     else:

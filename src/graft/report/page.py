@@ -185,12 +185,18 @@ def _curves(history: list[dict[str, Any]], record: dict[str, Any]) -> list[str]:
     series = {}
     if train:
         series["train"] = ([h["step"] for h in train], [h["loss"] for h in train])
+    terms = [k for k in (train[0] if train else {}) if k.startswith("loss_")]
+    for key in terms:  # the task's loss and each added term, on their own
+        series[f"train: {key.removeprefix('loss_')}"] = ([h["step"] for h in train], [h[key] for h in train])
     if val:
         series["validation"] = ([h["step"] for h in val], [h["loss"] for h in val])
     best = [h for h in val if h.get("best")]
     marks = {f"best (step {best[-1]['step']})": (best[-1]["step"], best[-1]["loss"])} if best else None
+    added = [t.removeprefix("loss_") for t in terms if t != "loss_task"]
+    what = f" with its parts (the task's loss, {', '.join(added)})" if added else ""
     figures.append(figure(line_chart(series, xlabel="step", ylabel="loss", marks=marks),
-                           "Loss: training (mean since the previous log line) and validation."))
+                           f"Loss: training (mean since the previous log line){what}, and validation."))
+    figures += _extra_evaluations(history)
     names = [m for m in ("accuracy", "f1_macro", "roc_auc", "token_accuracy") if val and val[0].get(m) is not None]
     if names:
         figures.append(figure(line_chart({m: ([h["step"] for h in val], [h[m] for h in val]) for m in names},
@@ -210,6 +216,19 @@ def _curves(history: list[dict[str, Any]], record: dict[str, Any]) -> list[str]:
         figures.append(figure(line_chart({"samples/s": ([h["step"] for h in train], speed)}, xlabel="step",
                                           ylabel="samples per second"), "Training throughput."))
     return ["<h2>Curves</h2><div class='grid'>", *figures, "</div>"]
+
+
+def _extra_evaluations(history: list[dict[str, Any]]) -> list[str]:
+    """A chart for each extra evaluation set (split names other than train and validation): its metrics by step."""
+    out = []
+    for split in dict.fromkeys(h["split"] for h in history if h["split"] not in ("train", "validation")):
+        rows = [h for h in history if h["split"] == split]
+        names = [k for k, v in rows[0].items() if k not in ("step", "epoch") and isinstance(v, float)][:4]
+        if names:
+            out.append(figure(line_chart({m: ([h["step"] for h in rows], [h[m] for h in rows]) for m in names},
+                                         xlabel="step", ylabel=split),
+                              f"Extra evaluation '{escape(split)}' (step 0: before training)."))
+    return out
 
 
 def figure(svg: str, caption: str) -> str:

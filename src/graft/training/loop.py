@@ -43,10 +43,15 @@ LossTerm = Callable[[dict[str, Any], Any], torch.Tensor]
 
 @dataclass
 class Evaluation:
-    """An extra evaluation set with its own metrics: `run(accelerator, model)` -> metrics (scalars are logged)."""
+    """An extra evaluation set with its own metrics: `score(accelerator, model, loader)` -> metrics (scalars are
+    logged). The run prepares `loader` once, with the rest."""
 
     name: str
-    run: Callable[[Accelerator, nn.Module], dict[str, Any]]
+    loader: DataLoader
+    score: Callable[[Accelerator, nn.Module, DataLoader], dict[str, Any]]
+
+    def run(self, accelerator: Accelerator, model: nn.Module) -> dict[str, Any]:
+        return self.score(accelerator, model, self.loader)
 
     def __post_init__(self) -> None:
         if self.name in RESERVED:

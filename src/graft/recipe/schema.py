@@ -1,21 +1,13 @@
-"""The recipe: one typed tree holding every default graft uses.
-
-A recipe is YAML validated into `Recipe`; `--set a.b=c` overrides are applied to the YAML tree before
-validation, so they get the same checks and type coercion as the file. Every error is one line naming the
-field, the bad value and what is allowed. No torch here: the recipe loads in milliseconds.
-"""
+"""The recipe's schema: one typed tree holding every default graft uses, with the checks that span sections
+(including the task's own, from the task registry)."""
 
 from __future__ import annotations
 
-import copy
-import difflib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from graft.errors import GraftError
 from graft.evaluation.metrics import SCALAR_METRICS, metric_mode
 from graft.tasks import TASKS
 
@@ -405,116 +397,3 @@ class Recipe(Section):
     def dump(self) -> dict[str, Any]:
         """The resolved recipe as plain YAML/JSON-ready data."""
         return self.model_dump(mode="json")
-
-
-def load_recipe(source: Path | str | dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
-    """Read a recipe from a YAML file (or a dict), apply `key.path=value` overrides, validate.
-
-    Relative data paths written in a recipe file are relative to the file's folder; those given as a dict or by
-    `--set` are relative to the working directory. The resolved recipe holds them absolute, so a run directory
-    works from anywhere. output.dir stays as written: relative to the working directory.
-    """
-    if isinstance(source, dict):
-        tree, origin, base = copy.deepcopy(source), "recipe", Path.cwd()
-    else:
-        path = Path(source)
-        tree, origin, base = _read_yaml(path), str(path), path.parent
-    overridden = {item.partition("=")[0].strip() for item in overrides}
-    for item in overrides:
-        _apply_override(tree, item)
-    recipe = validate_recipe(tree, origin)
-    def folder(key: str) -> Path:
-        return Path.cwd() if key in overridden else base
-
-    for name in DATA_PATHS:
-        value = getattr(recipe.data, name)
-        if value is not None:
-            setattr(recipe.data, name, (folder(f"data.{name}") / value.expanduser()).absolute())
-    if recipe.model.checkpoint is not None:
-        recipe.model.checkpoint = (folder("model.checkpoint") / recipe.model.checkpoint.expanduser()).absolute()
-    module, sep, function = recipe.model.name.rpartition(":")
-    if sep and module.endswith(".py"):  # a factory in a file: relative to the recipe, like the data
-        recipe.model.name = f"{(folder('model.name') / Path(module).expanduser()).absolute()}:{function}"
-    return recipe
-
-
-def validate_recipe(tree: dict[str, Any], origin: str = "recipe") -> Recipe:
-    """Validate a YAML tree into a Recipe, turning the first problem into one GraftError line."""
-    _check_unknown_keys(tree, Recipe, prefix="", origin=origin)
-    try:
-        return Recipe.model_validate(tree)
-    except ValidationError as e:
-        raise GraftError(f"{origin}: {_describe(e.errors()[0])}") from None
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise GraftError(f"recipe {path}: file not found")
-    try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise GraftError(f"recipe {path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
-    if not isinstance(tree, dict):
-        raise GraftError(f"recipe {path}: expected a mapping of sections (task, model, data, ...), got {tree!r}")
-    return tree
-
-
-def _apply_override(tree: dict[str, Any], item: str) -> None:
-    key, sep, raw = item.partition("=")
-    if not sep or not key.strip():
-        raise GraftError(f"--set {item!r}: expected key.path=value, e.g. --set optim.lr=1e-4")
-    parts = key.strip().split(".")
-    node = tree
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise GraftError(f"--set {item!r}: '{part}' is a value, not a section")
-        node = child
-    # YAML parsing gives lists, null, booleans and numbers; pydantic then coerces to the field's type.
-    try:
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        node[parts[-1]] = raw
-
-
-def _check_unknown_keys(tree: Any, model: type[BaseModel], prefix: str, origin: str) -> None:
-    if not isinstance(tree, dict):
-        return
-    fields = model.model_fields
-    for key, value in tree.items():
-        if key not in fields:
-            where = f"{prefix}{key}"
-            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.6)
-            hint = f"did you mean '{prefix}{close[0]}'?" if close else f"allowed: {', '.join(fields)}"
-            raise GraftError(f"{origin}: unknown key '{where}'; {hint}")
-        sub = fields[key].annotation
-        if isinstance(sub, type) and issubclass(sub, BaseModel):
-            _check_unknown_keys(value, sub, f"{prefix}{key}.", origin)
-
-
-def _describe(err: dict[str, Any]) -> str:
-    field = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after"))
-    value = err.get("input")
-    allowed = _allowed(err)
-    msg = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "missing":
-        return f"'{field}' is required" + (" (at least data.train: the training file)" if field == "data" else "")
-    if err["type"] == "value_error" and isinstance(value, (dict, BaseModel)):
-        return msg  # a whole-section check (model validator): its message names the field itself
-    if err["type"] == "model_type":
-        return f"{field} = {value!r}: expected a section of keys, e.g. {field}: {{...}}"
-    shown = f"{value!r}" if not isinstance(value, dict) else "a mapping"
-    return f"{field} = {shown}: {allowed or msg[:1].lower() + msg[1:]}"
-
-
-def _allowed(err: dict[str, Any]) -> str | None:
-    ctx = err.get("ctx") or {}
-    if err["type"] == "literal_error":
-        return f"allowed: {ctx.get('expected', '').replace(' or ', ', ')}"
-    if err["type"] in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
-        return err["msg"].lower()
-    return None
-
-
