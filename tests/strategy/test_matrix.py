@@ -1,8 +1,11 @@
-"""Strategy × model family, each trained from a recipe: what trains, when, at which LR, and what stays put.
+"""Strategy × model family: what trains, when, at which LR, and what stays put.
 
-For every pair the run keeps a checkpoint per epoch. The test works out on its own, from the strategy's
-definition, when each layer group should start training, and checks against the weights themselves: groups
-not yet trained are bit-identical to the pretrained weights (BatchNorm statistics included), trained ones moved.
+Two tiers. The fast one builds every pair through `graft.setup` (no training, no files) and checks the plan against
+the strategy's definition, worked out here on its own: the groups cover every parameter exactly once, each group
+starts when the strategy says, the optimiser gets only what trains, at the LR ratios the recipe says. The training
+tier proves what only training can: after each epoch, groups not yet trained are bit-identical to the pretrained
+weights (BatchNorm statistics included) and trained ones moved. It runs every strategy on the plain CNN (BatchNorm,
+the fastest), and on the Hugging Face models the strategies that freeze something part of the run.
 """
 
 from __future__ import annotations
@@ -58,40 +61,78 @@ def family_recipes(tmp_path_factory, tiny_bert, tiny_resnet, image_folder, plain
     }
 
 
-@pytest.mark.parametrize("family", ["tiny_bert", "hf_resnet", "plain_cnn"])
-@pytest.mark.parametrize("strategy", list(STRATEGIES))
-def test_strategy_on_family(strategy, family, family_recipes, tmp_path):
-    tree = family_recipes[family](tmp_path / "run")
+FAMILIES = ["tiny_bert", "hf_resnet", "plain_cnn"]
+TRAINED = [(s, "plain_cnn") for s in STRATEGIES] + [
+    (s, f) for f in ("tiny_bert", "hf_resnet") for s in ("head_only", "freeze", "two_phase", "gradual_unfreeze")]
+"""Pairs the training tier runs: on the Hugging Face models, only strategies that keep something frozen a while."""
+
+
+def matrix_recipe(family_recipes, strategy: str, family: str, run_dir):
+    tree = family_recipes[family](run_dir)
     tree["strategy"] = {"name": strategy, **STRATEGIES[strategy]}
     tree["train"] = {**tree["train"], "epochs": EPOCHS}
     tree["checkpoint"] = {"keep_last": 10}
     tree["optim"] = {**tree["optim"], "weight_decay": 0.0}  # a parameter moves only through its gradient
-    recipe = load_recipe(tree)
-    initial, names = initial_state(recipe)
-    record = graft.train(recipe)
-    groups = record["groups"]
-    backbone = [g for g in groups if g["name"] != "head"]
+    return load_recipe(tree)
 
-    # Groups cover every parameter once: their sizes add up to the model's own count.
-    assert groups[-1]["name"] == "head"
-    total = sum(initial[n].numel() for n in names)
-    assert sum(g["params"] for g in groups) == record["params"]["total"] == total
 
-    # The plan is the strategy's definition.
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
+def test_plan_of_strategy_on_family(strategy, family, family_recipes, tmp_path):
+    from graft.strategy.plan import apply_plan
+    from graft.training.optim import param_groups
+
+    recipe = matrix_recipe(family_recipes, strategy, family, tmp_path / "run")
+    run = graft.setup(recipe)
+    assert not (tmp_path / "run").exists()  # setup writes nothing
+    table = run.plan.table(run.root, recipe.optim.lr)
+    names = [n for n, _ in run.root.named_parameters()]
+
+    # Groups cover every parameter exactly once.
+    covered = [p for g in run.plan.groups for p in g.params]
+    assert sorted(covered) == sorted(names) and len(covered) == len(set(covered))
+    assert table[-1]["name"] == "head"
+
+    # Each group starts when the strategy says; trainable counts follow.
+    backbone = table[:-1]
     starts = [expected_start(strategy, len(backbone), i) for i in range(len(backbone))] + [0]
-    assert [g["from_epoch"] for g in groups] == starts
-    assert record["params"]["trainable"] == sum(g["params"] for g, s in zip(groups, starts, strict=True)
-                                                if s is not None)
+    assert [g["from_epoch"] for g in table] == starts
+    assert sum(g["trainable"] for g in table) == sum(g["params"] for g, s in zip(table, starts, strict=True)
+                                                     if s is not None)
 
-    # LR ratios between groups, as the optimiser actually had them.
-    lrs = next(h for h in record["metrics"]["history"] if h["split"] == "train")["lr"]
-    trained = [g["name"] for g, s in zip(groups, starts, strict=True) if s is not None]
-    assert list(lrs) == trained  # groups that never train are not in the optimiser
+    # At each epoch exactly the started groups require grad.
+    for epoch in range(EPOCHS):
+        apply_plan(run.root, run.plan, epoch)
+        grad = {n for n, p in run.root.named_parameters() if p.requires_grad}
+        assert grad == {p for g, s in zip(run.plan.groups, starts, strict=True) if s is not None and s <= epoch
+                        for p in g.params}
+
+    # The optimiser gets only what ever trains, at the LR ratios the strategy says.
+    groups = param_groups(run.root, run.plan, recipe.optim.lr, recipe.optim.weight_decay)
+    handed = {id(p) for g in groups for p in g["params"]}
+    assert handed == {id(p) for n, p in run.root.named_parameters() if run.plan.ever_trains(n)}
+    lrs = {g["name"].partition("/")[0]: g["lr"] for g in groups}
+    trained = [g["name"] for g, s in zip(table, starts, strict=True) if s is not None]
+    assert list(lrs) == trained
     decay, head_mult = (2.6, 10.0) if strategy in PER_GROUP else (1.0, 1.0)
     for lower, upper in itertools.pairwise(trained[:-1]):
         assert lrs[upper] / lrs[lower] == pytest.approx(decay)
     if len(trained) > 1:
         assert lrs["head"] / lrs[trained[-2]] == pytest.approx(head_mult)
+
+
+@pytest.mark.parametrize(("strategy", "family"), TRAINED)
+def test_training_moves_only_what_the_plan_trains(strategy, family, family_recipes, tmp_path):
+    recipe = matrix_recipe(family_recipes, strategy, family, tmp_path / "run")
+    initial, names = initial_state(recipe)
+    record = graft.train(recipe)
+    groups = record["groups"]
+    backbone = [g for g in groups if g["name"] != "head"]
+    assert sum(g["params"] for g in groups) == record["params"]["total"] == sum(initial[n].numel() for n in names)
+    starts = [expected_start(strategy, len(backbone), i) for i in range(len(backbone))] + [0]
+    assert [g["from_epoch"] for g in groups] == starts
+    lrs = next(h for h in record["metrics"]["history"] if h["split"] == "train")["lr"]
+    assert list(lrs) == [g["name"] for g, s in zip(groups, starts, strict=True) if s is not None]
 
     # After each epoch: groups not yet trained are bit-identical to the start, trained ones have moved.
     checkpoints = sorted((tmp_path / "run" / "checkpoints").glob("step-*"))
