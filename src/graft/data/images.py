@@ -20,7 +20,14 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from graft.data.checks import Labelled, format_rows, plural, require_column, shown, text_values
-from graft.data.splits import SPLITS, check_class_sizes, class_order, remove_leakage, stratified_split
+from graft.data.splits import (
+    SPLITS,
+    check_class_sizes,
+    class_order,
+    remove_leakage,
+    split_sources,
+    stratified_split,
+)
 from graft.data.tables import SUFFIXES, read_labelled, read_table
 from graft.errors import GraftError
 
@@ -123,7 +130,7 @@ def load_image_splits(
     return ImageSplits(
         **{key: ImageSet([Path(p) for p in parts[key].texts], [ids[c] for c in parts[key].labels]) for key in SPLITS},
         labels=labels,
-        sources={key: names[key] if key in given else f"{names['train']} (split)" for key in SPLITS},
+        sources=split_sources(names, given),
         warnings=warnings,
     )
 

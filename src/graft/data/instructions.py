@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from graft.data.checks import Labelled, drop_duplicate_texts, format_rows, require_column
-from graft.data.splits import SPLITS, remove_leakage, stratified_split
+from graft.data.splits import SPLITS, remove_leakage, split_sources, stratified_split
 from graft.data.tables import read_table
 from graft.errors import GraftError
 
@@ -54,7 +54,7 @@ def load_instruction_splits(train: Path, validation: Path | None, test: Path | N
                              f"{', '.join(carve)} from; add examples or give data.validation / data.test")
         keyed = {**keyed, **{key: keyed["train"].select(indices) for key, indices in picked.items()}}
     out = {key: [by_key.get(key, by_key["train"])[text] for text in keyed[key].texts] for key in SPLITS}
-    sources = {key: given[key].name if key in given else f"{given['train'].name} (split)" for key in SPLITS}
+    sources = split_sources({key: path.name for key, path in given.items()}, given)
     return InstructionSplits(out["train"], out["validation"], out["test"], sources, warnings)
 
 

@@ -78,7 +78,7 @@ def load_text_splits(
     return TextSplits(
         **{key: _to_dataset(parts[key], ids) for key in SPLITS},
         labels=labels,
-        sources={key: names[key] if key in given else f"{names['train']} (split)" for key in SPLITS},
+        sources=split_sources(names, given),
         warnings=warnings,
     )
 
@@ -185,6 +185,11 @@ def remove_leakage(parts: dict[str, Labelled], mode: str) -> tuple[dict[str, Lab
             parts[later], found = check_leakage(parts[earlier], parts[later], mode)
             warnings += found
     return parts, warnings
+
+
+def split_sources(names: dict[str, str], given: dict[str, Path]) -> dict[str, str]:
+    """Where each split came from, for display: its own file's name, or `train.csv (split)` when carved."""
+    return {key: names[key] if key in given else f"{names['train']} (split)" for key in SPLITS}
 
 
 def _display_names(paths: dict[str, Path]) -> dict[str, str]:
