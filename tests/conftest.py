@@ -102,7 +102,8 @@ def tiny_recipe(model_dir: Path, train_file: Path, run_dir: Path, **sections: di
         "data": {"train": str(train_file)},
         "optim": {"lr": 3e-3},
         "schedule": {"name": "linear", "warmup_ratio": 0.1},
-        "train": {"epochs": 3, "batch_size": 8, "log_every": 2},
+        # fp32 pinned: these tests compare runs bit for bit, and bf16 (auto on some CPUs) rounds differently
+        "train": {"epochs": 3, "batch_size": 8, "log_every": 2, "precision": "fp32"},
         "output": {"dir": str(run_dir), "tensorboard": False},
     }
     for key, value in sections.items():
@@ -185,7 +186,7 @@ def image_recipe(model: dict, train_dir: Path, run_dir: Path, **sections: dict) 
         "model": model,
         "data": {"train": str(train_dir), "image_size": 16, "mean": IMAGE_MEAN, "std": IMAGE_STD},
         "optim": {"lr": 1e-2},
-        "train": {"epochs": 3, "batch_size": 8, "log_every": 2},
+        "train": {"epochs": 3, "batch_size": 8, "log_every": 2, "precision": "fp32"},
         "output": {"dir": str(run_dir), "tensorboard": False},
     }
     for key, value in sections.items():

@@ -71,7 +71,7 @@ def lm_recipe(model: Path, examples: Path, run: Path, **sections) -> dict:
     tree = {"task": "causal_lm", "model": {"name": str(model), "max_length": 48},
             "data": {"train": str(examples), "validation": str(examples), "test": str(examples), "leakage": "warn"},
             "optim": {"lr": 1e-2, "weight_decay": 0.0}, "schedule": {"name": "constant", "warmup_ratio": 0.0},
-            "train": {"epochs": 12, "batch_size": 4, "log_every": 4},
+            "train": {"epochs": 12, "batch_size": 4, "log_every": 4, "precision": "fp32"},
             "eval": {"samples": 4, "max_new_tokens": 8},
             "output": {"dir": str(run), "tensorboard": False}}
     for key, value in sections.items():

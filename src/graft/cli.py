@@ -179,6 +179,8 @@ def _print_summary(record: dict) -> None:
         print(f"  sample: {sample['prompt'][:60]!r} -> {sample['generated'][:80]!r}")
     t = record["timings"]
     print(f"trained {t['steps']} steps in {t['train_s']:.1f}s; peak memory {record['peak_memory_mb']:.0f} MB")
+    for warning in record.get("warnings", []):
+        print(f"warning: {warning}")
 
 
 def _print_metrics(m: dict, title: str = "test") -> None:
@@ -189,6 +191,10 @@ def _print_metrics(m: dict, title: str = "test") -> None:
     auc = f"{m['roc_auc']:.4f}" if m.get("roc_auc") is not None else "n/a"
     print(f"{title}: accuracy {m['accuracy']:.4f}  f1_macro {m['f1_macro']:.4f}  f1_weighted {m['f1_weighted']:.4f}  "
           f"roc_auc {auc}  loss {m['loss']:.4f}  (n={m['n']})")
+    if m.get("baseline_accuracy") is not None:
+        print(f"  majority baseline (the most frequent class for every example): accuracy "
+              f"{m['baseline_accuracy']:.4f}  f1_macro {m['baseline_f1_macro']:.4f}"
+              + (f"; this model answers {m['one_class']!r} for everything" if m.get("one_class") else ""))
     width = max(len(name) for name in m["per_class"])
     print(f"  {'class':<{width}}  precision  recall  f1      support")
     for name, c in sorted(m["per_class"].items(), key=lambda kv: kv[1]["f1"]):

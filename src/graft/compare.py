@@ -156,6 +156,9 @@ def _row(label: str, runs: list[dict[str, Any]], metric: str) -> dict[str, Any]:
         v = values(name)
         row[name] = statistics.fmean(v) if v else None
         row[f"{name}_std"] = statistics.stdev(v) if len(v) > 1 else 0.0
+    # The class a strategy answers for every test example in most of its seeds: no model at all.
+    answers = [r["metrics"]["test"].get("one_class") for r in runs]
+    row["one_class"] = next((a for a in answers if a), None) if sum(map(bool, answers)) * 2 > len(runs) else None
     row["train_s"] = statistics.fmean(r["timings"]["train_s"] for r in runs)
     row["s_per_epoch"] = statistics.fmean(r["timings"]["train_s_per_epoch"] for r in runs)
     row["peak_memory_mb"] = max(r["peak_memory_mb"] for r in runs)
@@ -174,11 +177,16 @@ def standard_error(row: dict[str, Any], metric: str) -> float:
 
 
 def judge(rows: list[dict[str, Any]], metric: str) -> dict[str, Any]:
-    """The winner, the strategies tied with it (within two standard errors), negative transfer, in words too."""
-    scored = [r for r in rows if r.get(metric) is not None]
+    """The winner, the strategies tied with it (within two standard errors), negative transfer, in words too.
+    A strategy whose model answers one class for everything is named as such and never ranked."""
+    constant = [r for r in rows if r.get("one_class")]
+    flags = [f"{r['label']} answers {r['one_class']!r} for every test example: not a model, left out of the "
+             f"ranking" for r in constant]
+    scored = [r for r in rows if r.get(metric) is not None and not r.get("one_class")]
     if not scored:
         return {"winner": None, "ties": [], "negative_transfer": [], "transfer_helped": None,
-                "verdict": [f"no strategy has a test {metric}"]}
+                "one_class": [r["label"] for r in constant],
+                "verdict": [*flags, f"no strategy has a test {metric} from a real model"]}
     sign = -1.0 if metric_mode(metric) == "min" else 1.0
     best = max(scored, key=lambda r: sign * r[metric])
 
@@ -207,7 +215,8 @@ def judge(rows: list[dict[str, Any]], metric: str) -> dict[str, Any]:
         if negative:
             words.append(f"negative transfer: scratch beats {', '.join(negative)}")
     return {"winner": best["label"] if not ties else None, "leader": best["label"], "ties": ties,
-            "negative_transfer": negative, "transfer_helped": helped, "verdict": words}
+            "negative_transfer": negative, "transfer_helped": helped, "one_class": [r["label"] for r in constant],
+            "verdict": [*words, *flags]}
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -216,7 +225,7 @@ def format_table(result: dict[str, Any]) -> str:
     sign = -1.0 if metric_mode(metric) == "min" else 1.0
     rows = sorted(result["strategies"], key=lambda r: -sign * (r[metric] if r[metric] is not None else -math.inf))
     spread = len(result["seeds"]) > 1
-    width = max(len(r["label"]) for r in rows)
+    width = max(len(r["label"]) + (12 if r.get("one_class") else 0) for r in rows)
     lines = [f"{'strategy':<{width}}  {'accuracy':>15}  {'f1_macro':>15}  {'trainable':>12}  {'train s':>8}  "
              f"{'s/epoch':>8}  {'peak MB':>8}"]
     for r in rows:
@@ -225,7 +234,8 @@ def format_table(result: dict[str, Any]) -> str:
                 return "n/a"
             return f"{r[name]:.4f} ± {r[name + '_std']:.4f}" if spread else f"{r[name]:.4f}"
 
-        lines.append(f"{r['label']:<{width}}  {cell('accuracy'):>15}  {cell('f1_macro'):>15}  {r['trainable']:>12,}  "
+        label = r["label"] + (" (one class)" if r.get("one_class") else "")
+        lines.append(f"{label:<{width}}  {cell('accuracy'):>15}  {cell('f1_macro'):>15}  {r['trainable']:>12,}  "
                      f"{r['train_s']:>8.1f}  {r['s_per_epoch']:>8.2f}  {r['peak_memory_mb']:>8,.0f}")
     return "\n".join([*lines, *result["verdict"]])
 

@@ -106,6 +106,7 @@ def start_fit(accelerator: Accelerator, run: Setup, resume: bool, say: Callable[
     table = run.plan.table(run.root, recipe.optim.lr)
     record = _start_record(run, table, cache_note, accelerator)
     write_record(accelerator, run_dir, record)
+    say("precision: {used} ({why})".format(**record["precision"]))
     say(f"{len(run.splits.train)} train / {len(run.splits.validation)} validation / {len(run.splits.test)} test "
         f"{run.noun}; strategy {recipe.strategy.name}")
     say(format_groups(table))
@@ -145,7 +146,7 @@ def _prepare(accelerator: Accelerator, run: Setup, say: Callable[[str], None]
         apply_plan(run.root, run.plan, epoch=0)
         begin_epoch = head_train_mode(trained)
     parts = Parts(trained, optimizer, None, train_loader, val_loader, run.splits.labels, begin_epoch,
-                  run.task.evaluate, run.loss_terms, run.evaluations, None if head is None else model)
+                  run.task.evaluate, run.task_loss, run.loss_terms, run.evaluations, None if head is None else model)
     parts.scheduler = _scheduler(accelerator, parts, recipe)
     return model, parts, test_loader, cache_note, cache_s
 
@@ -195,12 +196,22 @@ def finish(accelerator: Accelerator, run: Setup, fitted: Fitted, started: float)
     record["metrics"] = {"test": test_metrics, "validation": _best_validation(state), "history": state.history,
                          **{e.name: e.run(accelerator, fitted.model) for e in run.evaluations}}
     record.update(extras)
+    record["warnings"] = model_warnings(test_metrics)
     record["timings"] = _timings(state, fitted, test_s, started)
     record["peak_memory_mb"] = peak_memory_mb()
     write_record(accelerator, recipe.output.dir, record)
     if accelerator.is_main_process:
         write_report(recipe.output.dir)
     return record
+
+
+def model_warnings(test: dict[str, Any]) -> list[str]:
+    """What a reader of the run must not miss about the model itself."""
+    if not test.get("one_class"):
+        return []
+    return [f"the model answers {test['one_class']!r} for every test example: it has learnt nothing that the "
+            f"majority baseline (accuracy {test['baseline_accuracy']:.3f}) does not; see the loss's class weights, "
+            f"the learning rate and the number of epochs"]
 
 
 def _timings(state: LoopState, fitted: Fitted, test_s: float, started: float) -> dict[str, Any]:
@@ -221,7 +232,9 @@ def make_accelerator(recipe: Recipe) -> Accelerator:
     from accelerate.state import AcceleratorState
     from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs
 
-    precision = recipe.train.precision
+    from graft.training.precision import resolve_precision
+
+    precision = resolve_precision(recipe.train.precision)
     on_gpu = torch.cuda.is_available()
     if precision == "fp16" and not on_gpu:
         raise GraftError("train.precision = 'fp16' needs a GPU (loss scaling is a GPU feature); use bf16 on CPU")
@@ -249,6 +262,7 @@ def make_accelerator(recipe: Recipe) -> Accelerator:
 def _start_record(run: Setup, table: list[dict[str, Any]], cache_note: str | None,
                   accelerator: Accelerator) -> dict[str, Any]:
     from graft.environment import environment
+    from graft.training.precision import precision_choice
 
     recipe, splits, loaded = run.recipe, run.splits, run.loaded
     return {
@@ -261,6 +275,8 @@ def _start_record(run: Setup, table: list[dict[str, Any]], cache_note: str | Non
         "params": {"total": sum(r["params"] for r in table), "trainable": sum(r["trainable"] for r in table)},
         "groups": table,
         "strategy": {"name": recipe.strategy.name, "feature_cache": cache_note},
+        "precision": precision_choice(recipe.train.precision),
+        "loss": run.loss_record,
         "environment": environment(accelerator),
     }
 

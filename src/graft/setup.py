@@ -58,6 +58,10 @@ class Setup:
     """What the task adds to run.json's `data` section."""
     noun: str = "examples"
     """How the size line names the examples ("examples, 4 classes")."""
+    task_loss: LossTerm | None = None
+    """The task's training loss when it is not the model's own (class weights); None: `output.loss`."""
+    loss_record: dict[str, Any] = field(default_factory=dict)
+    """What run.json's `loss` says: the class weights and why."""
     loss_terms: dict[str, LossTerm] = field(default_factory=dict)
     """Named terms added to the task's loss (see `graft.training.loop`)."""
     evaluations: list[Evaluation] = field(default_factory=list)
@@ -92,10 +96,14 @@ def setup(recipe: Recipe, say: Callable[[str], None] = quiet) -> Setup:
         say(f"warning: {note}")
     splits.warnings.extend(notes)
     noun, data_record, lines = task.describe(splits, train_loader)
+    task_loss, loss_record = task.loss(recipe, splits)
+    if loss_record.get("class_weights"):
+        shown = ", ".join(f"{k} {v:.3g}" for k, v in list(loss_record["class_weights"].items())[:6])
+        lines.append(f"loss: class weights {shown} ({loss_record['why']})")
     for line in lines:
         say(line)
     return Setup(recipe, task, splits, loaded, model, root, attached, plan, train_loader, val_loader, test_loader,
-                 cached, notes, data_record, noun)
+                 cached, notes, data_record, noun, task_loss, loss_record)
 
 
 def load_splits(recipe: Recipe) -> Any:
@@ -106,15 +114,15 @@ def load_splits(recipe: Recipe) -> Any:
 def configure_model(loaded: LoadedModel, train: TrainSpec) -> None:
     """Gradient checkpointing, and the output layer kept in fp32 under bf16/fp16 autocast (logits and the loss
     are where low precision hurts most)."""
+    from graft.training.precision import keep_fp32, resolve_precision
+
     if train.gradient_checkpointing:
         enable = getattr(loaded.model, "gradient_checkpointing_enable", None)
         if enable is None:
             raise GraftError("train.gradient_checkpointing: this model has no switch for it (Hugging Face models "
                              "do); turn it off")
         enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if train.precision != "fp32":
-        from graft.training.precision import keep_fp32
-
+    if resolve_precision(train.precision) != "fp32":
         keep_fp32(loaded.root.get_submodule(loaded.head.path))
 
 

@@ -213,3 +213,31 @@ def test_divergence_stops_with_a_loadable_checkpoint(tiny_bert: Path, small_data
     assert record["status"] == "failed"
     assert record["error"] == message
     assert record["progress"]["step"] == failed_step - 1
+
+
+@pytest.mark.parametrize(("flags", "expected"), [({"avx512f", "avx512_bf16"}, "bf16"), ({"amx_bf16"}, "bf16"),
+                                                ({"avx512f", "avx2"}, "fp32"), (set(), "fp32")])
+def test_auto_precision_is_bf16_only_where_the_cpu_computes_it(flags, expected, monkeypatch):
+    from graft.training import precision
+
+    monkeypatch.setattr(precision.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: flags)
+    precision.auto_precision.cache_clear()
+    try:
+        assert precision.resolve_precision("auto") == expected
+        assert precision.resolve_precision("fp32") == "fp32"
+        choice = precision.precision_choice("auto")
+        assert choice["used"] == expected and "auto" in choice["why"]
+    finally:
+        precision.auto_precision.cache_clear()
+
+
+def test_the_run_says_which_precision_and_why(tiny_bert: Path, small_data: Path, tmp_path: Path, capsys) -> None:
+    from graft.training.precision import auto_precision
+
+    record = graft.train(tiny_recipe(tiny_bert, small_data, tmp_path / "run", train={"epochs": 1,
+                                                                                      "precision": "auto"}))
+    used, why = auto_precision()
+    assert record["precision"] == {"used": used, "why": f"train.precision: auto, and {why}"}
+    assert record["environment"]["mixed_precision"] == {"fp32": "no"}.get(used, used)
+    assert f"precision: {used} (train.precision: auto, and {why})" in capsys.readouterr().err

@@ -73,6 +73,10 @@ def classification_metrics(
         p, r, f, _ = precision_recall_fscore_support(labels, preds, labels=ids, average=average, zero_division=0)
         out |= {f"precision_{average}": float(p), f"recall_{average}": float(r), f"f1_{average}": float(f)}
     out["roc_auc"] = _roc_auc(labels, softmax(logits))
+    out |= _majority_baseline(labels, ids)
+    predicted = np.unique(preds)
+    # A model that answers one class for everything is no model, however its accuracy looks on skewed data.
+    out["one_class"] = label_names[int(predicted[0])] if len(predicted) == 1 and len(np.unique(labels)) > 1 else None
 
     p, r, f, s = precision_recall_fscore_support(labels, preds, labels=ids, average=None, zero_division=0)
     out["per_class"] = {
@@ -81,6 +85,19 @@ def classification_metrics(
     }
     out["confusion_matrix"] = confusion_matrix(labels, preds, labels=ids).tolist()
     return out
+
+
+def _majority_baseline(labels: np.ndarray, ids: list[int]) -> dict:
+    """What answering the most frequent class of this set for every example scores: the accuracy and macro-F1 a
+    model must beat to have learnt anything (the no-information rate)."""
+    from sklearn.metrics import f1_score
+
+    if not len(labels):
+        return {"baseline_accuracy": None, "baseline_f1_macro": None}
+    majority = np.bincount(labels, minlength=len(ids)).argmax()
+    constant = np.full_like(labels, majority)
+    return {"baseline_accuracy": float(np.mean(labels == majority)),
+            "baseline_f1_macro": float(f1_score(labels, constant, labels=ids, average="macro", zero_division=0))}
 
 
 def confident_mistakes(logits: np.ndarray, labels: np.ndarray, names: list[str], inputs: list[str],

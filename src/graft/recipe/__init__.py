@@ -16,6 +16,7 @@ from graft.recipe.schema import (
     HeadSpec,
     IA3Spec,
     LoraSpec,
+    LossSpec,
     ModelSpec,
     OptimSpec,
     OutputSpec,
@@ -27,5 +28,5 @@ from graft.recipe.schema import (
 )
 
 __all__ = ["DISCRIMINATIVE", "PEFT_METHODS", "STRATEGIES", "AdapterSpec", "AugmentSpec", "CheckpointSpec", "DataSpec",
-           "EvalSpec", "HeadSpec", "IA3Spec", "LoraSpec", "ModelSpec", "OptimSpec", "OutputSpec", "PromptSpec",
-           "Recipe", "ScheduleSpec", "StrategySpec", "TrainSpec", "load_recipe", "validate_recipe"]
+           "EvalSpec", "HeadSpec", "IA3Spec", "LoraSpec", "LossSpec", "ModelSpec", "OptimSpec", "OutputSpec",
+           "PromptSpec", "Recipe", "ScheduleSpec", "StrategySpec", "TrainSpec", "load_recipe", "validate_recipe"]

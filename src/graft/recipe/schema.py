@@ -296,8 +296,9 @@ class TrainSpec(Section):
     eval_batch_size: PositiveInt | None = None
     grad_accum: PositiveInt = 1
     max_grad_norm: Annotated[float, Field(gt=0)] | None = 1.0
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    """bf16 autocast on CPU or GPU; fp16 (with loss scaling) on GPU only."""
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """auto: bf16 where the hardware computes it natively (CPU AMX or AVX-512 BF16, GPU compute capability >= 8),
+    else fp32; bf16 autocast on CPU or GPU; fp16 (with loss scaling) on GPU only. The output layer stays fp32."""
     seed: int = 0
     log_every: PositiveInt = 10
     """Log the training loss and LR every this many optimiser steps."""
@@ -332,6 +333,13 @@ class EvalSpec(Section):
         return self.mode if self.mode != "auto" else metric_mode(self.metric)  # type: ignore[return-value]
 
 
+class LossSpec(Section):
+    class_weights: Literal["auto", "none"] | dict[str, Annotated[float, Field(gt=0)]] = "auto"
+    """Classifiers: weight each class's examples in the training loss. auto: when the largest class of data.train
+    has 1.5 times the examples of the smallest or more, inversely to each class's share (n / (k * count), as
+    scikit-learn's "balanced"), else no weighting; none; or {label: weight}. Evaluation losses are never weighted."""
+
+
 class CheckpointSpec(Section):
     every_steps: PositiveInt | None = None
     """Save a resumable checkpoint every this many optimiser steps; null: at each evaluation."""
@@ -355,6 +363,7 @@ class Recipe(Section):
     schedule: ScheduleSpec = ScheduleSpec()
     train: TrainSpec = TrainSpec()
     eval: EvalSpec = EvalSpec()
+    loss: LossSpec = LossSpec()
     checkpoint: CheckpointSpec = CheckpointSpec()
     output: OutputSpec = OutputSpec()
 

@@ -11,6 +11,8 @@ from graft.report.charts import line_chart
 from graft.report.page import CSS, escape, figure
 
 PAGE_FILE = "compare.html"
+WARNINGS = ("negative", "did not help", "not a model")
+"""Verdict lines drawn as warnings."""
 
 
 def write_compare_page(out: Path) -> Path:
@@ -30,9 +32,9 @@ def render_compare(result: dict[str, Any]) -> str:
     recipe = result["recipe"]
     spread = len(result["seeds"]) > 1
     title = f"{Path(recipe['output']['dir']).name}: {len(rows)} strategies compared"
-    lead = result.get("winner") or result.get("leader")
+    lead = result.get("winner") or result.get("leader") or "none"
     verdict = "".join(
-        f"<div class='verdict{' warn' if 'negative' in line or 'did not help' in line else ''}'>{escape(line)}</div>"
+        f"<div class='verdict{' warn' if any(w in line for w in WARNINGS) else ''}'>{escape(line)}</div>"
         for line in result["verdict"])
 
     def cell(row: dict[str, Any], name: str) -> str:
@@ -47,7 +49,8 @@ def render_compare(result: dict[str, Any]) -> str:
     for r in rows:
         mark = (" (winner)" if r["label"] == result.get("winner") else
                 " (leader, tied)" if r["label"] == lead else " (tie)" if r["label"] in result["ties"] else "")
-        flag = " — negative transfer" if r["label"] in result["negative_transfer"] else ""
+        flag = (f" — answers {r['one_class']!r} for everything" if r.get("one_class") else
+                " — negative transfer" if r["label"] in result["negative_transfer"] else "")
         link = _relative(r["runs"][0], recipe["output"]["dir"]) + "/report.html"
         body += (f"<tr class='{'low' if flag else ''}'><td><b><a href='{escape(link)}'>{escape(r['label'])}</a></b>"
                  f"{escape(mark)}{escape(flag)}</td>"

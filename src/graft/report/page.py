@@ -125,6 +125,8 @@ def _cards(test: dict[str, Any], record: dict[str, Any]) -> str:
     if not test:
         return "<p>No test metrics: the run did not finish.</p>"
     items = [("test accuracy", test.get("accuracy")), ("macro F1", test.get("f1_macro")),
+             ("majority baseline: accuracy", test.get("baseline_accuracy")),
+             ("majority baseline: macro F1", test.get("baseline_f1_macro")),
              ("ROC-AUC", test.get("roc_auc")), ("test loss", test.get("loss")),
              ("test perplexity", test.get("perplexity")), ("token accuracy (responses)", test.get("token_accuracy"))]
     params = record.get("params", {})
@@ -142,7 +144,7 @@ def _cards(test: dict[str, Any], record: dict[str, Any]) -> str:
 
 def _verdicts(record: dict[str, Any], history: list[dict[str, Any]]) -> list[str]:
     """What the curves say, in words."""
-    out = []
+    out = [f"<div class='verdict warn'><b>One class only.</b> {escape(w)}</div>" for w in record.get("warnings", [])]
     train = [h for h in history if h["split"] == "train"]
     val = [h for h in history if h["split"] == "validation"]
     best = record.get("best") or {}

@@ -76,6 +76,10 @@ class Task(Protocol):
                     name: str = "test") -> DataLoader:
         """In-order batches; `model` has `.processor` and `.input`; `notes` None: unreadable inputs are errors."""
 
+    def loss(self, recipe: Recipe, splits: Any) -> tuple[Any, dict[str, Any]]:
+        """The training loss `(batch, output) -> scalar` when it is not the model's own (None: `output.loss`), and
+        what the record says of it."""
+
     def evaluate(self, accelerator: Accelerator, model: nn.Module, loader: DataLoader,
                  labels: list[str]) -> dict[str, Any]:
         """Validation and test metrics."""

@@ -32,7 +32,11 @@ class CausalLM:
     takes_plain_modules = False
 
     def check_recipe(self, recipe: Recipe) -> None:
-        pass
+        if isinstance(recipe.loss.class_weights, dict):
+            raise ValueError("loss.class_weights: for classifiers; a language model's loss is over tokens")
+
+    def loss(self, recipe: Recipe, splits: Any) -> tuple[None, dict[str, Any]]:
+        return None, {}
 
     def load_splits(self, recipe: Recipe) -> Any:
         from graft.data.instructions import load_instruction_splits

@@ -9,12 +9,16 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from graft.evaluation.metrics import LM_ONLY_METRICS, SCALAR_METRICS
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from accelerate import Accelerator
     from torch import nn
     from torch.utils.data import DataLoader
 
     from graft.models.build import LoadedModel, TrainedModel
     from graft.recipe import DataSpec, ModelSpec, Recipe
+
+    LossFn = Callable[[dict[str, Any], Any], Any]
 
 
 class Classification:
@@ -62,7 +66,28 @@ class Classification:
         return metrics, {"mistakes": confident_mistakes(logits, truth, splits.labels, self.inputs(splits.test))}
 
     def describe(self, splits: Any, loader: DataLoader) -> tuple[str, dict[str, Any], list[str]]:
-        return f"examples, {len(splits.labels)} classes", {"input_kind": self.input_kind}, []
+        """The size line's noun, the record's class counts, and a warning when the classes are skewed."""
+        counts = class_counts(self.label_ids(splits.train), splits.labels)
+        lines = []
+        largest, smallest = max(counts.values()), min(counts.values())
+        if smallest * SKEWED <= largest:
+            shares = ", ".join(f"{name} {n / sum(counts.values()):.0%}" for name, n in
+                               sorted(counts.items(), key=lambda kv: -kv[1])[:5])
+            warning = (f"data.train: the classes are skewed ({shares}; {largest / max(1, smallest):.1f}:1 largest to "
+                       f"smallest): accuracy can look good for a model that only answers the largest class; see "
+                       f"each evaluation's majority baseline and macro-F1")
+            splits.warnings.append(warning)
+            lines.append(f"warning: {warning}")
+        return (f"examples, {len(splits.labels)} classes", {"input_kind": self.input_kind, "class_counts": counts},
+                lines)
+
+    def loss(self, recipe: Recipe, splits: Any) -> tuple[LossFn | None, dict[str, Any]]:
+        """The training loss when it is not the model's own: cross-entropy with class weights (see
+        `loss.class_weights`), and what was chosen and why."""
+        counts = class_counts(self.label_ids(splits.train), splits.labels)
+        weights, why = class_weights(recipe.loss.class_weights, counts)
+        record = {"class_weights": weights, "why": why}
+        return (None if weights is None else weighted_cross_entropy(list(weights.values()))), record
 
     def predict(self, run: Any, source: str, batches: Any) -> tuple[list[dict[str, Any]], list[str]]:
         import numpy as np
@@ -94,3 +119,51 @@ class Classification:
     def read_unlabelled(self, recipe: Recipe, source: str) -> tuple[list[str], Any]:
         """Inputs to predict on, and the split the eval loader takes."""
         raise NotImplementedError
+
+
+SKEWED = 3
+"""Largest over smallest class count from which the classes count as skewed: a warning."""
+WEIGHTED = 1.5
+"""Largest over smallest class count from which `class_weights: auto` weights the loss."""
+
+
+def class_counts(ids: list[int], labels: list[str]) -> dict[str, int]:
+    counts = dict.fromkeys(labels, 0)
+    for i in ids:
+        counts[labels[i]] += 1
+    return counts
+
+
+def class_weights(asked: str | dict[str, float], counts: dict[str, int]) -> tuple[dict[str, float] | None, str]:
+    """Per-class loss weights (None: unweighted) and why, from `loss.class_weights`."""
+    from graft.errors import GraftError
+
+    if asked == "none":
+        return None, "loss.class_weights: none"
+    if isinstance(asked, dict):
+        unknown = [name for name in asked if name not in counts]
+        if unknown:
+            raise GraftError(f"loss.class_weights: unknown label {unknown[0]!r}; the labels are "
+                             f"{', '.join(counts)}")
+        return {name: float(asked.get(name, 1.0)) for name in counts}, "loss.class_weights as the recipe gives them"
+    if min(counts.values()) * WEIGHTED > max(counts.values()):
+        return None, f"loss.class_weights: auto, and the classes are balanced (within {WEIGHTED}:1)"
+    n, k = sum(counts.values()), len(counts)
+    weights = {name: n / (k * c) for name, c in counts.items()}
+    return weights, (f"loss.class_weights: auto, each class weighted inversely to its share of data.train "
+                     f"({min(counts.values())} to {max(counts.values())} examples a class)")
+
+
+def weighted_cross_entropy(weights: list[float]) -> LossFn:
+    """Cross-entropy of the model's logits, each example's weighted by its class, averaged over the examples (not
+    over the weights: so the halves of a batch split between processes average to the whole batch's loss)."""
+    import torch
+    import torch.nn.functional as F
+
+    table = torch.tensor(weights, dtype=torch.float32)
+
+    def loss(batch: dict[str, Any], output: Any) -> torch.Tensor:
+        logits = output.logits.float()
+        return F.cross_entropy(logits, batch["labels"], weight=table.to(logits.device), reduction="none").mean()
+
+    return loss

@@ -31,6 +31,7 @@ from graft.errors import GraftError
 from graft.evaluation.predictions import evaluate
 from graft.recipe import CheckpointSpec, EvalSpec, TrainSpec
 from graft.training import checkpoint
+from graft.training.precision import resolve_precision
 
 MIXED = "mixed"
 """The batch key of examples drawn from a second source (replay): for loss terms, not for the model."""
@@ -111,6 +112,8 @@ class Parts:
     None: `model.train()`."""
     evaluator: Callable[..., dict[str, Any]] = evaluate
     """(accelerator, model, loader, label_names) -> metrics: the task's."""
+    task_loss: LossTerm | None = None
+    """The task's loss from the batch and output when it is not the model's own `output.loss` (class weights)."""
     loss_terms: dict[str, LossTerm] = field(default_factory=dict)
     evaluations: list[Evaluation] = field(default_factory=list)
     whole_model: nn.Module | None = None
@@ -149,11 +152,12 @@ def fit(accelerator: Accelerator, parts: Parts, train: TrainSpec, evals: EvalSpe
         for batch in loader:
             with accelerator.accumulate(model):
                 output = model(**{k: v for k, v in batch.items() if k != MIXED})
+                task_loss = parts.task_loss(batch, output) if parts.task_loss else output.loss
                 terms = {name: term(batch, output) for name, term in parts.loss_terms.items()}
-                loss = output.loss + sum(terms.values()) if terms else output.loss
+                loss = task_loss + sum(terms.values()) if terms else task_loss
                 accelerator.backward(loss)
                 window.add(loss, _examples(batch) * accelerator.num_processes, _real_tokens(batch),
-                           {"task": output.loss, **terms} if terms else None)
+                           {"task": task_loss, **terms} if terms else None)
                 if accelerator.sync_gradients:
                     norm = accelerator.clip_grad_norm_(model.parameters(), train.max_grad_norm or math.inf)
                     _stop_if_not_finite(accelerator, window, norm, state, train, ckpt_dir)
@@ -242,7 +246,8 @@ def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:
 def _stop_if_not_finite(accelerator: Accelerator, window: _Window, norm: torch.Tensor, state: LoopState,
                         train: TrainSpec, ckpt_dir: Path) -> None:
     """Stop before the update that would poison the weights (fp16 overflows are the scaler's job)."""
-    bad = ~torch.isfinite(window.micro_loss) | (~torch.isfinite(norm) if train.precision != "fp16" else False)
+    fp16 = resolve_precision(train.precision) == "fp16"
+    bad = ~torch.isfinite(window.micro_loss) | (~torch.isfinite(norm) if not fp16 else False)
     if accelerator.num_processes > 1:
         bad = accelerator.reduce(bad.float(), "sum") > 0
     if not bool(bad):
