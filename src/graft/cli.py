@@ -144,6 +144,29 @@ def _strategies(names: str, variants: Path | None) -> list:
             if n]
 
 
+@app.command("lr-find")
+def lr_find(
+    recipe: Annotated[Path, typer.Argument(help="The recipe YAML.", metavar="RECIPE.yaml")],
+    set_: SetOption = None,
+    steps: Annotated[int, typer.Option(help="Optimiser steps in the sweep (from LR 1e-7 to 10).")] = 100,
+    output: Annotated[Path, typer.Option(help="The page with the curve and the pick.")] = Path("lr_find.html"),
+) -> None:
+    """The LR range test on the recipe's model, strategy and data: the curve, the pick, nothing else written."""
+    from graft.pipeline import find_lr
+    from graft.report.lr_page import write_lr_page
+
+    if steps < 10:
+        raise GraftError(f"--steps {steps}: at least 10")
+    found = find_lr(recipe, overrides=set_ or [], steps=steps)
+    print(f"{'lr':>10}  {'loss':>8}  {'smoothed':>8}")
+    every = max(1, len(found["lrs"]) // 25)
+    for lr, loss, smooth in list(zip(found["lrs"], found["losses"], found["smoothed"], strict=True))[::every]:
+        print(f"{lr:>10.3g}  {loss:>8.4f}  {smooth:>8.4f}")
+    pick = found["suggestion"]
+    print(f"pick: {pick:.3g} ({found['why']})" if pick is not None else f"no pick: {found['why']}")
+    print(f"page: {write_lr_page(output, found, f'{recipe.name}: learning rate')}")
+
+
 @app.command()
 def demo(
     output: Annotated[Path, typer.Option(help="Where the demo's comparison goes.")] = Path("runs/demo"),

@@ -24,8 +24,9 @@ from graft.rundir import reuse_completed
 from graft.tasks import get_task
 
 PRESETS: dict[str, tuple[dict[str, Any], float]] = {
-    # name: (recipe fragment, multiple of the recipe's optim.lr). The recipe's LR is taken as a full fine-tune's;
-    # methods that train few parameters from scratch need larger steps (the multiples we measured to work).
+    # name: (recipe fragment, multiple of the recipe's optim.lr). A recipe's own LR is taken as a full fine-tune's;
+    # methods that train few parameters from scratch need larger steps (the multiples we measured to work). With
+    # optim.lr: auto (the default) every run measures its own and the multiples are not used.
     "scratch": ({"strategy": {"name": "scratch"}}, 1.0),
     "full": ({"strategy": {"name": "full"}}, 1.0),
     "discriminative": ({"strategy": {"name": "discriminative"}}, 1.0),
@@ -105,7 +106,7 @@ def _run_recipe(base: Recipe, data: dict[str, Any], fragment: dict[str, Any], lr
     tree = base.dump()
     tree["strategy"] = {}  # the variant says the strategy; the base recipe's own strategy would leak into it
     _merge(tree, fragment)
-    if "lr" not in fragment.get("optim", {}):
+    if "lr" not in fragment.get("optim", {}) and base.optim.lr != "auto":  # auto: each run measures its own
         tree["optim"]["lr"] = base.optim.lr * lr_mult
     tree["data"].update(data)
     tree["train"]["seed"] = seed
@@ -149,7 +150,8 @@ def _row(label: str, runs: list[dict[str, Any]], metric: str) -> dict[str, Any]:
         return [r["metrics"]["test"][name] for r in runs if r["metrics"]["test"].get(name) is not None]
 
     row: dict[str, Any] = {"label": label, "strategy": runs[0]["recipe"]["strategy"]["name"],
-                           "lr": runs[0]["recipe"]["optim"]["lr"], "runs": [r["recipe"]["output"]["dir"] for r in runs],
+                           "lr": statistics.fmean(lrs) if (lrs := [_lr_used(r) for r in runs if _lr_used(r)]) else None,
+                           "runs": [r["recipe"]["output"]["dir"] for r in runs],
                            "n_test": runs[0]["metrics"]["test"]["n"], "trainable": runs[0]["params"]["trainable"],
                            "total": runs[0]["params"]["total"]}
     for name in dict.fromkeys(("accuracy", "f1_macro", metric)):
@@ -165,6 +167,15 @@ def _row(label: str, runs: list[dict[str, Any]], metric: str) -> dict[str, Any]:
     row["curves"] = [[{k: h[k] for k in ("epoch", "loss", metric) if k in h} for h in r["metrics"]["history"]
                       if h["split"] == "validation"] for r in runs]
     return row
+
+
+def _lr_used(record: dict[str, Any]) -> float | None:
+    """The base LR a run trained at: measured (optim.lr: auto) or the recipe's; None for an exact probe."""
+    optim = record.get("optim")
+    if optim is not None:
+        return optim.get("lr")
+    lr = record["recipe"]["optim"]["lr"]
+    return lr if isinstance(lr, float | int) else None
 
 
 def standard_error(row: dict[str, Any], metric: str) -> float:

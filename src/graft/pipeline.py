@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from graft.errors import GraftError
 from graft.recipe import Recipe, load_recipe
-from graft.rundir import CKPT_DIR, MODEL_DIR, check_run_dir, claim_run_dir, write_record
+from graft.rundir import CKPT_DIR, MODEL_DIR, check_run_dir, claim_run_dir, read_record, write_record
 from graft.setup import Setup, format_groups, setup
 from graft.trained import evaluate_run, export_run, predict_run
 
@@ -58,8 +58,11 @@ def train(recipe: Recipe | str | Path | dict[str, Any], *, overrides: tuple[str,
     previous = claim_run_dir(accelerator, recipe, overwrite and not resume)
     fitted = start_fit(accelerator, run, resume, say, started)
     try:
-        fit(accelerator, fitted.parts, recipe.train, recipe.eval, recipe.checkpoint, recipe.output.dir / CKPT_DIR,
-            fitted.state, [*fitted.watchers, *(hooks or [])])
+        if fitted.probe is not None:
+            fit_exact_probe(accelerator, run, fitted, [*fitted.watchers, *(hooks or [])], say)
+        else:
+            fit(accelerator, fitted.parts, recipe.train, recipe.eval, recipe.checkpoint,
+                recipe.output.dir / CKPT_DIR, fitted.state, [*fitted.watchers, *(hooks or [])])
         record = finish(accelerator, run, fitted, started)
     except BaseException as e:
         _record_failure(accelerator, recipe.output.dir, fitted.record, fitted.state, e)
@@ -86,46 +89,68 @@ class Fitted:
     watchers: list[Hook]
     setup_s: float
     cache_s: float
+    probe: nn.Linear | None = None
+    """The head's one Linear, when it is fitted exactly (strategy.probe: exact) instead of by the loop."""
 
 
 def start_fit(accelerator: Accelerator, run: Setup, resume: bool, say: Callable[[str], None],
               started: float) -> Fitted:
-    """Prepare model, optimiser, schedule and loop state (from the last checkpoint when resuming); write the first
-    record and the console hooks."""
+    """Prepare model, optimiser, loaders; measure the LR (optim.lr: auto); the schedule; the loop state (from the
+    last checkpoint when resuming); write the first record; the console hooks."""
     from graft.training import checkpoint
     from graft.training.logging import console_hooks
     from graft.training.loop import LoopState, total_steps
 
     recipe, run_dir = run.recipe, run.recipe.output.dir
-    model, parts, test_loader, cache_note, cache_s = _prepare(accelerator, run, say)
+    prepared = prepare_run(accelerator, run, say)
+    parts = prepared.parts
+    if prepared.probe is not None:
+        optim = {**run.optim.record(), "lr": None, "lr_why": "none: the head is fitted exactly (strategy.probe: exact)"}
+    else:
+        optim = _learning_rate(accelerator, run, parts, prepared.base_lr, resume, say)
+    parts.scheduler = _scheduler(accelerator, parts, recipe)
     state = LoopState()
     if resume:
         last = checkpoint.list_checkpoints(run_dir / CKPT_DIR)[-1]
         state = LoopState(**checkpoint.load_checkpoint(accelerator, last))
         say(f"resuming from {last} (step {state.step}, epoch {state.epoch}, batch {state.batch_in_epoch})")
-    table = run.plan.table(run.root, recipe.optim.lr)
-    record = _start_record(run, table, cache_note, accelerator)
+    table = run.plan.table(run.root, optim["lr"] or 0.0)
+    record = _start_record(run, table, prepared.cache_note, optim, accelerator)
     write_record(accelerator, run_dir, record)
     say("precision: {used} ({why})".format(**record["precision"]))
     say(f"{len(run.splits.train)} train / {len(run.splits.validation)} validation / {len(run.splits.test)} test "
         f"{run.noun}; strategy {recipe.strategy.name}")
     say(format_groups(table))
     watchers = console_hooks(accelerator, run_dir, total_steps(parts, recipe.train), state, recipe.output.tensorboard)
-    return Fitted(model, parts, test_loader, state, record, watchers, time.perf_counter() - started, cache_s)
+    return Fitted(prepared.model, parts, prepared.test_loader, state, record, watchers,
+                  time.perf_counter() - started, prepared.cache_s, prepared.probe)
 
 
-def _prepare(accelerator: Accelerator, run: Setup, say: Callable[[str], None]
-             ) -> tuple[nn.Module, Parts, DataLoader, str | None, float]:
-    """Model, optimiser, loaders and schedule through `accelerator.prepare`. With the feature cache, what trains
-    is the head on cached backbone outputs; the whole model is still what is tested and saved."""
+@dataclass
+class Prepared:
+    model: nn.Module
+    parts: Parts
+    test_loader: DataLoader
+    cache_note: str | None
+    cache_s: float
+    base_lr: float
+    """The LR the optimiser's groups were built with (their scales multiply it)."""
+    probe: nn.Linear | None = None
+
+
+def prepare_run(accelerator: Accelerator, run: Setup, say: Callable[[str], None]) -> Prepared:
+    """Model, optimiser and loaders through `accelerator.prepare`. With the feature cache, what trains is the head
+    on cached backbone outputs; the whole model is still what is tested and saved."""
     from graft.strategy.plan import apply_plan
     from graft.training.feature_cache import head_train_mode
     from graft.training.loop import Parts
-    from graft.training.optim import build_optimizer, param_groups
+    from graft.training.optim import FALLBACK_LR, build_optimizer, param_groups
 
     recipe = run.recipe
+    from graft.training.mixing import MixedData
+
     head, train_loader, val_loader, cache_note, cache_s = None, run.train_loader, run.val_loader, None, 0.0
-    if run.cached:
+    if run.cached and not isinstance(run.train_loader.dataset, MixedData):  # a mixed source is not cached
         cache_started = time.perf_counter()
         head, train_loader, val_loader, cache_note = _feature_cache(run, accelerator.device)
         cache_s = time.perf_counter() - cache_started
@@ -133,8 +158,9 @@ def _prepare(accelerator: Accelerator, run: Setup, say: Callable[[str], None]
     # Parameters that train at some epoch require grad while being wrapped (DDP registers only those); the plan
     # then sets each epoch's state.
     apply_plan(run.root, run.plan, epoch=10**9)
-    optimizer = build_optimizer(param_groups(run.root, run.plan, recipe.optim.lr, recipe.optim.weight_decay),
-                                recipe.optim)
+    base_lr = recipe.optim.lr if recipe.optim.lr != "auto" else FALLBACK_LR[run.optim.name]
+    optimizer = build_optimizer(param_groups(run.root, run.plan, base_lr, run.optim.weight_decay), recipe.optim,
+                                run.optim.name)
     trained, optimizer, train_loader, val_loader, test_loader = accelerator.prepare(
         head or run.model, optimizer, train_loader, val_loader, run.test_loader)
     model = trained if head is None else accelerator.prepare(run.model)
@@ -147,8 +173,94 @@ def _prepare(accelerator: Accelerator, run: Setup, say: Callable[[str], None]
         begin_epoch = head_train_mode(trained)
     parts = Parts(trained, optimizer, None, train_loader, val_loader, run.splits.labels, begin_epoch,
                   run.task.evaluate, run.task_loss, run.loss_terms, run.evaluations, None if head is None else model)
-    parts.scheduler = _scheduler(accelerator, parts, recipe)
-    return model, parts, test_loader, cache_note, cache_s
+    probe = None
+    if head is not None and recipe.strategy.probe == "exact" and not run.loss_terms:
+        from graft.training.probe import probe_layer
+
+        probe = probe_layer(list(head.head))
+    return Prepared(model, parts, test_loader, cache_note, cache_s, base_lr, probe)
+
+
+def fit_exact_probe(accelerator: Accelerator, run: Setup, fitted: Fitted, hooks: list[Hook],
+                    say: Callable[[str], None]) -> None:
+    """Fit the head's Linear on the cached features as a logistic regression (graft.training.probe), each L2
+    strength an evaluation in the history; the best is the model."""
+    import torch
+
+    from graft.evaluation.metrics import classification_metrics
+    from graft.training.loop import Event
+    from graft.training.probe import fit_probe
+
+    recipe, state, parts = run.recipe, fitted.state, fitted.parts
+    train, val = parts.train_loader.dataset, parts.val_loader.dataset
+    device = accelerator.device
+
+    def score(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+        loss = torch.nn.functional.cross_entropy(logits, labels).item()
+        return classification_metrics(logits.cpu().numpy(), labels.cpu().numpy(), run.splits.labels, loss=loss)
+
+    weights = run.loss_record.get("class_weights")
+    fit = fit_probe(fitted.probe, (train.features.to(device), train.labels.to(device)),
+                    (val.features.to(device), val.labels.to(device)), score, recipe.eval.metric,
+                    recipe.eval.resolved_mode, list(weights.values()) if weights else None)
+    for tried in fit.tried:
+        best = tried["l2"] == fit.strength
+        row = {"split": "validation", "step": 0, "epoch": 0.0, "l2": tried["l2"], "iterations": tried["iterations"],
+               **{k: v for k, v in tried.items() if not isinstance(v, dict | list) and k not in ("l2", "iterations")},
+               "best": best}
+        state.history.append(row)
+        for hook in hooks:
+            hook(Event("eval", state, row))
+        if best:
+            state.best, state.best_step = row[recipe.eval.metric], 0
+    state.train_s = fit.seconds
+    fitted.record["strategy"]["probe"] = {"method": "exact", "l2": fit.strength, "tried": len(fit.tried)}
+    say(f"probe: fitted exactly (L-BFGS) at {len(fit.tried)} L2 strengths in {fit.seconds:.1f} s; "
+        f"validation {recipe.eval.metric} picked l2 = {fit.strength:g}")
+
+
+def find_lr(recipe: Recipe | str | Path | dict[str, Any], *, overrides: tuple[str, ...] | list[str] = (),
+            steps: int = 100, say: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """The LR range test on the recipe's model, strategy and data, as a run would start it, writing nothing:
+    the sweep (LRs, losses, smoothed losses), the pick and why, and the optimiser it was measured with."""
+    from accelerate.utils import set_seed
+
+    from graft.training.lr_find import lr_range_test
+
+    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
+    accelerator = make_accelerator(recipe)
+    say = say or printer(accelerator)
+    set_seed(recipe.train.seed)
+    run = setup(recipe, say)
+    prepared = prepare_run(accelerator, run, say)
+    sweep = lr_range_test(accelerator, prepared.parts, prepared.base_lr, recipe.train.max_grad_norm, steps=steps)
+    return {"optim": run.optim.record(), "strategy": recipe.strategy.name, **sweep.record()}
+
+
+def _learning_rate(accelerator: Accelerator, run: Setup, parts: Parts, base: float, resume: bool,
+                   say: Callable[[str], None]) -> dict[str, Any]:
+    """The base LR: the recipe's, or measured by a range test (optim.lr: auto) and set on every group (their
+    ratios kept). What run.json's `optim` says: the optimiser, its LR, and why. A resumed run takes its LR from
+    the checkpoint, and what was measured from its record."""
+    from graft.training.loop import total_steps
+    from graft.training.lr_find import lr_range_test
+
+    recipe = run.recipe
+    optim = run.optim.record()
+    if recipe.optim.lr != "auto":
+        return {**optim, "lr": recipe.optim.lr, "lr_why": "optim.lr says so"}
+    if resume:
+        previous = read_record(recipe.output.dir).get("optim") or {}
+        return {**optim, **{k: v for k, v in previous.items() if k.startswith("lr")}}
+    steps = min(100, max(40, total_steps(parts, recipe.train)))
+    sweep = lr_range_test(accelerator, parts, base, recipe.train.max_grad_norm, steps=steps)
+    lr = sweep.suggestion or base
+    why = (f"measured by an LR range test over {len(sweep.lrs)} steps: {sweep.why}" if sweep.suggestion else
+           f"the range test found none ({sweep.why}); {optim['name']}'s usual {base:g}")
+    for group in parts.optimizer.param_groups:  # as param_groups builds them, so a rerun at this LR is identical
+        group["lr"] = lr * run.plan.lr_scale[group["name"].partition("/")[0]]
+    say(f"learning rate: {lr:.3g} ({why})")
+    return {**optim, "lr": lr, "lr_found": sweep.suggestion, "lr_why": why, "lr_sweep": sweep.record()}
 
 
 def _scheduler(accelerator: Accelerator, parts: Parts, recipe: Recipe) -> Any:
@@ -259,7 +371,7 @@ def make_accelerator(recipe: Recipe) -> Accelerator:
     return accelerator
 
 
-def _start_record(run: Setup, table: list[dict[str, Any]], cache_note: str | None,
+def _start_record(run: Setup, table: list[dict[str, Any]], cache_note: str | None, optim: dict[str, Any],
                   accelerator: Accelerator) -> dict[str, Any]:
     from graft.environment import environment
     from graft.training.precision import precision_choice
@@ -277,6 +389,7 @@ def _start_record(run: Setup, table: list[dict[str, Any]], cache_note: str | Non
         "strategy": {"name": recipe.strategy.name, "feature_cache": cache_note},
         "precision": precision_choice(recipe.train.precision),
         "loss": run.loss_record,
+        "optim": optim,
         "environment": environment(accelerator),
     }
 

@@ -68,10 +68,15 @@ def occupied(run_dir: Path) -> bool:
 
 
 def status(run_dir: Path) -> str | None:
+    return read_record(run_dir).get("status")
+
+
+def read_record(run_dir: Path) -> dict[str, Any]:
+    """A run's run.json; empty when there is none (or it cannot be read)."""
     try:
-        return json.loads((run_dir / RECORD_FILE).read_text()).get("status")
+        return json.loads((run_dir / RECORD_FILE).read_text())
     except (OSError, ValueError):
-        return None
+        return {}
 
 
 def _check_resumable(new: Recipe, old: Recipe) -> None:

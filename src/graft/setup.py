@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from graft.strategy.peft import Attached
     from graft.strategy.plan import Plan
     from graft.training.loop import Evaluation, LossTerm
+    from graft.training.optim import OptimChoice
 
 
 def quiet(line: str) -> None:
@@ -52,6 +53,8 @@ class Setup:
     test_loader: DataLoader
     cached: bool
     """The whole backbone stays frozen and the recipe allows the feature cache: fit will train the head alone."""
+    optim: OptimChoice
+    """The optimiser (optim.name: auto resolved by the model's family) and its weight decay, with why."""
     notes: list[str] = field(default_factory=list)
     """Warnings met on the way (also printed), for the record."""
     data_record: dict[str, Any] = field(default_factory=dict)
@@ -72,6 +75,7 @@ def setup(recipe: Recipe, say: Callable[[str], None] = quiet) -> Setup:
     """Splits, model, strategy, plan and loaders for `recipe`, printing what a user should know through `say`."""
     from graft.models.groups import layer_groups
     from graft.strategy.plan import make_plan
+    from graft.training.optim import choose_optimizer
 
     task = get_task(recipe.task)
     splits = task.load_splits(recipe)
@@ -100,10 +104,12 @@ def setup(recipe: Recipe, say: Callable[[str], None] = quiet) -> Setup:
     if loss_record.get("class_weights"):
         shown = ", ".join(f"{k} {v:.3g}" for k, v in list(loss_record["class_weights"].items())[:6])
         lines.append(f"loss: class weights {shown} ({loss_record['why']})")
+    optim = choose_optimizer(recipe.optim, root)
+    lines.append(f"optimizer: {optim.name} ({optim.why})")
     for line in lines:
         say(line)
     return Setup(recipe, task, splits, loaded, model, root, attached, plan, train_loader, val_loader, test_loader,
-                 cached, notes, data_record, noun, task_loss, loss_record)
+                 cached, optim, notes, data_record, noun, task_loss, loss_record)
 
 
 def load_splits(recipe: Recipe) -> Any:

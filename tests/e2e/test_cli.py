@@ -314,7 +314,8 @@ def test_replacement_that_fails_in_training_never_loses_the_completed_run(
         cli_run: CliRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     old = shutil.copytree(cli_run.run_dir, tmp_path / "run")
     before = snapshot(old)
-    diverge = ["--set", "optim.name=sgd", "--set", "optim.lr=1e4", "--set", "train.max_grad_norm=null",
+    diverge = ["--set", "optim.name=sgd", "--set", "optim.lr=1e4", "--set", "optim.weight_decay=0.01",
+               "--set", "train.max_grad_norm=null",
                "--set", f"output.dir={old}", "--overwrite"]
     for attempt in (1, 2):  # a second failed replacement must discard the failed one, not the completed run
         monkeypatch.setattr(sys, "argv", ["graft", "train", str(cli_run.root / "recipe.yaml"), *diverge])

@@ -39,7 +39,7 @@ def test_cached_and_uncached_head_training_agree(family, recipes, tmp_path):
     for cache in (True, False):
         run = tmp_path / f"cache-{cache}"
         tree = recipes[family](run)
-        tree["strategy"] = {"name": "head_only", "feature_cache": cache}
+        tree["strategy"] = {"name": "head_only", "feature_cache": cache, "probe": "sgd"}  # the loop both ways
         if tree.get("task") == "image_classification":  # the cache stands for un-augmented inputs
             tree["data"]["augment"] = {"crop_scale": None, "hflip": False}
         recipe = load_recipe(tree)

@@ -63,6 +63,10 @@ class ModelSpec(Section):
     revision: str | None = None
     max_length: PositiveInt = 128
     """Longer texts are truncated to this many tokens."""
+    pooling: Literal["auto", "cls", "mean", "pooler"] = "auto"
+    """Text classifiers: what the head reads. auto: what the model was trained with (a sentence-transformers model's
+    pooling config, else the model's own); mean: the mean of the token states; cls: the first token's state;
+    pooler: the base model's pooler (BERT's dense + tanh on the first token)."""
 
     @property
     def is_factory(self) -> bool:
@@ -228,6 +232,9 @@ class StrategySpec(Section):
     discriminative, two_phase, gradual_unfreeze, else 1 (one LR for the whole backbone)."""
     feature_cache: bool = True
     """When the whole backbone stays frozen for the run, compute its outputs once and train the head on them."""
+    probe: Literal["exact", "sgd"] = "exact"
+    """A head that is one linear map on cached features (head_only): exact fits it as the logistic regression it is
+    (L-BFGS to convergence, its L2 strength picked on validation; no epochs, no LR); sgd trains it by the loop."""
     lora: LoraSpec = LoraSpec()
     ia3: IA3Spec = IA3Spec()
     prompt: PromptSpec = PromptSpec()
@@ -259,10 +266,14 @@ class StrategySpec(Section):
 
 
 class OptimSpec(Section):
-    name: Literal["adamw", "adam", "sgd"] = "adamw"
-    lr: Annotated[float, Field(gt=0)] = 5.0e-5
-    weight_decay: Annotated[float, Field(ge=0)] = 0.01
-    """Applied to weights only: never to biases and normalisation parameters."""
+    name: Literal["auto", "adamw", "adam", "sgd"] = "auto"
+    """auto: SGD with momentum for a BatchNorm CNN (no LayerNorm), AdamW for the rest (transformers)."""
+    lr: Annotated[float, Field(gt=0)] | Literal["auto"] = "auto"
+    """The base learning rate (per-group scales multiply it); auto: measured by an LR range test at the start of
+    the run (see `graft lr-find`)."""
+    weight_decay: Annotated[float, Field(ge=0)] | None = None
+    """Applied to weights only: never to biases and normalisation parameters. null: 0.01 for AdamW and Adam,
+    5e-4 for SGD (an L2 penalty there)."""
     betas: tuple[float, float] = (0.9, 0.999)
     eps: Annotated[float, Field(gt=0)] = 1.0e-8
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9

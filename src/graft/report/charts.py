@@ -32,7 +32,7 @@ def _svg(fig: Any) -> str:
 
 
 def line_chart(series: dict[str, tuple[Sequence[float], Sequence[float]]], *, xlabel: str, ylabel: str,
-               marks: dict[str, tuple[float, float]] | None = None, log_y: bool = False) -> str:
+               marks: dict[str, tuple[float, float]] | None = None, log_y: bool = False, log_x: bool = False) -> str:
     """One line per series {name: (x, y)}; `marks` {label: (x, y)} are drawn as labelled points."""
     fig, ax = _figure()
     for i, (name, (x, y)) in enumerate(series.items()):
@@ -42,12 +42,14 @@ def line_chart(series: dict[str, tuple[Sequence[float], Sequence[float]]], *, xl
         ax.plot([x], [y], marker="*", markersize=13, color="#111827", linestyle="none", label=label)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    if all(float(v).is_integer() for _, (x, _) in series.items() for v in x):
+    if not log_x and all(float(v).is_integer() for _, (x, _) in series.items() for v in x):
         from matplotlib.ticker import MaxNLocator
 
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs and folds: no 1.25
     if log_y:
         ax.set_yscale("log")
+    if log_x:
+        ax.set_xscale("log")
     if len(series) + len(marks or {}) > 1:
         ax.legend(frameon=False, fontsize=8)
     return _svg(fig)

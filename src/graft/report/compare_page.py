@@ -20,6 +20,10 @@ def write_compare_page(out: Path) -> Path:
     return write_text(out / PAGE_FILE, render_compare(result))
 
 
+def _lr(lr: float | None) -> str:
+    return f"{lr:.3g}" if lr is not None else "exact fit"
+
+
 def _relative(run: str, out: str) -> str:
     try:
         return Path(run).relative_to(out).as_posix()
@@ -54,7 +58,7 @@ def render_compare(result: dict[str, Any]) -> str:
         link = _relative(r["runs"][0], recipe["output"]["dir"]) + "/report.html"
         body += (f"<tr class='{'low' if flag else ''}'><td><b><a href='{escape(link)}'>{escape(r['label'])}</a></b>"
                  f"{escape(mark)}{escape(flag)}</td>"
-                 f"<td>{escape(r['strategy'])}</td><td class='n'>{r['lr']:.3g}</td>{cell(r, 'accuracy')}"
+                 f"<td>{escape(r['strategy'])}</td><td class='n'>{_lr(r['lr'])}</td>{cell(r, 'accuracy')}"
                  f"{cell(r, 'f1_macro')}<td class='n'>{r['trainable']:,}</td><td class='n'>{r['train_s']:.1f} s</td>"
                  f"<td class='n'>{r['s_per_epoch']:.2f} s</td><td class='n'>{r['peak_memory_mb']:,.0f} MB</td></tr>")
     table = ("<table><tr><th>strategy</th><th>method</th><th>lr</th><th>test accuracy</th><th>test macro F1</th>"

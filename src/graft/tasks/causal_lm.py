@@ -32,6 +32,8 @@ class CausalLM:
     takes_plain_modules = False
 
     def check_recipe(self, recipe: Recipe) -> None:
+        if recipe.model.pooling != "auto":
+            raise ValueError("model.pooling: for text classifiers; a language model predicts every next token")
         if isinstance(recipe.loss.class_weights, dict):
             raise ValueError("loss.class_weights: for classifiers; a language model's loss is over tokens")
 

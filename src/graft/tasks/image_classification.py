@@ -28,6 +28,8 @@ class ImageClassification(Classification):
     hf_processor = "image"
 
     def check_recipe(self, recipe: Recipe) -> None:
+        if recipe.model.pooling != "auto":
+            raise ValueError("model.pooling: for text classifiers; an image model pools its own feature maps")
         if recipe.model.is_factory and recipe.data.image_size is None:
             raise ValueError("data.image_size: a plain module needs its input size (e.g. data.image_size: 32)")
 

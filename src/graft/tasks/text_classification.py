@@ -10,8 +10,8 @@ from graft.tasks.classification import Classification
 if TYPE_CHECKING:
     from torch.utils.data import DataLoader
 
-    from graft.models.build import LoadedModel
-    from graft.recipe import Recipe
+    from graft.models.build import LoadedModel, TrainedModel
+    from graft.recipe import DataSpec, ModelSpec, Recipe
 
 
 class TextClassification(Classification):
@@ -21,6 +21,24 @@ class TextClassification(Classification):
     input_kind = "text"
     hf_auto_class = "AutoModelForSequenceClassification"
     hf_processor = "tokenizer"
+
+    def load_model(self, spec: ModelSpec, labels: list[str], data: DataSpec, scratch: bool) -> LoadedModel:
+        """The classifier, its head reading the pooling the backbone was trained with (see `model.pooling`)."""
+        from graft.models.pooling import apply_pooling, choose_pooling
+
+        loaded = super().load_model(spec, labels, data, scratch)
+        if not spec.is_factory:
+            mode, why = choose_pooling(spec.pooling, loaded.model, loaded.source)
+            apply_pooling(loaded.model, mode)
+            loaded.notes.append(f"pooling: {mode} ({why})")
+        return loaded
+
+    def load_trained(self, folder: Path, data: DataSpec | None) -> TrainedModel:
+        from graft.models.pooling import apply_pooling, saved_pooling
+
+        trained = super().load_trained(folder, data)
+        apply_pooling(trained.model, saved_pooling(trained.model))
+        return trained
 
     def load_splits(self, recipe: Recipe) -> Any:
         from graft.data import load_text_splits

@@ -151,10 +151,7 @@ def fit(accelerator: Accelerator, parts: Parts, train: TrainSpec, evals: EvalSpe
         started = time.perf_counter()
         for batch in loader:
             with accelerator.accumulate(model):
-                output = model(**{k: v for k, v in batch.items() if k != MIXED})
-                task_loss = parts.task_loss(batch, output) if parts.task_loss else output.loss
-                terms = {name: term(batch, output) for name, term in parts.loss_terms.items()}
-                loss = task_loss + sum(terms.values()) if terms else task_loss
+                loss, task_loss, terms = compute_loss(parts, model, batch)
                 accelerator.backward(loss)
                 window.add(loss, _examples(batch) * accelerator.num_processes, _real_tokens(batch),
                            {"task": task_loss, **terms} if terms else None)
@@ -175,6 +172,15 @@ def fit(accelerator: Accelerator, parts: Parts, train: TrainSpec, evals: EvalSpe
             if _budget_spent(state, train):
                 break
     return state
+
+
+def compute_loss(parts: Parts, model: nn.Module, batch: dict[str, Any]
+                 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """The loss to minimise (the task's plus every loss term), the task's alone, and each term."""
+    output = model(**{k: v for k, v in batch.items() if k != MIXED})
+    task_loss = parts.task_loss(batch, output) if parts.task_loss else output.loss
+    terms = {name: term(batch, output) for name, term in parts.loss_terms.items()}
+    return (task_loss + sum(terms.values()) if terms else task_loss), task_loss, terms
 
 
 def _after_step(accelerator: Accelerator, parts: Parts, train: TrainSpec, evals: EvalSpec, ckpt: CheckpointSpec,

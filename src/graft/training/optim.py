@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,41 @@ if TYPE_CHECKING:
     from graft.strategy.plan import Plan
 
 NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.modules.batchnorm._NormBase, nn.RMSNorm)
+
+
+FALLBACK_LR = {"adamw": 5e-5, "adam": 5e-5, "sgd": 1e-2}
+"""The LR an `auto` run uses when its range test finds no clear one (a transformer's and a CNN's usual)."""
+DEFAULT_WEIGHT_DECAY = {"adamw": 0.01, "adam": 0.01, "sgd": 5e-4}
+
+
+@dataclass
+class OptimChoice:
+    """The optimiser a run uses, resolved from the recipe and the model, and why."""
+
+    name: str
+    weight_decay: float
+    why: str
+
+    def record(self) -> dict[str, Any]:
+        return {"name": self.name, "weight_decay": self.weight_decay, "why": self.why}
+
+
+def choose_optimizer(spec: OptimSpec, model: nn.Module) -> OptimChoice:
+    """`optim.name` and `optim.weight_decay`, with `auto` resolved by the model's family."""
+    if spec.name != "auto":
+        name, why = spec.name, "optim.name says so"
+    elif _is_batchnorm_cnn(model):
+        name, why = "sgd", "optim.name: auto, and the model is a BatchNorm CNN (no LayerNorm): SGD with momentum"
+    else:
+        name, why = "adamw", "optim.name: auto, and the model is a transformer or has LayerNorm: AdamW"
+    decay = spec.weight_decay if spec.weight_decay is not None else DEFAULT_WEIGHT_DECAY[name]
+    return OptimChoice(name, decay, why)
+
+
+def _is_batchnorm_cnn(model: nn.Module) -> bool:
+    modules = list(model.modules())
+    return (any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in modules)
+            and not any(isinstance(m, nn.LayerNorm | nn.GroupNorm) for m in modules))
 
 
 def no_decay_names(model: nn.Module) -> set[str]:
@@ -45,18 +81,23 @@ def param_groups(root: nn.Module, plan: Plan, base_lr: float, weight_decay: floa
     return groups
 
 
-def build_optimizer(groups: list[dict[str, Any]], spec: OptimSpec) -> torch.optim.Optimizer:
-    """AdamW, Adam or SGD with momentum over the given parameter groups."""
-    if spec.name == "sgd":
-        return torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov)
-    cls = torch.optim.AdamW if spec.name == "adamw" else torch.optim.Adam
+def build_optimizer(groups: list[dict[str, Any]], spec: OptimSpec, name: str | None = None) -> torch.optim.Optimizer:
+    """AdamW, Adam or SGD with momentum over the given parameter groups; `name` (default: spec.name) as resolved by
+    `choose_optimizer`. Each group carries its own LR."""
+    name = name or spec.name
+    if name == "auto":
+        raise ValueError("resolve optim.name: auto with choose_optimizer first")
+    lr = spec.lr if spec.lr != "auto" else 1e-3  # for groups that carry no LR of their own
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=spec.momentum, nesterov=spec.nesterov)
+    cls = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
     # Adam's weight_decay is L2 in the gradient, AdamW's is decoupled: both honour each group's own value.
     # The fused kernel (one pass over all parameters) is what made the HF Trainer's steps faster than ours in
     # bench/ (loop_overhead); the per-parameter loop stays where a parameter's device or dtype has no fused kernel.
     try:
-        return cls(groups, lr=spec.lr, betas=spec.betas, eps=spec.eps, fused=True)
+        return cls(groups, lr=lr, betas=spec.betas, eps=spec.eps, fused=True)
     except (RuntimeError, ValueError):
-        return cls(groups, lr=spec.lr, betas=spec.betas, eps=spec.eps)
+        return cls(groups, lr=lr, betas=spec.betas, eps=spec.eps)
 
 
 def lr_multiplier(step: int, *, name: str, total: int, warmup: int, steps_per_epoch: int, step_epochs: int,
