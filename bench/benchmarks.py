@@ -230,7 +230,8 @@ def feature_cache(size: Size) -> dict[str, Any]:
         train, test, real = _real_or_synthetic(size, Path(tmp))
         for cached in (True, False):
             record = graft.train(_recipe(size, train, test, Path(tmp) / f"cache-{cached}", train={"epochs": 3},
-                                         strategy={"name": "head_only", "feature_cache": cached}, optim={"lr": 1e-2}))
+                                         strategy={"name": "head_only", "feature_cache": cached, "probe": "sgd"},
+                                         optim={"lr": 1e-2}))
             t = record["timings"]
             out["cached" if cached else "uncached"] = {
                 "train_s_per_epoch": t["train_s_per_epoch"], "backbone_pass_s": t["feature_cache_s"],

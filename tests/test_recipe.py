@@ -21,7 +21,9 @@ def error(tree: dict, overrides: list[str] = ()) -> str:
 def test_defaults_match_the_interface_contract():
     r = load_recipe(MINIMAL)
     assert r.task == "text_classification"
-    assert (r.optim.name, r.optim.lr, r.optim.weight_decay) == ("adamw", 5e-5, 0.01)
+    # SPEC §5: the next capabilities' keys, `auto` where graft measures or looks instead of guessing.
+    assert (r.optim.name, r.optim.lr, r.optim.weight_decay) == ("auto", "auto", None)
+    assert (r.train.precision, r.loss.class_weights, r.model.pooling) == ("auto", "auto", "auto")
     assert (r.schedule.name, r.schedule.warmup_ratio) == ("linear", 0.1)
     assert (r.train.epochs, r.train.batch_size, r.train.seed) == (3, 32, 0)
     assert r.data.split == (0.7, 0.15, 0.15)
@@ -54,7 +56,7 @@ def test_bad_choice_names_field_value_and_choices():
 
 
 def test_out_of_range_and_unparsable_values():
-    assert "optim.lr = -1: input should be greater than 0" in error(MINIMAL, ["optim.lr=-1"])
+    assert "optim.lr = -1: input should be greater than 0 (or auto)" in error(MINIMAL, ["optim.lr=-1"])
     assert "optim.lr = 'abc'" in error(MINIMAL, ["optim.lr=abc"])
     assert "train.epochs = 0" in error(MINIMAL, ["train.epochs=0"])
 

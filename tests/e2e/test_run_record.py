@@ -191,7 +191,8 @@ def test_precision_can_change_between_runs_in_one_process(tiny_bert: Path, small
 def test_divergence_stops_with_a_loadable_checkpoint(tiny_bert: Path, small_data: Path, tmp_path: Path) -> None:
     # SGD at lr 1e4 with no clipping blows up within a few steps (step 5 on this data); a checkpoint every step
     # means a finite one exists when it does.
-    recipe = tiny_recipe(tiny_bert, small_data, tmp_path / "run", optim={"name": "sgd", "lr": 1e4, "weight_decay": 0.01},
+    recipe = tiny_recipe(tiny_bert, small_data, tmp_path / "run", optim={"name": "sgd", "lr": 1e4,
+                                                                         "weight_decay": 0.01},
                          train={"max_grad_norm": None}, checkpoint={"every_steps": 1})
     with pytest.raises(NonFiniteError) as caught:
         graft.train(recipe)

@@ -53,7 +53,10 @@ def validate_recipe(tree: dict[str, Any], origin: str = "recipe") -> Recipe:
     try:
         return Recipe.model_validate(tree)
     except ValidationError as e:
-        raise GraftError(f"{origin}: {_describe(e.errors()[0])}") from None
+        errors = e.errors()
+        # A union's other members (`auto` beside a number) failed too: the line says they exist.
+        siblings = [x["loc"][-1] for x in errors[1:] if x["loc"][:-1] == errors[0]["loc"][:-1]]
+        raise GraftError(f"{origin}: {_describe({**errors[0], '_siblings': siblings})}") from None
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -104,7 +107,8 @@ def _check_unknown_keys(tree: Any, model: type[BaseModel], prefix: str, origin: 
 
 
 def _describe(err: dict[str, Any]) -> str:
-    field = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after"))
+    # Field names only: a union's member ('constrained-float', "literal['auto']") and validators are not fields.
+    field = ".".join(str(p) for p in err["loc"] if isinstance(p, int) or str(p).isidentifier())
     value = err.get("input")
     allowed = _allowed(err)
     msg = err["msg"].removeprefix("Value error, ")
@@ -115,7 +119,8 @@ def _describe(err: dict[str, Any]) -> str:
     if err["type"] == "model_type":
         return f"{field} = {value!r}: expected a section of keys, e.g. {field}: {{...}}"
     shown = f"{value!r}" if not isinstance(value, dict) else "a mapping"
-    return f"{field} = {shown}: {allowed or msg[:1].lower() + msg[1:]}"
+    either = " (or auto)" if any("literal['auto']" in str(e) for e in err.get("_siblings", ())) else ""
+    return f"{field} = {shown}: {allowed or msg[:1].lower() + msg[1:]}{either}"
 
 
 def _allowed(err: dict[str, Any]) -> str | None:
