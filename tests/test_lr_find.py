@@ -75,9 +75,16 @@ def test_the_pick_is_the_middle_of_the_longest_fall():
     loss = [1.0] * 10 + [1.0 - 0.05 * i for i in range(1, 21)] + [0.0 + 0.1 * i for i in range(30)]
     pick, why = suggest(lrs, loss)
     # The fall runs from 1.0 down to 0.0 at index 29; its middle fifth (0.6 to 0.4) lies at indices 17 to 21.
-    assert pick == pytest.approx(math.sqrt(lrs[17] * lrs[21])) and "longest fall" in why
+    assert pick == pytest.approx(math.sqrt(lrs[17] * lrs[21])) and "fall before its minimum" in why
     flat = [1.0 + 0.001 * math.sin(i) for i in range(60)]
     assert suggest(lrs, flat)[0] is None
+    # Barely falling, then climbing (LoRA's curve in a short sweep): a tenth of where it climbs 10% above its low.
+    lora = [1.0 - 0.001 * i for i in range(40)] + [0.961 + 0.05 * i for i in range(1, 21)]
+    pick, why = suggest(lrs, lora)
+    assert pick == pytest.approx(lrs[41] / 10) and "a tenth of where the loss climbs" in why
+    # A fall after a blow-up does not count: the minimum comes first.
+    spiky = [1.0 - 0.02 * i for i in range(20)] + [5.0 - 0.05 * i for i in range(40)]
+    assert suggest(lrs, spiky)[0] < lrs[20]
     assert suggest(lrs[:3], loss[:3])[0] is None
 
 

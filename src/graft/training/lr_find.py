@@ -34,6 +34,8 @@ TRIM = 0.4
 loss has made about half of its fall."""
 MIN_DROP = 0.05
 """A fall smaller than this share of the loss is noise, not a fall."""
+EDGE = 0.1
+"""How far above its minimum the smoothed loss must climb to mark the edge of stable LRs."""
 
 
 @dataclass
@@ -95,33 +97,43 @@ def _sweep(accelerator: Accelerator, parts: Parts, base_lr: float, max_grad_norm
 
 
 def suggest(lrs: list[float], smoothed: list[float], trim: float = TRIM) -> tuple[float | None, str]:
-    """The middle, in log-LR, of the longest fall of the smoothed loss, its first and last `trim` of the drop cut
-    off (where the loss only starts or stops falling); None when the loss never clearly fell.
+    """The pick from the smoothed loss against log-LR (lrs rising).
 
-    The fall is a longest decreasing subsequence, so a few noisy points do not cut it short."""
+    The first tenth of the sweep is left out (the moving average is still warming up). Where the loss clearly
+    falls before its minimum: the middle, in log-LR, of that fall (a longest decreasing
+    run ending at the minimum, so a few noisy points do not cut it short) once its first and last `trim` of the
+    drop are cut off. Where it does not (methods that start from zero updates, like LoRA, barely move the loss in
+    a short sweep): a tenth of the LR at which the loss climbs clearly above its minimum. None when neither is
+    there."""
     n = len(smoothed)
-    if n < 5:
+    skip = max(5, n // 10)  # the moving average has seen too few losses yet: its first values are noise
+    if n <= skip + 3:
         return None, f"the sweep stopped after {n} steps (the loss diverged at once)"
-    chain = _longest_fall(smoothed)
-    top, bottom = smoothed[chain[0]], smoothed[chain[-1]]
-    if len(chain) < 4 or top - bottom < MIN_DROP * abs(top):
-        return None, f"the loss did not clearly fall anywhere in the sweep (less than {MIN_DROP:.0%})"
-    first = next(i for i in chain if smoothed[i] <= top - trim * (top - bottom))
-    last = next(i for i in chain if smoothed[i] <= bottom + trim * (top - bottom))
-    pick = math.sqrt(lrs[first] * lrs[last])
-    return pick, (f"the middle of the longest fall of the smoothed loss ({lrs[first]:.2g} to {lrs[last]:.2g}: "
-                  f"{smoothed[first]:.3f} to {smoothed[last]:.3f})")
+    low = min(range(skip, n), key=lambda i: smoothed[i])
+    chain = [skip + i for i in _longest_fall(smoothed[skip: low + 1])]
+    top, bottom = smoothed[chain[0]], smoothed[low]
+    if len(chain) >= 4 and top - bottom >= MIN_DROP * abs(top):
+        first = next(i for i in chain if smoothed[i] <= top - trim * (top - bottom))
+        last = next(i for i in chain if smoothed[i] <= bottom + trim * (top - bottom))
+        return math.sqrt(lrs[first] * lrs[last]), (
+            f"the middle of the smoothed loss's fall before its minimum ({lrs[first]:.2g} to {lrs[last]:.2g}: "
+            f"{smoothed[first]:.3f} to {smoothed[last]:.3f})")
+    edge = next((i for i in range(low, n) if smoothed[i] > (1 + EDGE) * smoothed[low]), None)
+    if edge is None:
+        return None, "the loss neither clearly fell nor climbed in the sweep"
+    return lrs[edge] / 10, (f"a tenth of where the loss climbs {EDGE:.0%} above its minimum ({lrs[edge]:.2g}); it "
+                            f"fell less than {MIN_DROP:.0%} before")
 
 
 def _longest_fall(values: list[float]) -> list[int]:
-    """Indices of a longest strictly decreasing subsequence, ending as early as possible."""
+    """Indices of a longest strictly decreasing subsequence that ends at the last value."""
     n = len(values)
     length, before = [1] * n, [-1] * n
     for i in range(n):
         for j in range(i):
             if values[j] > values[i] and length[j] + 1 > length[i]:
                 length[i], before[i] = length[j] + 1, j
-    chain = [max(range(n), key=lambda i: (length[i], -i))]
+    chain = [n - 1]
     while before[chain[-1]] >= 0:
         chain.append(before[chain[-1]])
     return chain[::-1]
