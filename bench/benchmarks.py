@@ -241,6 +241,58 @@ def feature_cache(size: Size) -> dict[str, Any]:
             "target": ">= 10x per epoch at identical accuracy"}
 
 
+def linear_probe(size: Size) -> dict[str, Any]:
+    """head_only with graft's defaults (cached features, the exact L-BFGS probe, its L2 strength picked on
+    validation) against scikit-learn's LogisticRegression on the very same features, its C picked on the same
+    validation split from the same grid: test accuracy and fit time of each."""
+    import time
+
+    import graft
+    from graft.training.probe import STRENGTHS
+
+    with tempfile.TemporaryDirectory() as tmp:
+        train, test, real = _real_or_synthetic(size, Path(tmp))
+        tree = _recipe(size, train, test, Path(tmp) / "probe", strategy={"name": "head_only"},
+                       data={"validation": None, "split": [0.85, 0.15, 0.0]})
+        del tree["optim"]  # graft's defaults: the probe needs no optimiser settings
+        record = graft.train(tree)
+        features = _probe_features(graft.load_recipe(tree))
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import f1_score
+
+    (xt, yt), (xv, yv), (xs, ys) = features
+    started, best = time.perf_counter(), None
+    for strength in STRENGTHS:  # C = 1 / (strength * n): the same penalties graft tries
+        model = LogisticRegression(C=1 / (strength * len(yt)), max_iter=1000).fit(xt, yt)
+        score = f1_score(yv, model.predict(xv), average="macro")
+        if best is None or score > best[0]:
+            best = (score, model)
+    sklearn_s = time.perf_counter() - started
+    graft_s = record["timings"]["train_s"]
+    return {"setup": {"model": size.model, "data": "rt-polarity" if real else "synthetic", "n_train": len(yt),
+                      "n_validation": len(yv), "n_test": len(ys), "strengths": len(STRENGTHS)},
+            "graft": {"test_accuracy": record["metrics"]["test"]["accuracy"], "fit_s": graft_s,
+                      "l2": record["strategy"]["probe"]["l2"]},
+            "sklearn": {"test_accuracy": float(best[1].score(xs, ys)), "fit_s": sklearn_s, "C": best[1].C},
+            "time_ratio_sklearn_over_graft": sklearn_s / graft_s if graft_s else None,
+            "target": "accuracy >= scikit-learn's, in no more time"}
+
+
+def _probe_features(recipe: Any) -> list[tuple[Any, Any]]:
+    """(features, labels) of train, validation and test as the cached head sees them, as numpy arrays."""
+    from graft.setup import setup
+    from graft.training.feature_cache import compute_features, feature_fn, in_order
+
+    run = setup(recipe)
+    run.loaded.model.eval()
+    features = feature_fn(run.loaded.model, run.loaded.root, run.loaded.head_modules)
+    out = []
+    for loader in (in_order(run.train_loader), run.val_loader, run.test_loader):
+        data = compute_features(features, loader, "cpu")
+        out.append((data.features.numpy(), data.labels.numpy()))
+    return out
+
+
 def lora_vs_full(size: Size) -> dict[str, Any]:
     """Full fine-tuning against LoRA (r 8 on query/value): step time, peak RSS, optimiser state."""
     import graft
@@ -332,6 +384,7 @@ BENCHMARKS: dict[str, Callable[[Size], dict[str, Any]]] = {
     "mixed_precision": mixed_precision,
     "padding": padding,
     "feature_cache": feature_cache,
+    "linear_probe": linear_probe,
     "lora_vs_full": lora_vs_full,
     "matmul_limit": matmul_limit,
     "profile": profile,

@@ -76,8 +76,8 @@ def build_cache(model: nn.Module, root: nn.Module, head_modules: list[str], trai
     reason = _disagreement(model, head, features, val_loader, device)
     if reason:
         return None, reason
-    train = _compute(features, _in_order(train_loader), device)
-    val = _compute(features, val_loader, device)
+    train = compute_features(features, in_order(train_loader), device)
+    val = compute_features(features, val_loader, device)
     return Cache(head, _like(train_loader, train, shuffled=True), _like(val_loader, val, shuffled=False)), ""
 
 
@@ -94,7 +94,7 @@ def _disagreement(model: nn.Module, head: CachedHead, features: Callable[[Batch]
 
 
 @torch.no_grad()
-def _compute(features: Callable[[Batch], torch.Tensor], loader: DataLoader, device: torch.device) -> Features:
+def compute_features(features: Callable[[Batch], torch.Tensor], loader: DataLoader, device: torch.device) -> Features:
     outs, labels = [], []
     for batch in loader:
         y = batch.pop("labels")
@@ -103,7 +103,7 @@ def _compute(features: Callable[[Batch], torch.Tensor], loader: DataLoader, devi
     return Features(torch.cat(outs), torch.cat(labels))
 
 
-def _in_order(loader: DataLoader) -> DataLoader:
+def in_order(loader: DataLoader) -> DataLoader:
     """The training examples in dataset order (features are looked up by index). A private generator: iterating
     must not draw from the global RNG, or the head's dropout would differ from the uncached run."""
     return DataLoader(loader.dataset, batch_size=loader.batch_size, collate_fn=loader.collate_fn,
