@@ -69,6 +69,17 @@ def table() -> str:
         lines += [f"| feature cache | head_only time per epoch, uncached ÷ cached (target ≥ 10×); accuracy | "
                   f"{x['speedup_per_epoch']:.0f}×; {x['uncached']['test_accuracy']:.3f} vs "
                   f"{x['cached']['test_accuracy']:.3f} |"]
+    if "linear_probe" in r:
+        x = r["linear_probe"]
+        lines += [f"| linear probe | head_only test accuracy, graft's exact probe vs scikit-learn LogisticRegression "
+                  f"(same features, same C grid; target ≥); fit time sklearn ÷ graft (target ≥ 1) | "
+                  f"{x['graft']['test_accuracy']:.3f} vs {x['sklearn']['test_accuracy']:.3f}; "
+                  f"{x['time_ratio_sklearn_over_graft']:.2f}× |"]
+    if "defaults_vs_trainer" in r:
+        x = r["defaults_vs_trainer"]
+        lines += [f"| defaults | graft's defaults vs the HF Trainer's, {x['setup']['epochs']} epochs: time speed-up "
+                  f"(target ≥ 1.5×); test accuracy graft vs Trainer | {x['speedup']:.2f}×; "
+                  f"{x['graft']['test_accuracy']:.3f} vs {x['hf_trainer']['test_accuracy']:.3f} |"]
     if "lora_vs_full" in r:
         x = r["lora_vs_full"]
         lines += [f"| LoRA vs full | step time; peak RSS; optimiser state | {x['lora_step_time_ratio']:.2f}×; "

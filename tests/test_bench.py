@@ -35,6 +35,9 @@ def test_each_benchmark_runs_at_a_tiny_size(name: str, tiny: Size, tmp_path: Pat
         assert shares[0] < shares[1] <= shares[2] <= 1.0  # by construction: grouping only removes padding
     if name == "feature_cache":
         assert saved["cached"]["test_accuracy"] == pytest.approx(saved["uncached"]["test_accuracy"])
+    if name == "defaults_vs_trainer":
+        assert saved["graft"]["train_s"] > 0 and saved["hf_trainer"]["train_s"] > 0 and saved["speedup"] > 0
+        assert saved["hf_trainer"]["lr"] == 5e-5 and saved["graft"]["lr"] > 0
     if name == "linear_probe":
         assert 0 <= saved["graft"]["test_accuracy"] <= 1 and saved["sklearn"]["fit_s"] > 0
         assert saved["setup"]["n_train"] + saved["setup"]["n_validation"] == tiny.n_train

@@ -253,14 +253,17 @@ def _learning_rate(accelerator: Accelerator, run: Setup, parts: Parts, base: flo
         previous = read_record(recipe.output.dir).get("optim") or {}
         return {**optim, **{k: v for k, v in previous.items() if k.startswith("lr")}}
     steps = min(100, max(40, total_steps(parts, recipe.train)))
+    started = time.perf_counter()
     sweep = lr_range_test(accelerator, parts, base, recipe.train.max_grad_norm, steps=steps)
+    sweep_s = time.perf_counter() - started
     lr = sweep.suggestion or base
     why = (f"measured by an LR range test over {len(sweep.lrs)} steps: {sweep.why}" if sweep.suggestion else
            f"the range test found none ({sweep.why}); {optim['name']}'s usual {base:g}")
     for group in parts.optimizer.param_groups:  # as param_groups builds them, so a rerun at this LR is identical
         group["lr"] = lr * run.plan.lr_scale[group["name"].partition("/")[0]]
     say(f"learning rate: {lr:.3g} ({why})")
-    return {**optim, "lr": lr, "lr_found": sweep.suggestion, "lr_why": why, "lr_sweep": sweep.record()}
+    return {**optim, "lr": lr, "lr_found": sweep.suggestion, "lr_why": why, "lr_sweep_s": round(sweep_s, 3),
+            "lr_sweep": sweep.record()}
 
 
 def _scheduler(accelerator: Accelerator, parts: Parts, recipe: Recipe) -> Any:
