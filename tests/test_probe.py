@@ -4,11 +4,9 @@ as scikit-learn's LogisticRegression on the same features; only for heads that a
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 from torch import nn
 
-from graft.evaluation.metrics import classification_metrics
 from graft.training.probe import fit_probe, probe_layer
 
 
@@ -20,40 +18,39 @@ def synthetic(seed: int, n: int = 1200, d: int = 32, k: int = 3):
     return torch.tensor(x, dtype=torch.float32), torch.tensor(y)
 
 
-def score(logits: torch.Tensor, labels: torch.Tensor) -> dict:
-    loss = torch.nn.functional.cross_entropy(logits, labels).item()
-    return classification_metrics(logits.numpy(), labels.numpy(), ["a", "b", "c"], loss=loss)
-
-
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_the_probe_matches_scikit_learn_on_held_out_data(seed):
+def test_the_probe_matches_scikit_learn_on_held_out_data():
     from sklearn.linear_model import LogisticRegression
 
-    x, y = synthetic(seed)
-    train, val, test = slice(0, 700), slice(700, 900), slice(900, None)
-    layer = nn.Linear(32, 3)
-    fit = fit_probe(layer, (x[train], y[train]), (x[val], y[val]), score, "accuracy", "max")
-    with torch.no_grad():
-        ours = (layer(x[test]).argmax(1) == y[test]).float().mean().item()
-    theirs = LogisticRegression(max_iter=5000).fit(x[train].numpy(), y[train].numpy()).score(x[test].numpy(),
-                                                                                              y[test].numpy())
-    assert ours >= theirs - 0.01, (ours, theirs)  # 300 test examples: one point is 3 of them
-    assert len(fit.tried) == 7 and fit.strength in [t["l2"] for t in fit.tried]
-    best = max(fit.tried, key=lambda t: (t["accuracy"], t["l2"]))
-    assert fit.strength == best["l2"]
+    ours, theirs = [], []
+    for seed in (0, 1, 2):
+        x, y = synthetic(seed)
+        train, val, test = slice(0, 700), slice(700, 900), slice(900, None)
+        layer = nn.Linear(32, 3)
+        fit = fit_probe(layer, (x[train], y[train]), (x[val], y[val]))
+        assert 3 <= len(fit.tried) <= 7 and fit.strength == min(fit.tried, key=lambda t: t["loss"])["l2"]
+        after = [t["loss"] for t in fit.tried][[t["l2"] for t in fit.tried].index(fit.strength):]
+        assert len(fit.tried) == 7 or (len(after) == 3 and after[1] > after[0] and after[2] > after[0])
+        with torch.no_grad():
+            ours.append((layer(x[test]).argmax(1) == y[test]).float().mean().item())
+        sklearn = LogisticRegression(max_iter=5000).fit(x[train].numpy(), y[train].numpy())
+        theirs.append(sklearn.score(x[test].numpy(), y[test].numpy()))
+    # 3 x 300 test examples: a point is 9 of them; seed by seed the two differ by a few examples either way.
+    assert np.mean(ours) >= np.mean(theirs) - 0.01, (ours, theirs)
 
 
-def test_the_folded_layer_takes_raw_features():
-    x, y = synthetic(3)
+def test_the_probe_is_the_penalised_logistic_regression_optimum():
+    """At the optimum the gradient of mean cross-entropy + s/2 |W|^2 vanishes: converged, not early-stopped."""
+    x, y = synthetic(3, n=400)
     layer = nn.Linear(32, 3)
-    fit_probe(layer, (x[:600], y[:600]), (x[600:800], y[600:800]), score, "loss", "min", strengths=(1e-3,))
-    mean, std = x[:600].mean(0), x[:600].std(0)
-    # The same fit on standardised inputs, by hand: the layer must equal it applied to raw ones.
-    standardised = nn.Linear(32, 3)
-    fit_probe(standardised, (((x[:600] - mean) / std), y[:600]), (((x[600:800] - mean) / std), y[600:800]), score,
-              "loss", "min", strengths=(1e-3,))
-    with torch.no_grad():
-        torch.testing.assert_close(layer(x[800:]), standardised((x[800:] - mean) / std), atol=1e-2, rtol=1e-2)
+    fit_probe(layer, (x[:300], y[:300]), (x[300:], y[300:]), strengths=(1e-2,))
+    mean, std = x[:300].mean(0), x[:300].std(0)
+    # The layer holds the fit on standardised features folded back: unfold it, W_s = W * std, b_s = b + W . mean.
+    weight = (layer.weight * std).detach().clone().requires_grad_()
+    bias = (layer.bias + layer.weight @ mean).detach().clone().requires_grad_()
+    loss = (torch.nn.functional.cross_entropy(((x[:300] - mean) / std) @ weight.T + bias, y[:300])
+            + 0.5e-2 * weight.pow(2).sum())
+    loss.backward()
+    assert weight.grad.abs().max() < 1e-3 and bias.grad.abs().max() < 1e-3
 
 
 def test_only_a_linear_map_is_probed_exactly():

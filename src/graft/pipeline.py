@@ -183,40 +183,30 @@ def prepare_run(accelerator: Accelerator, run: Setup, say: Callable[[str], None]
 
 def fit_exact_probe(accelerator: Accelerator, run: Setup, fitted: Fitted, hooks: list[Hook],
                     say: Callable[[str], None]) -> None:
-    """Fit the head's Linear on the cached features as a logistic regression (graft.training.probe), each L2
-    strength an evaluation in the history; the best is the model."""
-    import torch
-
-    from graft.evaluation.metrics import classification_metrics
+    """Fit the head's Linear on the cached features as a logistic regression (graft.training.probe), its L2 strength
+    picked by validation loss; each strength a row of the history, the chosen one with every validation metric."""
     from graft.training.loop import Event
     from graft.training.probe import fit_probe
 
     recipe, state, parts = run.recipe, fitted.state, fitted.parts
     train, val = parts.train_loader.dataset, parts.val_loader.dataset
     device = accelerator.device
-
-    def score(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
-        loss = torch.nn.functional.cross_entropy(logits, labels).item()
-        return classification_metrics(logits.cpu().numpy(), labels.cpu().numpy(), run.splits.labels, loss=loss)
-
     weights = run.loss_record.get("class_weights")
     fit = fit_probe(fitted.probe, (train.features.to(device), train.labels.to(device)),
-                    (val.features.to(device), val.labels.to(device)), score, recipe.eval.metric,
-                    recipe.eval.resolved_mode, list(weights.values()) if weights else None)
+                    (val.features.to(device), val.labels.to(device)), list(weights.values()) if weights else None)
+    state.train_s = fit.seconds
+    chosen = run.task.evaluate(accelerator, parts.model, parts.val_loader, run.splits.labels)
     for tried in fit.tried:
         best = tried["l2"] == fit.strength
-        row = {"split": "validation", "step": 0, "epoch": 0.0, "l2": tried["l2"], "iterations": tried["iterations"],
-               **{k: v for k, v in tried.items() if not isinstance(v, dict | list) and k not in ("l2", "iterations")},
-               "best": best}
+        row = {"split": "validation", "step": 0, "epoch": 0.0, **tried,
+               **({k: v for k, v in chosen.items() if not isinstance(v, dict | list)} if best else {}), "best": best}
         state.history.append(row)
         for hook in hooks:
             hook(Event("eval", state, row))
-        if best:
-            state.best, state.best_step = row[recipe.eval.metric], 0
-    state.train_s = fit.seconds
+    state.best, state.best_step = chosen.get(recipe.eval.metric), 0
     fitted.record["strategy"]["probe"] = {"method": "exact", "l2": fit.strength, "tried": len(fit.tried)}
-    say(f"probe: fitted exactly (L-BFGS) at {len(fit.tried)} L2 strengths in {fit.seconds:.1f} s; "
-        f"validation {recipe.eval.metric} picked l2 = {fit.strength:g}")
+    say(f"probe: fitted exactly (L-BFGS) at {len(fit.tried)} L2 strengths in {fit.seconds:.2f} s; the lowest "
+        f"validation loss at l2 = {fit.strength:g}")
 
 
 def find_lr(recipe: Recipe | str | Path | dict[str, Any], *, overrides: tuple[str, ...] | list[str] = (),
