@@ -39,7 +39,7 @@ def test_each_benchmark_runs_at_a_tiny_size(name: str, tiny: Size, tmp_path: Pat
         assert saved["graft"]["train_s"] > 0 and saved["hf_trainer"]["train_s"] > 0 and saved["speedup"] > 0
         assert saved["hf_trainer"]["lr"] == 5e-5 and saved["graft"]["lr"] > 0
     if name == "linear_probe":
-        assert 0 <= saved["graft"]["test_accuracy"] <= 1 and saved["sklearn"]["fit_s"] > 0
+        assert 0 <= saved["graft"]["test_accuracy"] <= 1 and saved["sklearn"]["fit_s"]["median"] > 0
         assert saved["setup"]["n_train"] + saved["setup"]["n_validation"] == tiny.n_train
     if name == "lora_vs_full":
         assert saved["lora"]["trainable"] < saved["full"]["trainable"]

@@ -181,6 +181,8 @@ def overfitting(train: list[dict[str, Any]], val: list[dict[str, Any]]) -> str |
 def _curves(history: list[dict[str, Any]], record: dict[str, Any]) -> list[str]:
     train = [h for h in history if h["split"] == "train"]
     val = [h for h in history if h["split"] == "validation"]
+    if val and all("l2" in h for h in val):
+        return _probe_curve(val)
     if not train and not val:
         return []
     figures = []
@@ -199,7 +201,8 @@ def _curves(history: list[dict[str, Any]], record: dict[str, Any]) -> list[str]:
     figures.append(figure(line_chart(series, xlabel="step", ylabel="loss", marks=marks),
                            f"Loss: training (mean since the previous log line){what}, and validation."))
     figures += _extra_evaluations(history)
-    names = [m for m in ("accuracy", "f1_macro", "roc_auc", "token_accuracy") if val and val[0].get(m) is not None]
+    names = [m for m in ("accuracy", "f1_macro", "roc_auc", "token_accuracy")
+             if val and all(h.get(m) is not None for h in val)]
     if names:
         figures.append(figure(line_chart({m: ([h["step"] for h in val], [h[m] for h in val]) for m in names},
                                           xlabel="step", ylabel=names[0] if len(names) == 1 else "validation"),
@@ -218,6 +221,19 @@ def _curves(history: list[dict[str, Any]], record: dict[str, Any]) -> list[str]:
         figures.append(figure(line_chart({"samples/s": ([h["step"] for h in train], speed)}, xlabel="step",
                                           ylabel="samples per second"), "Training throughput."))
     return ["<h2>Curves</h2><div class='grid'>", *figures, "</div>"]
+
+
+def _probe_curve(val: list[dict[str, Any]]) -> list[str]:
+    """An exact probe has no steps: its validation loss and accuracy against the L2 strengths it tried."""
+    strengths = [h["l2"] for h in val]
+    chosen = next(h for h in val if h.get("best"))
+    chart = line_chart({"validation loss": (strengths, [h["loss"] for h in val]),
+                        "validation accuracy": (strengths, [h["accuracy"] for h in val])},
+                       xlabel="L2 strength", ylabel="validation", log_x=True,
+                       marks={f"chosen (l2 {chosen['l2']:g})": (chosen["l2"], chosen["loss"])})
+    return ["<h2>Curves</h2><div class='grid'>",
+            figure(chart, "The exact probe: one fit to convergence per L2 strength; the lowest validation loss wins."),
+            "</div>"]
 
 
 def _extra_evaluations(history: list[dict[str, Any]]) -> list[str]:
