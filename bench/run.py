@@ -37,8 +37,11 @@ def table() -> str:
     """The Markdown table of every result on disk, with the machine it came from."""
     r = {p.stem: json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))}
     m = next(iter(r.values()))["machine"] if r else machine()
-    lines = [f"Measured on {m['cpu']} ({m['cores']} cores, torch {m['torch']}, {m['date']}); medians, [min–max] over "
-             "repeats.", "", "| benchmark | what | result |", "|---|---|---|"]
+    dates = sorted({x["machine"]["date"] for x in r.values()}) or [m["date"]]
+    when = dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}"
+    cpus = sorted({x["machine"]["cpu"] for x in r.values()}) or [m["cpu"]]
+    lines = [f"Measured on {' and '.join(cpus)} ({m['cores']} cores, torch {m['torch']}, {when}); medians, "
+             "[min–max] over repeats.", "", "| benchmark | what | result |", "|---|---|---|"]
 
     def s(x: dict, fmt: str = ".2f") -> str:
         return f"{x['median']:{fmt}} [{x['min']:{fmt}}–{x['max']:{fmt}}]"
