@@ -82,6 +82,9 @@ def test_the_pick_is_the_middle_of_the_longest_fall():
     lora = [1.0 - 0.001 * i for i in range(40)] + [0.961 + 0.05 * i for i in range(1, 21)]
     pick, why = suggest(lrs, lora)
     assert pick == pytest.approx(lrs[41] / 10) and "a tenth of where the loss climbs" in why
+    # Random weights (scratch) take the edge rule even where the loss falls: a tenth of where it climbs past its low.
+    pick, why = suggest(lrs, loss, from_scratch=True)
+    assert pick == pytest.approx(lrs[31] / 10) and "random weights" in why
     # A fall after a blow-up does not count: the minimum comes first.
     spiky = [1.0 - 0.02 * i for i in range(20)] + [5.0 - 0.05 * i for i in range(40)]
     assert suggest(lrs, spiky)[0] < lrs[20]

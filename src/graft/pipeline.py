@@ -223,7 +223,8 @@ def find_lr(recipe: Recipe | str | Path | dict[str, Any], *, overrides: tuple[st
     set_seed(recipe.train.seed)
     run = setup(recipe, say)
     prepared = prepare_run(accelerator, run, say)
-    sweep = lr_range_test(accelerator, prepared.parts, prepared.base_lr, recipe.train.max_grad_norm, steps=steps)
+    sweep = lr_range_test(accelerator, prepared.parts, prepared.base_lr, recipe.train.max_grad_norm, steps=steps,
+                          from_scratch=recipe.strategy.name == "scratch")
     return {"optim": run.optim.record(), "strategy": recipe.strategy.name, **sweep.record()}
 
 
@@ -244,7 +245,8 @@ def _learning_rate(accelerator: Accelerator, run: Setup, parts: Parts, base: flo
         return {**optim, **{k: v for k, v in previous.items() if k.startswith("lr")}}
     steps = min(100, max(40, total_steps(parts, recipe.train)))
     started = time.perf_counter()
-    sweep = lr_range_test(accelerator, parts, base, recipe.train.max_grad_norm, steps=steps)
+    sweep = lr_range_test(accelerator, parts, base, recipe.train.max_grad_norm, steps=steps,
+                          from_scratch=recipe.strategy.name == "scratch")
     sweep_s = time.perf_counter() - started
     lr = sweep.suggestion or base
     why = (f"measured by an LR range test over {len(sweep.lrs)} steps: {sweep.why}" if sweep.suggestion else

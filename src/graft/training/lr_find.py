@@ -55,12 +55,14 @@ class Sweep:
 
 def lr_range_test(accelerator: Accelerator, parts: Parts, base_lr: float, max_grad_norm: float | None, *,
                   start: float = 1e-7, end: float = 10.0, steps: int = 100, beta: float = 0.95,
-                  diverge: float = 4.0) -> Sweep:
+                  diverge: float = 4.0, from_scratch: bool = False) -> Sweep:
     """Sweep the base LR from `start` to `end` over at most `steps` optimiser steps; `base_lr` is the LR the
     optimiser's groups were built with (their scales are their LR over it). Everything is restored afterwards."""
     saved = _snapshot(accelerator, parts)
     try:
-        return _sweep(accelerator, parts, base_lr, max_grad_norm, start, end, steps, beta, diverge)
+        sweep = _sweep(accelerator, parts, base_lr, max_grad_norm, start, end, steps, beta, diverge)
+        sweep.suggestion, sweep.why = suggest(sweep.lrs, sweep.smoothed, from_scratch=from_scratch)
+        return sweep
     finally:
         _restore(accelerator, parts, saved)
 
@@ -92,19 +94,20 @@ def _sweep(accelerator: Accelerator, parts: Parts, base_lr: float, max_grad_norm
         best = min(best, smooth)
         if i > 5 and smooth > diverge * best:
             break
-    sweep.suggestion, sweep.why = suggest(sweep.lrs, sweep.smoothed)
     return sweep
 
 
-def suggest(lrs: list[float], smoothed: list[float], trim: float = TRIM) -> tuple[float | None, str]:
+def suggest(lrs: list[float], smoothed: list[float], trim: float = TRIM,
+            from_scratch: bool = False) -> tuple[float | None, str]:
     """The pick from the smoothed loss against log-LR (lrs rising).
 
     The first tenth of the sweep is left out (the moving average is still warming up). Where the loss clearly
     falls before its minimum: the middle, in log-LR, of that fall (a longest decreasing
     run ending at the minimum, so a few noisy points do not cut it short) once its first and last `trim` of the
     drop are cut off. Where it does not (methods that start from zero updates, like LoRA, barely move the loss in
-    a short sweep): a tenth of the LR at which the loss climbs clearly above its minimum. None when neither is
-    there."""
+    a short sweep), and for a model trained from scratch (random weights fall slowly and noisily, and take the
+    large steps Smith's rule gives them): a tenth of the LR at which the loss climbs clearly above its minimum.
+    None when neither is there."""
     n = len(smoothed)
     skip = max(5, n // 10)  # the moving average has seen too few losses yet: its first values are noise
     if n <= skip + 3:
@@ -112,7 +115,7 @@ def suggest(lrs: list[float], smoothed: list[float], trim: float = TRIM) -> tupl
     low = min(range(skip, n), key=lambda i: smoothed[i])
     chain = [skip + i for i in _longest_fall(smoothed[skip: low + 1])]
     top, bottom = smoothed[chain[0]], smoothed[low]
-    if len(chain) >= 4 and top - bottom >= MIN_DROP * abs(top):
+    if not from_scratch and len(chain) >= 4 and top - bottom >= MIN_DROP * abs(top):
         first = next(i for i in chain if smoothed[i] <= top - trim * (top - bottom))
         last = next(i for i in chain if smoothed[i] <= bottom + trim * (top - bottom))
         return math.sqrt(lrs[first] * lrs[last]), (
@@ -121,8 +124,8 @@ def suggest(lrs: list[float], smoothed: list[float], trim: float = TRIM) -> tupl
     edge = next((i for i in range(low, n) if smoothed[i] > (1 + EDGE) * smoothed[low]), None)
     if edge is None:
         return None, "the loss neither clearly fell nor climbed in the sweep"
-    return lrs[edge] / 10, (f"a tenth of where the loss climbs {EDGE:.0%} above its minimum ({lrs[edge]:.2g}); it "
-                            f"fell less than {MIN_DROP:.0%} before")
+    before = "random weights" if from_scratch else f"it fell less than {MIN_DROP:.0%} before"
+    return lrs[edge] / 10, f"a tenth of where the loss climbs {EDGE:.0%} above its minimum ({lrs[edge]:.2g}); {before}"
 
 
 def _longest_fall(values: list[float]) -> list[int]:
