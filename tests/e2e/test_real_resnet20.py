@@ -68,13 +68,9 @@ def test_example_recipe_fine_tunes_resnet20(tmp_path):
 @pytest.mark.slow
 def test_transfer_example_runs_a_linear_probe_on_a_new_task(tmp_path):
     """examples/strategies_cifar_transfer.py, head_only only (seconds): animal vs vehicle from CIFAR-10 features."""
-    import importlib.util
     import json
 
-    path = EXAMPLES / "strategies_cifar_transfer.py"
-    spec = importlib.util.spec_from_file_location("strategies_cifar_transfer", path)
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    example = load_example("strategies_cifar_transfer")
     example.main(SHARED_DATA, tmp_path, ["head_only"])
     cached = json.loads((tmp_path / "compare" / "head_only" / "run.json").read_text())
     uncached = json.loads((tmp_path / "compare" / "head_only-uncached" / "run.json").read_text())
@@ -88,12 +84,7 @@ def test_transfer_example_runs_a_linear_probe_on_a_new_task(tmp_path):
 @pytest.mark.slow
 def test_defaults_example_reproduces_the_vehicle_table_at_a_small_size(tmp_path):
     """examples/defaults_heldout.py, the vehicle half, one seed, one epoch: graft's defaults against the old ones."""
-    import importlib.util
-
-    path = EXAMPLES / "defaults_heldout.py"
-    spec = importlib.util.spec_from_file_location("defaults_heldout", path)
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    example = load_example("defaults_heldout")
     results = {r["run"]: r for r in example.main(SHARED_DATA, tmp_path, seeds=1, epoch_scale=0.2,
                                                  parts=("vehicles",))}
     assert set(results) == {f"vehicles {name}" for name in example.IMAGE_RUNS}
@@ -101,3 +92,13 @@ def test_defaults_example_reproduces_the_vehicle_table_at_a_small_size(tmp_path)
     assert old["lr"] == 5e-5 and probe["lr"] is None and results["vehicles full auto"]["lr"] > 0
     # Measured at full size: 0.25-0.34 (chance 0.25) against 0.89-0.91; one epoch keeps the gap.
     assert probe["test_accuracy"] > old["test_accuracy"] + 0.2
+
+
+def load_example(name: str):
+    """An example script under examples/, imported as a module (its `main` is what a user runs)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    return example
