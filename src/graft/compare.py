@@ -150,7 +150,7 @@ def _row(label: str, runs: list[dict[str, Any]], metric: str) -> dict[str, Any]:
         return [r["metrics"]["test"][name] for r in runs if r["metrics"]["test"].get(name) is not None]
 
     row: dict[str, Any] = {"label": label, "strategy": runs[0]["recipe"]["strategy"]["name"],
-                           "lr": statistics.fmean(lrs) if (lrs := [_lr_used(r) for r in runs if _lr_used(r)]) else None,
+                           "lr": statistics.fmean(lrs) if (lrs := [x for x in map(_lr_used, runs) if x]) else None,
                            "runs": [r["recipe"]["output"]["dir"] for r in runs],
                            "n_test": runs[0]["metrics"]["test"]["n"], "trainable": runs[0]["params"]["trainable"],
                            "total": runs[0]["params"]["total"]}

@@ -233,7 +233,6 @@ def _learning_rate(accelerator: Accelerator, run: Setup, parts: Parts, base: flo
     """The base LR: the recipe's, or measured by a range test (optim.lr: auto) and set on every group (their
     ratios kept). What run.json's `optim` says: the optimiser, its LR, and why. A resumed run takes its LR from
     the checkpoint, and what was measured from its record."""
-    from graft.training.loop import total_steps
     from graft.training.lr_find import lr_range_test
 
     recipe = run.recipe
@@ -243,9 +242,9 @@ def _learning_rate(accelerator: Accelerator, run: Setup, parts: Parts, base: flo
     if resume:
         previous = read_record(recipe.output.dir).get("optim") or {}
         return {**optim, **{k: v for k, v in previous.items() if k.startswith("lr")}}
-    steps = 100  # whatever the run's length: a shorter sweep is a coarser one (a 54-step sweep picked 7x too low)
     started = time.perf_counter()
-    sweep = lr_range_test(accelerator, parts, base, recipe.train.max_grad_norm, steps=steps,
+    # 100 steps whatever the run's length: a shorter sweep is a coarser one (a 54-step sweep picked 7x too low).
+    sweep = lr_range_test(accelerator, parts, base, recipe.train.max_grad_norm, steps=100,
                           from_scratch=recipe.strategy.name == "scratch")
     sweep_s = time.perf_counter() - started
     lr = sweep.suggestion or base

@@ -26,8 +26,8 @@ if TYPE_CHECKING:
     from torch import nn
     from torch.utils.data import DataLoader
 
-    from graft.models.build import LoadedModel
-    from graft.recipe import Recipe
+    from graft.models.build import LoadedModel, TrainedModel
+    from graft.recipe import DataSpec, ModelSpec, Recipe
 
 
 class Task(Protocol):
@@ -45,10 +45,10 @@ class Task(Protocol):
     peft_task_type: str | None
     """peft's TaskType for this task's models (None: a plain module, peft wraps it as it is)."""
     input_kind: str | None
-    takes_plain_modules: bool
-    """Whether `model.name` may be a plain nn.Module factory."""
     """`text` or `image`: what one example is, for people (mistakes, compare's split files); None: not a single
     input with one label (compare and cross-validation then decline)."""
+    takes_plain_modules: bool
+    """Whether `model.name` may be a plain nn.Module factory."""
 
     def check_recipe(self, recipe: Recipe) -> None:
         """Task rules over the whole recipe, before any data or model is read; raise ValueError with one line."""
@@ -62,11 +62,12 @@ class Task(Protocol):
     def read_examples(self, recipe: Recipe) -> list[tuple[str, str]]:
         """data.train as (input, label) rows, checked as training data is (cross-validation folds them)."""
 
-    def load_model(self, recipe: Recipe, labels: list[str]) -> LoadedModel:
-        """The recipe's model, ready for this task (a new head for `labels`, a prepared tokenizer...)."""
+    def load_model(self, spec: ModelSpec, labels: list[str], data: DataSpec, scratch: bool) -> LoadedModel:
+        """The model, ready for this task (a new head for `labels`, a prepared tokenizer...); `scratch`: the same
+        architecture with random weights."""
 
-    def load_trained(self, recipe: Recipe, folder: Path) -> Any:
-        """The final model a run saved, for eval and predict (a `graft.models.build.TrainedModel`)."""
+    def load_trained(self, folder: Path, data: DataSpec | None) -> TrainedModel:
+        """The final model a run saved, for eval and predict."""
 
     def train_loader(self, recipe: Recipe, split: Any, loaded: LoadedModel, augment: bool,
                      notes: list[str]) -> DataLoader:
@@ -88,8 +89,8 @@ class Task(Protocol):
              loaded: LoadedModel, recipe: Recipe) -> tuple[dict[str, Any], dict[str, Any]]:
         """Test metrics, and what else the run record gets (`mistakes`, `samples`)."""
 
-    def describe(self, splits: Any, loader: DataLoader) -> tuple[str, dict[str, Any]]:
-        """The size line's noun ("examples, 4 classes") and extra `data` fields for the record."""
+    def describe(self, splits: Any, loader: DataLoader) -> tuple[str, dict[str, Any], list[str]]:
+        """The size line's noun ("examples, 4 classes"), extra `data` fields for the record, and lines to print."""
 
     def predict(self, run: Any, source: str, batches: Any) -> tuple[list[dict[str, Any]], list[str]]:
         """Prediction rows for `source`, and the columns of a CSV of them."""

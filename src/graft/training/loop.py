@@ -31,7 +31,6 @@ from graft.errors import GraftError
 from graft.evaluation.predictions import evaluate
 from graft.recipe import CheckpointSpec, EvalSpec, TrainSpec
 from graft.training import checkpoint
-from graft.training.precision import resolve_precision
 
 MIXED = "mixed"
 """The batch key of examples drawn from a second source (replay): for loss terms, not for the model."""
@@ -252,7 +251,7 @@ def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:
 def _stop_if_not_finite(accelerator: Accelerator, window: _Window, norm: torch.Tensor, state: LoopState,
                         train: TrainSpec, ckpt_dir: Path) -> None:
     """Stop before the update that would poison the weights (fp16 overflows are the scaler's job)."""
-    fp16 = resolve_precision(train.precision) == "fp16"
+    fp16 = train.precision == "fp16"  # `auto` never resolves to fp16
     bad = ~torch.isfinite(window.micro_loss) | (~torch.isfinite(norm) if not fp16 else False)
     if accelerator.num_processes > 1:
         bad = accelerator.reduce(bad.float(), "sum") > 0
