@@ -35,9 +35,19 @@ def test_each_benchmark_runs_at_a_tiny_size(name: str, tiny: Size, tmp_path: Pat
         assert shares[0] < shares[1] <= shares[2] <= 1.0  # by construction: grouping only removes padding
     if name == "feature_cache":
         assert saved["cached"]["test_accuracy"] == pytest.approx(saved["uncached"]["test_accuracy"])
+    if name == "partial_cache":
+        rows = saved["freeze_groups"]
+        assert list(rows) == ["2"] and saved["setup"]["backbone_groups"] == 4  # the tiny BERT: 2 layers
+        assert rows["2"]["cached"]["test_accuracy"] == pytest.approx(rows["2"]["uncached"]["test_accuracy"])
+        assert rows["2"]["cached"]["cache_pass_s"] > 0 == rows["2"]["uncached"]["cache_pass_s"]
     if name == "defaults_vs_trainer":
-        assert saved["graft"]["train_s"] > 0 and saved["hf_trainer"]["train_s"] > 0 and saved["speedup"] > 0
-        assert saved["hf_trainer"]["lr"] == 5e-5 and saved["graft"]["lr"] > 0
+        graft_run, trainer_run = saved["runs"]["graft"][0], saved["runs"]["hf_trainer"][0]
+        assert graft_run["train_s"] > 0 and trainer_run["train_s"] > 0 and saved["speedup"]["median"] > 0
+        assert trainer_run["lr"] == 5e-5 and graft_run["lr"] > 0
+    if name == "resnet20_vs_plain":
+        assert len(saved["runs"]["graft"]) == len(saved["runs"]["plain_pytorch"]) == tiny.repeats
+        assert all(0 <= r["test_accuracy"] <= 1 and r["train_s"] > 0 for rs in saved["runs"].values() for r in rs)
+        assert saved["runs"]["graft"][0]["optimizer"] == "sgd"  # a BatchNorm CNN
     if name == "linear_probe":
         assert 0 <= saved["graft"]["test_accuracy"] <= 1 and saved["sklearn"]["fit_s"]["median"] > 0
         assert saved["setup"]["n_train"] + saved["setup"]["n_validation"] == tiny.n_train

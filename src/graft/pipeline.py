@@ -91,6 +91,8 @@ class Fitted:
     cache_s: float
     probe: nn.Linear | None = None
     """The head's one Linear, when it is fitted exactly (strategy.probe: exact) instead of by the loop."""
+    prefix: Any = None
+    """The frozen bottom groups' cache (graft.training.prefix_cache.PrefixCaching), when used."""
 
 
 def start_fit(accelerator: Accelerator, run: Setup, resume: bool, say: Callable[[str], None],
@@ -123,7 +125,7 @@ def start_fit(accelerator: Accelerator, run: Setup, resume: bool, say: Callable[
     say(format_groups(table))
     watchers = console_hooks(accelerator, run_dir, total_steps(parts, recipe.train), state, recipe.output.tensorboard)
     return Fitted(prepared.model, parts, prepared.test_loader, state, record, watchers,
-                  time.perf_counter() - started, prepared.cache_s, prepared.probe)
+                  time.perf_counter() - started, prepared.cache_s, prepared.probe, prepared.prefix)
 
 
 @dataclass
@@ -136,6 +138,8 @@ class Prepared:
     base_lr: float
     """The LR the optimiser's groups were built with (their scales multiply it)."""
     probe: nn.Linear | None = None
+    prefix: Any = None
+    """The frozen bottom groups' cache (graft.training.prefix_cache.PrefixCaching), when used."""
 
 
 def prepare_run(accelerator: Accelerator, run: Setup, say: Callable[[str], None]) -> Prepared:
@@ -161,6 +165,9 @@ def prepare_run(accelerator: Accelerator, run: Setup, say: Callable[[str], None]
     base_lr = recipe.optim.lr if recipe.optim.lr != "auto" else FALLBACK_LR[run.optim.name]
     optimizer = build_optimizer(param_groups(run.root, run.plan, base_lr, run.optim.weight_decay), recipe.optim,
                                 run.optim.name)
+    prefix = None if head is not None else _prefix_cache(accelerator, run, say)
+    if prefix is not None:
+        train_loader, val_loader = prefix.loaders
     trained, optimizer, train_loader, val_loader, test_loader = accelerator.prepare(
         head or run.model, optimizer, train_loader, val_loader, run.test_loader)
     model = trained if head is None else accelerator.prepare(run.model)
@@ -168,6 +175,8 @@ def prepare_run(accelerator: Accelerator, run: Setup, say: Callable[[str], None]
         evaluation.loader = accelerator.prepare(evaluation.loader)
     if head is None:
         begin_epoch = partial(apply_plan, run.root, run.plan)
+        if prefix is not None:
+            begin_epoch = prefix.after(begin_epoch)
     else:
         apply_plan(run.root, run.plan, epoch=0)
         begin_epoch = head_train_mode(trained)
@@ -178,7 +187,24 @@ def prepare_run(accelerator: Accelerator, run: Setup, say: Callable[[str], None]
         from graft.training.probe import probe_layer
 
         probe = probe_layer(list(head.head))
-    return Prepared(model, parts, test_loader, cache_note, cache_s, base_lr, probe)
+    return Prepared(model, parts, test_loader, cache_note, cache_s, base_lr, probe, prefix)
+
+
+def _prefix_cache(accelerator: Accelerator, run: Setup, say: Callable[[str], None]) -> Any:
+    """When bottom groups stay frozen for some epochs, the cache of their outputs (graft.training.prefix_cache),
+    built at the start of each epoch whose frozen groups differ from the last; else None."""
+    from graft.training.mixing import MixedData
+    from graft.training.prefix_cache import PrefixCaching, depths
+
+    recipe = run.recipe
+    if (not recipe.strategy.feature_cache or recipe.strategy.is_peft or not any(depths(run.plan, recipe.train.epochs))
+            or isinstance(run.train_loader.dataset, MixedData)):
+        return None
+    if getattr(run.train_loader.collate_fn, "augment", None) is not None:  # images augmented afresh each epoch
+        say("feature cache: off for the frozen bottom groups: the training images are augmented (data.augment."
+            "enabled: false to cache them)")
+        return None
+    return PrefixCaching(run.model, run.root, run.plan, run.train_loader, run.val_loader, accelerator, say)
 
 
 def fit_exact_probe(accelerator: Accelerator, run: Setup, fitted: Fitted, hooks: list[Hook],
@@ -303,6 +329,8 @@ def finish(accelerator: Accelerator, run: Setup, fitted: Fitted, started: float)
                          **{e.name: e.run(accelerator, fitted.model) for e in run.evaluations}}
     record.update(extras)
     record["warnings"] = model_warnings(test_metrics)
+    if fitted.prefix is not None:
+        record["strategy"]["prefix_cache"] = fitted.prefix.builds
     record["timings"] = _timings(state, fitted, test_s, started)
     record["peak_memory_mb"] = peak_memory_mb()
     write_record(accelerator, recipe.output.dir, record)
@@ -327,7 +355,7 @@ def _timings(state: LoopState, fitted: Fitted, test_s: float, started: float) ->
         "test_s": round(test_s, 3), "total_s": round(time.perf_counter() - started, 3), "steps": state.step,
         "steps_per_s": round(state.step / state.train_s, 4) if state.train_s else None,
         "train_s_per_epoch": round(state.train_s / epochs_run, 3),
-        "feature_cache_s": round(fitted.cache_s, 3),
+        "feature_cache_s": round(fitted.cache_s + (fitted.prefix.seconds if fitted.prefix else 0.0), 3),
     }
 
 

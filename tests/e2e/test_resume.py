@@ -67,6 +67,9 @@ CASES = {
     "default_checkpoints": ({}, 13),
     # reduce-on-plateau: its state travels in the checkpoint too
     "plateau": ({"schedule": {"name": "plateau", "warmup_ratio": 0.0}, "eval": {"metric": "loss"}}, 12),
+    # bottom groups frozen, then unfrozen one by one: the resumed epoch rebuilds its frozen groups' feature cache
+    "prefix_cache": ({"strategy": {"name": "gradual_unfreeze", "unfreeze_every": 1},
+                      "checkpoint": {"every_steps": 3}}, 13),
 }
 
 
