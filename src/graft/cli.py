@@ -54,11 +54,14 @@ def eval_(
     output: Annotated[Path | None, typer.Option(help="Also write the metrics as JSON here.")] = None,
 ) -> None:
     """Metrics of a trained run on a dataset: accuracy, F1, per-class table, confusion matrix."""
+    from graft.files import check_output_file, write_json
     from graft.trained import evaluate_run
 
+    if output is not None:
+        check_output_file(output)
     metrics = evaluate_run(run_dir, data)
     if output is not None:
-        output.write_text(json.dumps(metrics, indent=2))
+        write_json(output, metrics)
     _print_metrics(metrics, title=str(data) if data else "test")
 
 

@@ -15,6 +15,16 @@ from pathlib import Path
 from typing import Any
 
 
+def check_output_file(path: Path, flag: str = "--output") -> None:
+    """Refuse, before any work, a file path that cannot be written: a folder, or one whose folder is missing."""
+    from graft.errors import GraftError
+
+    if path.is_dir():
+        raise GraftError(f"{flag} {path}: is a folder; name a file in it (e.g. {path / 'predictions.csv'})")
+    if not path.parent.is_dir():
+        raise GraftError(f"{flag} {path}: the folder {path.parent} does not exist; create it or choose another path")
+
+
 def temp_path(path: Path) -> Path:
     """Where `path` is built before it is renamed into place: hidden, beside it."""
     return path.with_name(f".tmp-{path.name}")

@@ -6,6 +6,7 @@ Each phase is a function; `train` reads top to bottom. What differs between task
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sys
 import time
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from graft.errors import GraftError
 from graft.recipe import Recipe, load_recipe
-from graft.rundir import CKPT_DIR, MODEL_DIR, check_run_dir, claim_run_dir, read_record, write_record
+from graft.rundir import CKPT_DIR, MODEL_DIR, RunLock, check_run_dir, claim_run_dir, read_record, write_record
 from graft.setup import Setup, format_groups, setup
 from graft.trained import evaluate_run, export_run, predict_run
 
@@ -40,23 +41,39 @@ def train(recipe: Recipe | str | Path | dict[str, Any], *, overrides: tuple[str,
 
     `prepare`, when given, sees the setup before anything is written: it may add loss terms, extra evaluations
     or a mixed training loader (the seams that forgetting guards and retention use)."""
-    from accelerate.utils import set_seed
-
     from graft.environment import reset_peak_memory
-    from graft.training.loop import fit
 
     started = time.perf_counter()
     reset_peak_memory()
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
-    check_run_dir(recipe, resume, overwrite)
+    check_run_dir(recipe, resume, overwrite)  # refused before anything is written; checked again under the lock
     accelerator = make_accelerator(recipe)
+    # One process trains into a run directory at a time (the main one holds the lock for all of a run's).
+    with RunLock(recipe.output.dir) if accelerator.is_main_process else contextlib.nullcontext():
+        return _train(accelerator, recipe, resume, overwrite, hooks, prepare, started)
+
+
+def _train(accelerator: Accelerator, recipe: Recipe, resume: bool, overwrite: bool, hooks: list[Hook] | None,
+           prepare: Callable[[Setup], None] | None, started: float) -> dict[str, Any]:
+    from accelerate.utils import set_seed
+
+    from graft.training.loop import fit
+
+    check_run_dir(recipe, resume, overwrite)
     say = printer(accelerator)
     set_seed(recipe.train.seed)
     run = setup(recipe, say)
     if prepare is not None:
         prepare(run)
-    previous = claim_run_dir(accelerator, recipe, overwrite and not resume)
-    fitted = start_fit(accelerator, run, resume, say, started)
+    previous = claim_run_dir(accelerator, recipe, overwrite and not resume, resume)
+    try:
+        fitted = start_fit(accelerator, run, resume, say, started)
+    except BaseException as e:  # before the loop (the LR range test): recorded too; a resumed run's record is kept
+        from graft.training.loop import LoopState
+
+        if not resume:
+            _record_failure(accelerator, recipe.output.dir, {"recipe": recipe.dump()}, LoopState(), e)
+        raise
     try:
         if fitted.probe is not None:
             fit_exact_probe(accelerator, run, fitted, [*fitted.watchers, *(hooks or [])], say)
@@ -113,8 +130,10 @@ def start_fit(accelerator: Accelerator, run: Setup, resume: bool, say: Callable[
     parts.scheduler = _scheduler(accelerator, parts, recipe)
     state = LoopState()
     if resume:
-        last = checkpoint.list_checkpoints(run_dir / CKPT_DIR)[-1]
+        last = checkpoint.last_good(run_dir / CKPT_DIR, say)
         state = LoopState(**checkpoint.load_checkpoint(accelerator, last))
+        if state.plateau is not None:
+            parts.scheduler.load_state_dict(state.plateau)
         say(f"resuming from {last} (step {state.step}, epoch {state.epoch}, batch {state.batch_in_epoch})")
     table = run.plan.table(run.root, optim["lr"] or 0.0)
     record = _start_record(run, table, prepared.cache_note, optim, accelerator)
@@ -290,8 +309,7 @@ def _scheduler(accelerator: Accelerator, parts: Parts, recipe: Recipe) -> Any:
     scheduler = build_scheduler(parts.optimizer, recipe.schedule, total_steps=total_steps(parts, recipe.train),
                                 steps_per_epoch=steps_per_epoch(parts, recipe.train),
                                 metric_mode=recipe.eval.resolved_mode)
-    if recipe.schedule.name == "plateau":
-        accelerator.register_for_checkpointing(scheduler)
+    if recipe.schedule.name == "plateau":  # its state travels in loop_state.json (LoopState.plateau), not a pickle
         return scheduler
     return accelerator.prepare(scheduler)
 

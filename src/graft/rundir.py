@@ -3,6 +3,7 @@ record atomically."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -23,25 +24,40 @@ RECORD_FILE = "run.json"
 MODEL_DIR = "model"
 CKPT_DIR = "checkpoints"
 
-# Changing these between an interrupted run and its resumption would silently train something else.
-RESUME_FIXED = ("task", "model", "data", "strategy", "train.batch_size", "train.grad_accum", "train.seed")
+# What a resumed run can change and have it take effect: the budget, how often it evaluates, logs and saves, when
+# it stops early, and evaluation batch size. Anything else (the optimiser's and schedule's values come back from the
+# checkpoint; data, model and strategy define what is trained) is refused, so no record claims a value never used.
+RESUME_ALLOWED = ("train.epochs", "train.max_steps", "train.log_every", "train.eval_batch_size", "train.num_workers",
+                  "eval.every_steps", "eval.patience", "eval.min_delta", "checkpoint.every_steps",
+                  "checkpoint.keep_last", "output.tensorboard")
 
 
 def check_run_dir(recipe: Recipe, resume: bool, overwrite: bool) -> None:
-    """Refuse early, before anything slow is loaded, a run directory that cannot be used as asked."""
+    """Refuse early, before anything slow is loaded, a run directory that cannot be used as asked. Only a graft
+    run (a folder with its run.json) is ever replaced: any other folder with files in it is refused, --overwrite
+    or not."""
     from graft.training.checkpoint import list_checkpoints
 
     run_dir = recipe.output.dir
+    if run_dir.exists() and not run_dir.is_dir():
+        raise GraftError(f"output.dir {run_dir} is a file, not a folder; choose a folder for the run")
+    if occupied(run_dir) and not is_run_dir(run_dir):
+        raise GraftError(f"output.dir {run_dir} holds files and is not a graft run (no {RECORD_FILE}); graft never "
+                         f"deletes them, --overwrite or not: choose an empty or new folder")
     if resume:
         if not list_checkpoints(run_dir / CKPT_DIR):
             raise GraftError(f"--resume: {run_dir} has no complete checkpoint to resume from; start without --resume")
         _check_resumable(recipe, run_recipe(run_dir))
     elif occupied(run_dir) and not overwrite:
-        raise GraftError(f"output.dir {run_dir} already holds files; pass --resume to continue that run, "
-                         f"--overwrite to replace it, or choose another output.dir")
+        raise GraftError(f"output.dir {run_dir} already holds a run ({status(run_dir)}); pass --resume to continue "
+                         f"it, --overwrite to replace it, or choose another output.dir")
+    replaced = run_dir.with_name(f"{run_dir.name}.replaced")
+    if overwrite and occupied(replaced) and not is_run_dir(replaced):
+        raise GraftError(f"--overwrite: the old run would move to {replaced}, which holds files that are not a graft "
+                         f"run; move them away or choose another output.dir")
 
 
-def claim_run_dir(accelerator: Accelerator, recipe: Recipe, overwrite: bool) -> Path | None:
+def claim_run_dir(accelerator: Accelerator, recipe: Recipe, overwrite: bool, resume: bool = False) -> Path | None:
     """Create the run directory and save the resolved recipe in it.
 
     With overwrite, the old run moves to `<dir>.replaced` and is deleted only when the new run completes. If a
@@ -59,12 +75,70 @@ def claim_run_dir(accelerator: Accelerator, recipe: Recipe, overwrite: bool) -> 
                 os.replace(run_dir, previous)
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text(run_dir / RECIPE_FILE, yaml.safe_dump(recipe.dump(), sort_keys=False))
+        if not resume:  # what marks the folder as a graft run from its first moment
+            write_json(run_dir / RECORD_FILE, {"status": "starting", "recipe": recipe.dump()})
     accelerator.wait_for_everyone()
     return previous
 
 
 def occupied(run_dir: Path) -> bool:
     return run_dir.is_dir() and any(run_dir.iterdir())
+
+
+def is_run_dir(path: Path) -> bool:
+    """Whether `path` is a graft run: a folder whose run.json is a record with a status."""
+    return "status" in read_record(path)
+
+
+class RunLock:
+    """An exclusive lock on a run directory while a process trains into it: an OS file lock on
+    `<parent>/.<name>.lock`, released by the kernel when the process ends, however it ends (the file is removed
+    when the run ends; one left by a killed process is simply locked again). The file sits beside the run, not in
+    it, so that the lock holds while an --overwrite moves the old run aside."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.path = run_dir.parent / f".{run_dir.name}.lock"
+        self.fd: int | None = None
+
+    def __enter__(self) -> RunLock:
+        import fcntl
+
+        while self.fd is None:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise GraftError(f"output.dir {self.run_dir}: cannot write beside it ({e.strerror}); choose a "
+                                 f"folder you can write to") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise GraftError(f"output.dir {self.run_dir}: another graft process (pid {holder}) is training into "
+                                 f"it; wait for it to end or choose another output.dir") from None
+            if _same_file(fd, self.path):  # else its holder removed it as we opened it: take the new one
+                self.fd = fd
+            else:
+                os.close(fd)
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, str(os.getpid()).encode(), 0)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)  # removed while still held, so no one can lock the old file after us
+            os.close(self.fd)
+            self.fd = None
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
 
 
 def status(run_dir: Path) -> str | None:
@@ -82,11 +156,13 @@ def read_record(run_dir: Path) -> dict[str, Any]:
 def _check_resumable(new: Recipe, old: Recipe) -> None:
     a, b = _flatten(old.dump()), _flatten(new.dump())
     changed = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-    fixed = [k for k in changed if any(k == f or k.startswith(f + ".") for f in RESUME_FIXED)]
+    fixed = [k for k in changed if k not in RESUME_ALLOWED]
     if fixed:
         shown = "; ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in fixed[:3])
-        raise GraftError(f"--resume: the recipe changed where a resumed run cannot follow ({shown}); "
-                         f"resume with the run's own recipe ({new.output.dir / RECIPE_FILE}) or start a new run")
+        more = f" and {len(fixed) - 3} more" if len(fixed) > 3 else ""
+        raise GraftError(f"--resume: the recipe changed where a resumed run cannot follow ({shown}{more}); a resume "
+                         f"may change only {', '.join(RESUME_ALLOWED)}; resume with the run's own recipe "
+                         f"({new.output.dir / RECIPE_FILE}) or start a new run")
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -81,6 +81,10 @@ def setup(recipe: Recipe, say: Callable[[str], None] = quiet) -> Setup:
     splits = task.load_splits(recipe)
     for warning in splits.warnings:
         say(f"warning: {warning}")
+    for name in ("validation", "test"):
+        if not len(getattr(splits, name)):
+            raise GraftError(f"data.{name}: no examples (data.split gives it 0% and no data.{name} file is given); "
+                             f"every run validates and tests: give data.{name} or a share of data.split")
     loaded = task.load_model(recipe.model, splits.labels, recipe.data, recipe.strategy.name == "scratch")
     for note in [*loaded.notes, loaded.head.line()]:
         say(f"model: {note}")
@@ -94,6 +98,10 @@ def setup(recipe: Recipe, say: Callable[[str], None] = quiet) -> Setup:
     # Data is read (images decoded) before the run directory is touched: a bad file leaves nothing behind.
     notes: list[str] = []
     train_loader = task.train_loader(recipe, splits.train, loaded, not cached, notes)
+    if recipe.train.grad_accum > len(train_loader):
+        raise GraftError(f"train.grad_accum = {recipe.train.grad_accum}: an epoch has only {len(train_loader)} "
+                         f"batches of {recipe.train.batch_size}, so each epoch would take one optimiser step; set "
+                         f"grad_accum to at most {len(train_loader)} (or a smaller batch_size)")
     val_loader, test_loader = (task.eval_loader(recipe, getattr(splits, n), loaded, notes, n)
                                for n in ("validation", "test"))
     for note in notes:

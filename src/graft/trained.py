@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from graft.errors import GraftError
-from graft.files import writing
+from graft.files import check_output_file, writing
 from graft.recipe import Recipe
 from graft.rundir import MODEL_DIR, run_recipe
 from graft.tasks import Task, get_task
@@ -37,11 +37,33 @@ def open_run(run_dir: Path) -> TrainedRun:
 
     recipe = run_recipe(run_dir)
     task = get_task(recipe.task)
+    check_model_files(run_dir)
     if is_peft_run(run_dir / MODEL_DIR):
         rebuilt = load_peft_run(run_dir / MODEL_DIR)
         return TrainedRun(recipe, task, rebuilt.attached.model, rebuilt.processor, rebuilt.labels, rebuilt.input)
     trained = task.load_trained(run_dir / MODEL_DIR, recipe.data)
     return TrainedRun(recipe, task, trained.model, trained.processor, trained.labels, trained.input)
+
+
+def check_model_files(run_dir: Path) -> None:
+    """Refuse a run whose final model is missing, has no weights file, or has one that is cut short or damaged,
+    before anything reads or copies it."""
+    from safetensors import safe_open
+
+    folder = run_dir / MODEL_DIR
+    if not folder.is_dir():
+        raise GraftError(f"{run_dir}: no final model (model/ missing); did the run finish?")
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights:
+        raise GraftError(f"{folder}: no weights file (*.safetensors); the final model is incomplete: restore it or "
+                         f"train the run again")
+    for path in weights:
+        try:
+            with safe_open(str(path), framework="pt"):  # its header must cover the file exactly
+                pass
+        except Exception as error:  # safetensors raises its own error types for damaged files
+            reason = " ".join(str(error).split())[:120] or type(error).__name__
+            raise GraftError(f"{path}: damaged ({reason}); restore the file or train the run again") from None
 
 
 def batches(run: TrainedRun, split: Any) -> tuple[Accelerator, nn.Module, DataLoader]:
@@ -72,6 +94,8 @@ def predict_run(run_dir: Path | str, source: str, output: Path | str | None = No
 
     With `output`, rows are written there (CSV/TSV by suffix, else JSON lines), atomically.
     """
+    if output is not None:
+        check_output_file(Path(output))
     run = open_run(Path(run_dir))
     rows, columns = run.task.predict(run, source, lambda split: batches(run, split))
     if output is not None:
@@ -105,8 +129,7 @@ def export_run(run_dir: Path | str, output: Path | str, *, merge: bool = False) 
     run_dir, output = Path(run_dir), Path(output)
     source = run_dir / MODEL_DIR
     recipe = run_recipe(run_dir)  # a run directory, with its recipe
-    if not source.is_dir():
-        raise GraftError(f"{run_dir}: no final model (model/ missing); did the run finish?")
+    check_model_files(run_dir)
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise GraftError(f"--output {output}: already exists and is not empty; choose another folder or remove it")
     with writing(output) as tmp:

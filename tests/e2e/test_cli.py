@@ -277,8 +277,8 @@ def test_existing_run_is_refused_and_left_untouched(cli_run: CliRun, monkeypatch
     before = snapshot(cli_run.run_dir)
     line = user_error(monkeypatch, capsys, "train", str(cli_run.root / "recipe.yaml"),
                       "--set", f"output.dir={cli_run.run_dir}")
-    assert line == (f"error: output.dir {cli_run.run_dir} already holds files; pass --resume to continue that run, "
-                    f"--overwrite to replace it, or choose another output.dir")
+    assert line == (f"error: output.dir {cli_run.run_dir} already holds a run (completed); pass --resume to continue "
+                    f"it, --overwrite to replace it, or choose another output.dir")
     assert snapshot(cli_run.run_dir) == before
     assert sorted(p.name for p in cli_run.run_dir.parent.iterdir()) == ["cli"]
 

@@ -114,6 +114,35 @@ def test_resume_refuses_a_changed_recipe(tiny_bert: Path, data: Path, tmp_path: 
         graft.train(changed, resume=True)
 
 
+@pytest.mark.parametrize("changed", [{"optim": {"lr": 0.1}}, {"optim": {"weight_decay": 0.3}},
+                                     {"optim": {"name": "sgd"}}, {"schedule": {"name": "cosine"}}],
+                         ids=["lr", "weight_decay", "optimizer", "schedule"])
+def test_resume_refuses_what_could_not_take_effect_before_writing(changed: dict, tiny_bert: Path, data: Path,
+                                                                   tmp_path: Path) -> None:
+    """The optimiser's values and the schedule come back from the checkpoint: a resume that names new ones would
+    train with the old while recipe.yaml and run.json claim the new."""
+    recipe = tiny_recipe(tiny_bert, data, tmp_path / "run", checkpoint={"every_steps": 2})
+    with pytest.raises(KeyboardInterrupt):
+        graft.train(recipe, hooks=[StopAt(3)])
+    files = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    section, values = next(iter(changed.items()))
+    key = f"{section}.{next(iter(values))}"
+    with pytest.raises(GraftError, match=rf"--resume: the recipe changed .*{key}: "):
+        graft.train(tiny_recipe(tiny_bert, data, tmp_path / "run", checkpoint={"every_steps": 2}, **changed),
+                    resume=True)
+    assert {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()} == files
+
+
+def test_resume_may_add_epochs(tiny_bert: Path, data: Path, tmp_path: Path) -> None:
+    recipe = tiny_recipe(tiny_bert, data, tmp_path / "run", checkpoint={"every_steps": 2}, train={"epochs": 1})
+    with pytest.raises(KeyboardInterrupt):
+        graft.train(recipe, hooks=[StopAt(3)])
+    longer = tiny_recipe(tiny_bert, data, tmp_path / "run", checkpoint={"every_steps": 2}, train={"epochs": 2})
+    record = graft.train(longer, resume=True)
+    assert record["status"] == "completed" and record["recipe"]["train"]["epochs"] == 2
+    assert max(h["epoch"] for h in record["metrics"]["history"]) == pytest.approx(2.0)
+
+
 def test_resume_without_checkpoint_is_refused(tiny_bert: Path, data: Path, tmp_path: Path) -> None:
     with pytest.raises(GraftError, match="no complete checkpoint to resume from"):
         graft.train(tiny_recipe(tiny_bert, data, tmp_path / "nothing"), resume=True)

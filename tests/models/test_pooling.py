@@ -34,15 +34,15 @@ def test_auto_reads_the_sentence_transformers_config(tiny_bert, tmp_path):
     assert sentence_transformers_pooling(sentence_model(tiny_bert, tmp_path / "cls", "cls")) == "cls"
     assert sentence_transformers_pooling(tiny_bert) is None
     data = DataSpec(train=tmp_path)
-    mean = load_model(ModelSpec(name=str(tmp_path / "st")), "text_classification", ["a", "b"], data)
-    plain = load_model(ModelSpec(name=str(tiny_bert)), "text_classification", ["a", "b"], data)
+    mean = load_model(ModelSpec(name=str(tmp_path / "st"), max_length=32), "text_classification", ["a", "b"], data)
+    plain = load_model(ModelSpec(name=str(tiny_bert), max_length=32), "text_classification", ["a", "b"], data)
     assert "pooling: mean (auto: the model's sentence-transformers pooling config says mean)" in mean.notes
     assert "pooling: pooler (auto: the model's own)" in plain.notes
 
 
 @pytest.mark.parametrize("mode", ["mean", "cls"])
 def test_the_head_reads_the_masked_mean_or_the_first_token(mode, tiny_bert, tmp_path):
-    loaded = load_model(ModelSpec(name=str(tiny_bert), pooling=mode), "text_classification", ["a", "b"],
+    loaded = load_model(ModelSpec(name=str(tiny_bert), pooling=mode, max_length=32), "text_classification", ["a", "b"],
                         DataSpec(train=tmp_path))
     model = loaded.model.eval()
     batch = loaded.processor(["password reset please", "my parcel is late again today"], padding=True,

@@ -74,6 +74,20 @@ def test_a_run_without_history_in_its_record_reads_metrics_jsonl(run_dir: Path, 
     assert write_report(copy).read_text().count("<svg") >= 4
 
 
+def test_a_half_written_last_line_of_metrics_jsonl_is_left_out(run_dir: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("checkpoints", "model"))
+    record = json.loads((copy / "run.json").read_text())
+    record["metrics"]["history"] = []
+    (copy / "run.json").write_text(json.dumps(record))
+    lines = (copy / "metrics.jsonl").read_text().splitlines()
+    (copy / "metrics.jsonl").write_text("\n".join(lines) + "\n" + lines[-1][: len(lines[-1]) // 2])  # killed mid-line
+    assert write_report(copy).read_text().count("<svg") >= 4
+    (copy / "metrics.jsonl").write_text("\n".join([lines[0], "{not json", *lines[1:]]) + "\n")
+    with pytest.raises(graft.GraftError, match=r"metrics.jsonl line 2: not valid JSON"):
+        write_report(copy)
+
+
 def test_report_of_a_folder_that_is_no_run_is_one_line(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["report", str(tmp_path)])
     assert isinstance(result.exception, graft.GraftError) and "no run.json" in str(result.exception)

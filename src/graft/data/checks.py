@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import math
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from graft.errors import GraftError
@@ -53,6 +53,12 @@ def format_rows(rows: Sequence[int]) -> str:
 def plural(n: int, word: str) -> str:
     """`1 text`, `3 texts`."""
     return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def identity_of(part: Labelled) -> Callable[[str], str]:
+    """What makes two entries of `part` the same example: for texts their normalised form, for images the resolved
+    path exactly (two files may differ only in case)."""
+    return str if part.noun == "image" else normalize_text
 
 
 def normalize_text(text: str) -> str:
@@ -182,14 +188,15 @@ def check_leakage(earlier: Labelled, later: Labelled, mode: str) -> tuple[Labell
     """Texts of `later` (validation/test) also in `earlier`: raise, warn, or drop them from `later`, by `mode`."""
     if mode not in LEAKAGE_MODES:
         raise ValueError(f"leakage mode must be one of {LEAKAGE_MODES}, not {mode!r}")
+    same = identity_of(later)
     seen: dict[str, int] = {}
     for text, row in zip(earlier.texts, earlier.rows, strict=True):
-        seen.setdefault(normalize_text(text), row)
-    hits = [i for i, text in enumerate(later.texts) if normalize_text(text) in seen]
+        seen.setdefault(same(text), row)
+    hits = [i for i, text in enumerate(later.texts) if same(text) in seen]
     if not hits:
         return later, []
     first = hits[0]
-    example = f"{later.name} row {later.rows[first]} = {earlier.name} row {seen[normalize_text(later.texts[first])]}"
+    example = f"{later.name} row {later.rows[first]} = {earlier.name} row {seen[same(later.texts[first])]}"
     found = f"{plural(len(hits), later.noun)} also in {earlier.name} (e.g. {example})"
     if mode == "error":
         raise GraftError(f"{later.name}: {found}; remove them or set data.leakage: drop")
@@ -204,16 +211,18 @@ def check_leakage(earlier: Labelled, later: Labelled, mode: str) -> tuple[Labell
 
 def drop_duplicate_texts(part: Labelled) -> tuple[Labelled, list[str]]:
     """Keep the first row of each text, so that splitting one file cannot put a text in two splits."""
+    same = identity_of(part)
     first: dict[str, int] = {}
     repeats: list[int] = []
     for i, text in enumerate(part.texts):
-        if first.setdefault(normalize_text(text), i) != i:
+        if first.setdefault(same(text), i) != i:
             repeats.append(i)
     if not repeats:
         return part, []
-    original = first[normalize_text(part.texts[repeats[0]])]
+    original = first[same(part.texts[repeats[0]])]
     example = f"row {part.rows[repeats[0]]} = row {part.rows[original]}"
     dropped = set(repeats)
     kept = part.select([i for i in range(len(part.texts)) if i not in dropped])
     dropped_rows = plural(len(repeats), "row")
-    return kept, [f"{part.name}: dropped {dropped_rows} repeating an earlier text (e.g. {example}) before splitting it"]
+    return kept, [f"{part.name}: dropped {dropped_rows} repeating an earlier {part.noun} (e.g. {example}) before "
+                  f"splitting it"]

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from graft.data.checks import Labelled, format_rows, plural, require_column, shown, text_values
+from graft.data.checks import Labelled, drop_duplicate_texts, format_rows, plural, require_column, shown, text_values
 from graft.data.splits import (
     SPLITS,
     check_class_sizes,
@@ -122,6 +122,8 @@ def load_image_splits(
     warnings += found
     carve = {key: fraction for key, fraction in zip(SPLITS[1:], split[1:], strict=True) if key not in given}
     if carve:
+        parts["train"], found = drop_duplicate_texts(parts["train"])  # one file in two splits would be leakage
+        warnings += found
         check_class_sizes(parts["train"], carve, split)
         picked = stratified_split(parts["train"].labels, carve, seed)
         parts = {**parts, **{key: parts["train"].select(indices) for key, indices in picked.items()}}
@@ -220,7 +222,8 @@ def _labelled(source: Path, name: str, field: str, image_column: str, label_colu
     if source.is_file() and source.suffix.lower() in SUFFIXES:
         return read_image_list(source, name, image_column, label_column)
     paths, classes = find_images(source, field)
-    return Labelled(name, [str(path) for path in paths], classes, list(range(1, len(paths) + 1)), noun="image")
+    return Labelled(name, [str(path.resolve()) for path in paths], classes, list(range(1, len(paths) + 1)),
+                    noun="image")
 
 
 def read_image_list(path: Path, name: str, image_column: str, label_column: str) -> Labelled:
@@ -233,7 +236,8 @@ def read_image_list(path: Path, name: str, image_column: str, label_column: str)
 def _resolve_listed(table: Path, name: str, listed: list[str], rows: list[int]) -> list[Path]:
     """Paths listed in `table`, relative to its folder; every one must be a file."""
     folder = _absolute(table).parent
-    paths = [folder / Path(p.strip()).expanduser() for p in listed]
+    # Resolved (`..`, symlinks), so that one file listed twice under two spellings counts as one.
+    paths = [(folder / Path(p.strip()).expanduser()).resolve() for p in listed]
     missing = [i for i, p in enumerate(paths) if not p.is_file()]
     if missing:
         where, shown_paths = format_rows([rows[i] for i in missing]), shown([listed[i] for i in missing], 3)
@@ -317,12 +321,18 @@ def _open_rgb(path: Path) -> Image.Image:
         with Image.open(path) as image:
             image.load()  # decode now: a truncated file only fails when its pixels are read
             return _to_rgb(image)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as error:
         reason = " ".join(str(error).split()) or type(error).__name__
         raise _Unreadable(reason) from None
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        # 16-bit (and 32-bit) grey: Pillow's convert clips every value above 255 to white; scale to 8 bits instead.
+        values = np.asarray(image, dtype=np.float64)
+        deep = image.mode.startswith("I;16") or values.max(initial=0) > 255
+        grey = np.clip(np.round(values / 257 if deep else values), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         # Plain convert('RGB') drops alpha and keeps whatever colour hides under transparent pixels.
         rgba = image.convert("RGBA")

@@ -55,12 +55,16 @@ def _read_delimited(path: Path, sep: str) -> datasets.Dataset:
 
 def _header(path: Path, sep: str) -> tuple[list[str], bool]:
     """The column names, and whether any record follows them."""
+    csv.field_size_limit(2**31 - 1)  # a long text is a text (the csv module's default stops at 131,072 characters)
     with path.open(newline="", encoding="utf-8-sig") as file:
         records = csv.reader(file, delimiter=sep)
         header = next(records, None)
         has_rows = any(any(cell.strip() for cell in record) for record in records)
     if not header:
         raise GraftError(f"{path}: the file is empty; give a header line with column names, then one row per example")
+    if sep == "," and len(header) == 1 and "\t" in header[0]:
+        raise GraftError(f"{path}: the header is one column holding tabs ({header[0][:60]!r}): the file is "
+                         f"tab-separated; name it .tsv")
     columns = [name or f"Unnamed: {i}" for i, name in enumerate(header)]  # pandas' name for a blank header cell
     repeated = sorted({name for name in columns if columns.count(name) > 1})
     if repeated:

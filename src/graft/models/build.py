@@ -62,6 +62,7 @@ def _load_hf(spec: ModelSpec, labels: list[str], scratch: bool, auto_class: str,
     from graft.models.hf import load_hf_model, set_labels, source_labels
 
     loaded = load_hf_model(spec.name, auto_class, processor, spec.revision, scratch=scratch)
+    check_positions(spec, loaded.model)
     model = loaded.model
     modules = head_modules(model, "")
     path = find_output_layer(model, spec.head.path, within=modules)
@@ -84,9 +85,21 @@ def load_causal_lm(spec: ModelSpec, scratch: bool) -> LoadedModel:
     from graft.models.hf import load_hf_model
 
     loaded = load_hf_model(spec.name, "AutoModelForCausalLM", "tokenizer", spec.revision, scratch=scratch)
+    check_positions(spec, loaded.model)
     notes = [f"not in the checkpoint, initialised fresh: {', '.join(loaded.missing)}"] if loaded.missing else []
     return LoadedModel(loaded.model, loaded.processor, loaded.source, HeadReport("lm_head", kept=True), [],
                        list(loaded.missing), notes)
+
+
+def check_positions(spec: ModelSpec, model: nn.Module) -> None:
+    """Refuse a model.max_length beyond the positions the model has (it would fail mid-training, on the first long
+    enough batch)."""
+    config = getattr(model, "config", None)
+    positions = next((getattr(config, k) for k in ("max_position_embeddings", "n_positions")
+                      if isinstance(getattr(config, k, None), int)), None)
+    if positions is not None and spec.max_length > positions:
+        raise GraftError(f"model.max_length = {spec.max_length}: this model has {positions} positions; set "
+                         f"max_length to at most {positions}")
 
 
 def _load_plain(spec: ModelSpec, labels: list[str], data: DataSpec, scratch: bool) -> LoadedModel:

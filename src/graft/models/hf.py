@@ -105,22 +105,31 @@ def _local_or_hub(name: str) -> str:
 def load_trained(model_dir: Path, auto_class: str, processor: str) -> tuple[PreTrainedModel, Any]:
     """A Hugging Face model saved by a graft run (`RUN_DIR/model`) and its tokenizer or image processor."""
     _quiet_transformers()
-    model = getattr(transformers, auto_class).from_pretrained(model_dir)
+    refuse_custom_code(str(model_dir), str(model_dir))
+    model = getattr(transformers, auto_class).from_pretrained(model_dir, trust_remote_code=False)
     return model, _processor(str(model_dir), str(model_dir), None, processor)
 
 
 def _from_pretrained(load: Callable[..., Any], name: str, source: str, revision: str | None,
                      kwargs: dict[str, Any]) -> Any:
-    """Local directory, else the local cache, else the hub: never a long wait when offline."""
+    """Local directory, else the local cache, else the hub: never a long wait when offline. Never code from the
+    model's folder (`trust_remote_code=False`, and a folder that asks for it is refused before transformers
+    would prompt)."""
     _quiet_transformers()
-    if Path(source).is_dir():
-        return load(source, **kwargs)
+    kwargs = {**kwargs, "trust_remote_code": False}
     try:
-        return load(source, revision=revision, local_files_only=True, **kwargs)
-    except OSError:
-        pass
-    try:
+        if Path(source).is_dir():
+            refuse_custom_code(name, source)
+            return load(source, **kwargs)
+        try:
+            return load(source, revision=revision, local_files_only=True, **kwargs)
+        except OSError:
+            pass
         return load(source, revision=revision, **kwargs)
+    except ValueError as e:
+        if "trust_remote_code" not in str(e):
+            raise
+        raise GraftError(_custom_code_message(name)) from None
     except OSError as e:
         short = ", ".join(sorted(SHORT_NAMES))
         reason = str(e).splitlines()[0][:160]
@@ -128,6 +137,30 @@ def _from_pretrained(load: Callable[..., Any], name: str, source: str, revision:
             f"model.name '{name}': not a local directory, not in the local cache, and the hub did not provide it "
             f"({reason}); give a local model directory, or a packaged short name ({short})"
         ) from None
+
+
+CODE_FILES = ("config.json", "tokenizer_config.json", "preprocessor_config.json", "processor_config.json")
+
+
+def refuse_custom_code(name: str, folder: str) -> None:
+    """Refuse a model folder whose configuration points at Python code of its own (`auto_map`): graft never runs
+    it."""
+    import json
+
+    for file in CODE_FILES:
+        path = Path(folder) / file
+        try:
+            config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        except (OSError, ValueError):
+            continue  # transformers reports a broken file in its own words
+        if isinstance(config, dict) and config.get("auto_map"):
+            raise GraftError(_custom_code_message(name, f"{file} has auto_map: "
+                                                        f"{', '.join(sorted(config['auto_map']))}"))
+
+
+def _custom_code_message(name: str, why: str = "it asks for trust_remote_code") -> str:
+    return (f"model.name '{name}': the model needs Python code of its own ({why}), and graft never runs code from "
+            f"a model folder; use a model whose architecture transformers ships (or convert it to one)")
 
 
 def _quiet_transformers() -> None:

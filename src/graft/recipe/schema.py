@@ -73,12 +73,20 @@ class ModelSpec(Section):
         return ":" in self.name and not Path(self.name).is_dir()
 
 
+AUTO_CROP = (0.35, 1.0)
+SMALL_IMAGE = 64
+"""Inputs smaller than this (px) get no random crop from `crop_scale: auto`."""
+
+
 class AugmentSpec(Section):
     """Train-time random augmentation of images, each part on or off (validation and test are never augmented).
     Off for the whole run when the frozen-backbone feature cache is used: the cache needs fixed inputs."""
 
-    crop_scale: tuple[Annotated[float, Field(gt=0, le=1)], Annotated[float, Field(gt=0, le=1)]] | None = (0.35, 1.0)
-    """Random resized crop: the crop's share of the (resized) image's area, [min, max]; null: centre crop only."""
+    crop_scale: (tuple[Annotated[float, Field(gt=0, le=1)], Annotated[float, Field(gt=0, le=1)]] | Literal["auto"]
+                 | None) = "auto"
+    """Random resized crop: the crop's share of the (resized) image's area, [min, max]; null: centre crop only;
+    auto: [0.35, 1] for inputs of 64 px and more, none below (a crop of a 32 px image loses its subject: on
+    CIFAR-sized data it cost the ResNet-20 4 to 6 points)."""
     crop_ratio: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] = (0.75, 4 / 3)
     """The crop's aspect ratio range (width / height)."""
     hflip: bool = True
@@ -90,14 +98,20 @@ class AugmentSpec(Section):
 
     @field_validator("crop_scale", "crop_ratio")
     @classmethod
-    def _ordered(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
-        if v is not None and v[0] > v[1]:
+    def _ordered(cls, v: tuple[float, float] | str | None) -> tuple[float, float] | str | None:
+        if isinstance(v, tuple) and v[0] > v[1]:
             raise ValueError("must be [min, max] with min <= max")
         return v
 
     @property
     def enabled(self) -> bool:
         return self.crop_scale is not None or self.hflip or self.rotation > 0 or self.color_jitter > 0
+
+    def crop_for(self, size: tuple[int, ...]) -> tuple[float, float] | None:
+        """The crop scale for inputs of `size` (h, w): `auto` resolved."""
+        if self.crop_scale != "auto":
+            return self.crop_scale  # type: ignore[return-value]
+        return AUTO_CROP if min(size) >= SMALL_IMAGE else None
 
 
 class DataSpec(Section):
@@ -310,7 +324,7 @@ class TrainSpec(Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """auto: bf16 where the hardware computes it natively (CPU AMX or AVX-512 BF16, GPU compute capability >= 8),
     else fp32; bf16 autocast on CPU or GPU; fp16 (with loss scaling) on GPU only. The output layer stays fp32."""
-    seed: int = 0
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0
     log_every: PositiveInt = 10
     """Log the training loss and LR every this many optimiser steps."""
     num_workers: Annotated[int, Field(ge=0)] = 0

@@ -37,6 +37,19 @@ def _read_record(run_dir: Path) -> dict:
 
 
 def _read_history(path: Path) -> list[dict]:
+    """The logged rows; a last line cut short (the process was killed while writing it) is left out, a damaged
+    line elsewhere is named."""
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break
+            raise GraftError(f"{path} line {number}: not valid JSON; was it edited by hand?") from None
+    return rows

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from graft.errors import GraftError
 from graft.evaluation.metrics import LM_ONLY_METRICS, SCALAR_METRICS
 
 if TYPE_CHECKING:
@@ -68,7 +69,17 @@ class Classification:
     def describe(self, splits: Any, loader: DataLoader) -> tuple[str, dict[str, Any], list[str]]:
         """The size line's noun, the record's class counts, and a warning when the classes are skewed."""
         counts = class_counts(self.label_ids(splits.train), splits.labels)
+        if len(counts) < 2:
+            raise GraftError(f"data.train: every example has the label {splits.labels[0]!r}; a classifier needs "
+                             f"examples of two or more classes (check data.label_column)")
         lines = []
+        seen = {splits.labels[i] for i in self.label_ids(splits.validation)}
+        if len(seen) == 1:
+            warning = (f"data.validation: every example is {next(iter(seen))!r}, so validation cannot tell a model "
+                       f"from one that always answers it; give a validation set with more classes (or let graft "
+                       f"carve one: data.split)")
+            splits.warnings.append(warning)
+            lines.append(f"warning: {warning}")
         largest, smallest = max(counts.values()), min(counts.values())
         if smallest * SKEWED <= largest:
             shares = ", ".join(f"{name} {n / sum(counts.values()):.0%}" for name, n in
@@ -136,7 +147,6 @@ def class_counts(ids: list[int], labels: list[str]) -> dict[str, int]:
 
 def class_weights(asked: str | dict[str, float], counts: dict[str, int]) -> tuple[dict[str, float] | None, str]:
     """Per-class loss weights (None: unweighted) and why, from `loss.class_weights`."""
-    from graft.errors import GraftError
 
     if asked == "none":
         return None, "loss.class_weights: none"

@@ -83,7 +83,7 @@ class ImageClassification(Classification):
         if not augment and aug.enabled:
             notes.append("augmentation: off, the feature cache needs fixed inputs (strategy.feature_cache: false to "
                          "augment)")
-        augmenter = Augment(size, aug.crop_scale, aug.crop_ratio, aug.hflip, aug.rotation, aug.color_jitter,
+        augmenter = Augment(size, aug.crop_for(size), aug.crop_ratio, aug.hflip, aug.rotation, aug.color_jitter,
                             t.seed) if augment and aug.enabled else None
         images = _decoded(split, size, recipe.data.bad_images, "train", notes, square_source=augmenter is not None)
         return image.train_loader(images, t.batch_size, t.seed, loaded.input["mean"], loaded.input["std"],

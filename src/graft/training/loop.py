@@ -82,6 +82,9 @@ class LoopState:
     """Real tokens and positions since the last log line (the real-token share goes on from them too)."""
     train_s: float = 0.0
     eval_s: float = 0.0
+    plateau: dict[str, Any] | None = None
+    """ReduceLROnPlateau's state, when that is the schedule: saved as JSON here rather than pickled by accelerate,
+    so loading a checkpoint never runs code."""
 
 
 @dataclass
@@ -202,6 +205,8 @@ def _after_step(accelerator: Accelerator, parts: Parts, train: TrainSpec, evals:
     if save or last or state.stopped:
         state.window_loss, state.window_count, state.window_terms = window.snapshot(accelerator)
         state.window_tokens = (int(window.real_tokens), window.positions)
+        if isinstance(parts.scheduler, ReduceLROnPlateau):
+            state.plateau = parts.scheduler.state_dict()
         path = checkpoint.save_checkpoint(accelerator, ckpt_dir, state.step, asdict(state), ckpt.keep_last)
         _emit(hooks, Event("checkpoint", state, {"path": str(path)}))
 

@@ -119,8 +119,11 @@ class Stored:
         assert mask is not None
         mask = mask.bool().cpu()
         out = self.values.new_zeros((*mask.shape, *self.values.shape[1:]))
-        for row, i in enumerate(index.tolist()):
-            out[row, mask[row]] = self.values[self.offsets[i]:self.offsets[i + 1]]
+        # Each example's tokens, end to end, land on the batch's real positions (row by row, in order).
+        starts = self.offsets[index]
+        lengths = self.offsets[index + 1] - starts
+        within = torch.arange(int(lengths.sum())) - torch.repeat_interleave(lengths.cumsum(0) - lengths, lengths)
+        out[mask] = self.values[torch.repeat_interleave(starts, lengths) + within]
         return out.to(device)
 
 
@@ -205,7 +208,7 @@ class PrefixCache:
                 plain = self.model(**{k: v for k, v in batch.items() if k != INDEX}).logits.float()
                 try:
                     cached = self.model(**batch).logits.float()
-                except Exception as e:  # noqa: BLE001 - any failure of the cut model means: do not cache
+                except Exception as e:  # any failure of the cut model means: do not cache
                     return f"the model's forward fails with the cached modules cut out ({type(e).__name__}: {e})"
         finally:
             self.model.train(was_training)
