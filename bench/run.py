@@ -1,6 +1,6 @@
 """Run the benchmarks and write bench/results/<name>.json and bench/results/RESULTS.md (the README's table).
 
-    .venv/bin/python -m bench.run                 # everything, full size (about 10 minutes on 2 CPU cores)
+    .venv/bin/python -m bench.run                 # everything, full size (about 25 minutes on 2 CPU cores)
     .venv/bin/python -m bench.run --only padding,matmul_limit
 """
 

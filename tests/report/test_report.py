@@ -65,21 +65,22 @@ def test_graft_report_rerenders_from_files_alone_without_torch(run_dir: Path, tm
     assert (copy / "report.html").read_text().count("<svg") >= 4
 
 
-def test_a_run_without_history_in_its_record_reads_metrics_jsonl(run_dir: Path, tmp_path: Path) -> None:
-    copy = tmp_path / "copy"
+def _without_history(run_dir: Path, copy: Path) -> Path:
+    """A copy of the run whose record has no history, so the report reads metrics.jsonl."""
     shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("checkpoints", "model"))
     record = json.loads((copy / "run.json").read_text())
     record["metrics"]["history"] = []
     (copy / "run.json").write_text(json.dumps(record))
+    return copy
+
+
+def test_a_run_without_history_in_its_record_reads_metrics_jsonl(run_dir: Path, tmp_path: Path) -> None:
+    copy = _without_history(run_dir, tmp_path / "copy")
     assert write_report(copy).read_text().count("<svg") >= 4
 
 
 def test_a_half_written_last_line_of_metrics_jsonl_is_left_out(run_dir: Path, tmp_path: Path) -> None:
-    copy = tmp_path / "copy"
-    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("checkpoints", "model"))
-    record = json.loads((copy / "run.json").read_text())
-    record["metrics"]["history"] = []
-    (copy / "run.json").write_text(json.dumps(record))
+    copy = _without_history(run_dir, tmp_path / "copy")
     lines = (copy / "metrics.jsonl").read_text().splitlines()
     (copy / "metrics.jsonl").write_text("\n".join(lines) + "\n" + lines[-1][: len(lines[-1]) // 2])  # killed mid-line
     assert write_report(copy).read_text().count("<svg") >= 4
