@@ -391,7 +391,7 @@ def _cifar_mini(size: Size, tmp: Path) -> tuple[dict[str, str], Path, bool]:
     if real:
         for split in ("train", "test"):
             rows = [(str(p), p.parent.name) for p in sorted((SHARED / "cifar10-mini" / split).glob("*/*.jpg"))]
-            lists[split] = str(_write_rows(tmp / f"{split}.csv", ("image", "label"), rows))
+            lists[split] = str(write_csv(tmp / f"{split}.csv", rows, ("image", "label")))
         return lists, SHARED / "cifar10-resnet20" / "resnet20-12fca82f.th", True
     import numpy as np
     from PIL import Image
@@ -407,16 +407,10 @@ def _cifar_mini(size: Size, tmp: Path) -> tuple[dict[str, str], Path, bool]:
             Image.fromarray(np.clip(np.array(colours[name]) + rng.normal(0, 60, (32, 32, 3)), 0, 255)
                             .astype("uint8")).save(path)
             rows.append((str(path), name))
-        lists[split] = str(_write_rows(tmp / f"{split}.csv", ("image", "label"), rows))
+        lists[split] = str(write_csv(tmp / f"{split}.csv", rows, ("image", "label")))
     checkpoint = tmp / "resnet20.pt"
     torch.save({"state_dict": _resnet20().state_dict()}, checkpoint)
     return lists, checkpoint, False
-
-
-def _write_rows(path: Path, header: tuple[str, str], rows: list[tuple[str, str]]) -> Path:
-    with path.open("w", newline="", encoding="utf-8") as f:
-        csv.writer(f).writerows([header, *rows])
-    return path
 
 
 def _resnet20() -> torch.nn.Module:

@@ -65,12 +65,12 @@ def rt_polarity(n_train: int, n_test: int, seed: int = 0) -> tuple[list[tuple[st
     return rows[:n_train], rows[n_train:n_train + n_test]
 
 
-def write_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
+def write_csv(path: Path, rows: list[tuple[str, str]], header: tuple[str, str] = ("text", "label")) -> Path:
     import csv
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as f:
-        csv.writer(f).writerows([("text", "label"), *rows])
+        csv.writer(f).writerows([header, *rows])
     return path
 
 

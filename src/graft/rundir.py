@@ -41,15 +41,16 @@ def check_run_dir(recipe: Recipe, resume: bool, overwrite: bool) -> None:
     run_dir = recipe.output.dir
     if run_dir.exists() and not run_dir.is_dir():
         raise GraftError(f"output.dir {run_dir} is a file, not a folder; choose a folder for the run")
-    if occupied(run_dir) and not is_run_dir(run_dir):
+    taken, record = occupied(run_dir), read_record(run_dir)
+    if taken and "status" not in record:
         raise GraftError(f"output.dir {run_dir} holds files and is not a graft run (no {RECORD_FILE}); graft never "
                          f"deletes them, --overwrite or not: choose an empty or new folder")
     if resume:
         if not list_checkpoints(run_dir / CKPT_DIR):
             raise GraftError(f"--resume: {run_dir} has no complete checkpoint to resume from; start without --resume")
         _check_resumable(recipe, run_recipe(run_dir))
-    elif occupied(run_dir) and not overwrite:
-        raise GraftError(f"output.dir {run_dir} already holds a run ({status(run_dir)}); pass --resume to continue "
+    elif taken and not overwrite:
+        raise GraftError(f"output.dir {run_dir} already holds a run ({record['status']}); pass --resume to continue "
                          f"it, --overwrite to replace it, or choose another output.dir")
     replaced = run_dir.with_name(f"{run_dir.name}.replaced")
     if overwrite and occupied(replaced) and not is_run_dir(replaced):

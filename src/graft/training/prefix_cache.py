@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from graft.models.groups import Group
 from graft.strategy.plan import Plan
+from graft.training.feature_cache import in_order
 
 INDEX = "graft_index"
 """The batch key holding each example's index in its split: batches that carry it are served from the cache."""
@@ -173,8 +174,7 @@ class PrefixCache:
         self.model.eval()
         values, lengths = [], []
         try:
-            for batch in DataLoader(loader.dataset, batch_size=loader.batch_size, collate_fn=loader.collate_fn,
-                                    generator=torch.Generator().manual_seed(0)):
+            for batch in in_order(loader):
                 inputs = {k: v.to(device) for k, v in batch.items() if k not in ("labels", INDEX)}
                 try:
                     with self.autocast():
