@@ -94,8 +94,8 @@ def test_unsupported_suffix(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "content"), [("bad.json", "garbage{{{"), ("bad.csv", 'text,label\n"open quote,a\n'), ("bad.parquet", "no")]
-)
+    ("name", "content"), [("bad.csv", 'text,label\n"open quote,a\n'), ("bad.parquet", "no")]
+)  # a broken JSON file is named by its line: tests/data/test_bad_inputs.py
 def test_unparsable_file(tmp_path: Path, name: str, content: str) -> None:
     path = tmp_path / name
     path.write_text(content, encoding="utf-8")

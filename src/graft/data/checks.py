@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from decimal import Decimal
 
 from graft.errors import GraftError
 
 LEAKAGE_MODES = ("error", "warn", "drop")
 MODEL_LABELS = "the model's labels"
+NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 
 
 @dataclass(frozen=True)
@@ -86,12 +89,39 @@ def text_values(values: Sequence[object], name: str, column: str) -> list[str]:
 
 
 def label_values(values: Sequence[object], name: str, column: str) -> list[str]:
-    """The column as label strings (`1.0` read from JSON becomes `1`); raise on rows without a label."""
+    """The column as label strings (`1.0` read from JSON becomes `1`); raise on rows without a label, and on one
+    number written several ways (`1`, `01`, `1.0`), which would otherwise be several classes."""
     labels = [_label_string(value) for value in values]
     missing = [i + 1 for i, label in enumerate(labels) if not label.strip()]
     if missing:
         raise GraftError(f"{name}: no label in column {column!r}, {format_rows(missing)}; fill or remove those rows")
+    _refuse_number_spellings(labels, name, column)
     return labels
+
+
+def _refuse_number_spellings(labels: list[str], name: str, column: str) -> None:
+    # Spellings compare stripped: `1` beside ` 1` is a whitespace variant, which unify_labels reports or merges.
+    first_row: dict[str, int] = {}
+    for row, label in enumerate(labels, start=1):
+        first_row.setdefault(label, row)
+    counts: Counter[str] = Counter(labels)
+    spellings: defaultdict[Decimal, dict[str, int]] = defaultdict(dict)  # number → spelling → first row
+    totals: Counter[str] = Counter()
+    for label, row in first_row.items():
+        spelt = label.strip()
+        if NUMBER.fullmatch(spelt):
+            spellings[Decimal(spelt)].setdefault(spelt, row)
+            totals[spelt] += counts[label]
+    clashes = [group for group in spellings.values() if len(group) > 1]
+    if not clashes:
+        return
+    group = clashes[0]
+    listed = ", ".join(f"{spelt!r} (row {row})" for spelt, row in group.items())
+    more = f" ({plural(len(clashes) - 1, 'other number')} too)" if len(clashes) > 1 else ""
+    usual = max(group, key=totals.__getitem__)
+    raise GraftError(f"{name}: labels {listed} in column {column!r} are one number written {len(group)} ways, "
+                     f"which would make {len(group)} classes{more}; write each label one way, e.g. {usual!r} in every "
+                     f"row")
 
 
 def _label_string(value: object) -> str:

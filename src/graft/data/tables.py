@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import json
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -73,7 +74,44 @@ def _header(path: Path, sep: str) -> tuple[list[str], bool]:
 
 
 def _read_json(path: Path) -> datasets.Dataset:
-    return datasets.Dataset.from_json(str(path))  # a JSON array or JSON lines, whatever the suffix says
+    try:
+        return datasets.Dataset.from_json(str(path))  # a JSON array or JSON lines, whatever the suffix says
+    except Exception as error:
+        # pyarrow names a row counted from 0 inside a block of the file; Python's json module finds the line
+        problem = _json_problem(path)
+        if problem is None:
+            raise
+        raise GraftError(f"{path}: {problem}") from error
+
+
+def _json_problem(path: Path) -> str | None:
+    """Where the file stops being a JSON array of records or JSON lines, with the fix; None if Python reads it."""
+    text = path.read_text(encoding="utf-8-sig", errors="replace")
+    if text.lstrip().startswith("["):
+        try:
+            json.loads(text)
+        except json.JSONDecodeError as error:
+            return f"not valid JSON at line {error.lineno}, column {error.colno} ({error.msg}); fix the file there"
+        return None
+    row = 0
+    for number, line in enumerate(text.split("\n"), start=1):  # not splitlines: a JSON string may hold U+2028
+        if not line.strip():
+            continue
+        row += 1
+        where = f"line {number}" if number == row else f"line {number} (row {row})"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            return f"{where} is not valid JSON ({error.msg} at column {error.colno}); fix that line"
+        if not isinstance(record, dict):
+            return (f"{where} holds {_json_kind(record)}, not an object; write one object of column: value pairs "
+                    f"per line")
+    return None
+
+
+def _json_kind(value: object) -> str:
+    kinds = {list: "a list", str: "a string", bool: "true or false", int: "a number", float: "a number"}
+    return "null" if value is None else kinds.get(type(value), type(value).__name__)
 
 
 def _read_parquet(path: Path) -> datasets.Dataset:
@@ -130,8 +168,8 @@ def read_labelled(path: Path, name: str, text_column: str, label_column: str,
     require_column(table.column_names, label_column, name, "data.label_column")
     if len(table) == 0:
         raise GraftError(f"{name}: no data rows; add examples below the header")
-    texts = text_values(_values(table, text_column), name, text_column)
-    labels = label_values(_class_names(table, label_column), name, label_column)
+    texts = text_values(scalar_values(table, text_column, name, text_field), name, text_column)
+    labels = label_values(_class_names(table, label_column, name), name, label_column)
     return Labelled(name=name, texts=texts, labels=labels, rows=list(range(1, len(table) + 1)))
 
 
@@ -139,12 +177,53 @@ def _values(table: datasets.Dataset, column: str) -> list[object]:
     return table.select_columns([column]).to_dict()[column]  # one Arrow conversion, not a Python call per row
 
 
-def _class_names(table: datasets.Dataset, column: str) -> list[object]:
+def _class_names(table: datasets.Dataset, column: str, name: str) -> list[object]:
     feature = table.features[column]
-    values = _values(table, column)
+    values = scalar_values(table, column, name, "data.label_column")
     if isinstance(feature, datasets.ClassLabel):  # a saved HF dataset stores ids; its class names are the labels
         return [None if value is None or value < 0 else feature.int2str(value) for value in values]
     return values
+
+
+SCALAR_FIXES = {
+    "data.label_column": "give each row one label, a string or a number",
+    "data.image_column": "list one image file path per row (relative to the table's folder), or give a folder of "
+                         "images per class",
+}
+
+
+def scalar_values(table: datasets.Dataset, column: str, name: str, field: str) -> list[object]:
+    """The column's values; raise when it holds lists, structs, images or bytes rather than one string or number
+    per row, since a text or label made from one would be its printed form, such as "['a', 'b']"."""
+    values = _values(table, column)
+    found = _non_scalar(table.features[column], values)
+    if found is None:
+        return values
+    kind, row = found
+    if row is None:
+        what = f"{kind}, not strings"
+    else:
+        example = repr(values[row])
+        what = f"{kind} (row {row + 1}: {example if len(example) <= 60 else example[:60] + '…'})"
+    fix = SCALAR_FIXES.get(field, f"set {field} to a column with one string per row, or write this one as strings")
+    if kind == "lists" and field == "data.label_column":
+        fix += " (multi-label classification is not supported yet)"
+    raise GraftError(f"{name}: column {column!r} ({field}) holds {what}; {fix}")
+
+
+def _non_scalar(feature: object, values: list[object]) -> tuple[str, int | None] | None:
+    """What a column holds and the position of an example to show, when that is not one string or number per row."""
+    if isinstance(feature, datasets.Json):  # JSON mixing types in a column: look at the values themselves
+        nested = next((i for i, value in enumerate(values) if isinstance(value, list | dict)), None)
+        return None if nested is None else ("lists" if isinstance(values[nested], list) else "structs", nested)
+    if isinstance(feature, datasets.List | datasets.LargeList | dict):
+        first = next((i for i, value in enumerate(values) if value is not None), 0)
+        return "lists" if isinstance(feature, datasets.List | datasets.LargeList) else "structs", first
+    if isinstance(feature, datasets.Value) and feature.dtype in ("binary", "large_binary"):
+        return "bytes", None
+    if isinstance(feature, datasets.Value | datasets.ClassLabel):
+        return None
+    return f"datasets.{type(feature).__name__} values", None  # Image, Audio, Array2D, Translation…
 
 
 def read_unlabelled_texts(source: str, *, text_column: str) -> list[str]:
@@ -157,7 +236,7 @@ def read_unlabelled_texts(source: str, *, text_column: str) -> list[str]:
     else:
         name, table = Path(source).name, read_table(Path(source))
         require_column(table.column_names, text_column, name, "data.text_column")
-        texts = text_values(_values(table, text_column), name, text_column)
+        texts = text_values(scalar_values(table, text_column, name, "data.text_column"), name, text_column)
     if not texts:
         raise GraftError(f"{name}: no texts to predict on; give one text per line, or rows under a header")
     return texts
