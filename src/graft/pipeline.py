@@ -165,6 +165,7 @@ def prepare_run(accelerator: Accelerator, run: Setup, say: Callable[[str], None]
     """Model, optimiser and loaders through `accelerator.prepare`. With the feature cache, what trains is the head
     on cached backbone outputs; the whole model is still what is tested and saved."""
     from graft.strategy.plan import apply_plan
+    from graft.training import checkpoint
     from graft.training.feature_cache import head_train_mode
     from graft.training.loop import Parts
     from graft.training.optim import FALLBACK_LR, build_optimizer, param_groups
@@ -199,8 +200,10 @@ def prepare_run(accelerator: Accelerator, run: Setup, say: Callable[[str], None]
     else:
         apply_plan(run.root, run.plan, epoch=0)
         begin_epoch = head_train_mode(trained)
+    left_out = checkpoint.leave_out_untrained(accelerator, optimizer)  # checkpoints hold what trains, not the base
     parts = Parts(trained, optimizer, None, train_loader, val_loader, run.splits.labels, begin_epoch,
-                  run.task.evaluate, run.task_loss, run.loss_terms, run.evaluations, None if head is None else model)
+                  run.task.evaluate, run.task_loss, run.loss_terms, run.evaluations, None if head is None else model,
+                  left_out)
     probe = None
     if head is not None and recipe.strategy.probe == "exact" and not run.loss_terms:
         from graft.training.probe import probe_layer

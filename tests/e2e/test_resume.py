@@ -160,3 +160,42 @@ def test_half_written_checkpoint_is_ignored(tiny_bert: Path, data: Path, tmp_pat
     whole = graft.train(tiny_recipe(tiny_bert, data, tmp_path / "whole", checkpoint={"every_steps": 2}))
     assert whole["status"] == "completed"
     assert_identical(weights(tmp_path / "whole"), weights(tmp_path / "run"))
+
+
+def test_lora_checkpoints_hold_what_trains_and_resume_exactly(tiny_bert: Path, data: Path, tmp_path: Path) -> None:
+    """A LoRA checkpoint carries the adapter, the head and their optimiser state, not the frozen base; the resumed
+    run rebuilds the base and ends bit-identical to an uninterrupted one."""
+    sections = {"strategy": {"name": "lora"}, "checkpoint": {"every_steps": 3}, "train": {"epochs": 2, "batch_size": 8}}
+    whole = graft.train(tiny_recipe(tiny_bert, data, tmp_path / "whole", **sections))
+    broken = tiny_recipe(tiny_bert, data, tmp_path / "broken", **sections)
+    with pytest.raises(KeyboardInterrupt):
+        graft.train(broken, hooks=[StopAt(11)])  # after the first epoch's evaluation (step 9)
+    saved = tmp_path / "broken" / "checkpoints" / "step-00000009"
+    kept = set(load_file(saved / "model.safetensors"))
+    base = set(load_file(tiny_bert / "model.safetensors"))
+    left_out = json.loads((saved / "left_out.json").read_text())[0]["names"]
+    assert kept and all("lora_" in k or "classifier" in k or "modules_to_save" in k for k in kept), sorted(kept)[:5]
+    assert len(left_out) >= len(base)  # every base tensor (and the head's frozen original) stays out
+    best = tmp_path / "broken" / "checkpoints" / "best"
+    assert set(load_file(best / "model.safetensors")) == {k.removeprefix("module.") for k in kept}
+
+    resumed = graft.train(broken, resume=True)
+    for name in ("adapter_model.safetensors", "graft_peft.safetensors"):
+        assert_identical(weights(tmp_path / "whole", f"model/{name}"), weights(tmp_path / "broken", f"model/{name}"))
+    assert resumed["metrics"]["test"] == whole["metrics"]["test"]
+
+
+def test_resume_refuses_a_base_model_that_changed(tiny_bert: Path, data: Path, tmp_path: Path) -> None:
+    """The base a checkpoint left out is rebuilt from model.name: changed files there are refused, not trained on."""
+    import shutil
+
+    from tests.conftest import build_tiny_bert
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_bert, base)
+    recipe = tiny_recipe(base, data, tmp_path / "run", strategy={"name": "lora"}, checkpoint={"every_steps": 3})
+    with pytest.raises(KeyboardInterrupt):
+        graft.train(recipe, hooks=[StopAt(4)])
+    build_tiny_bert(base, seed=1)  # same shapes, other values
+    with pytest.raises(GraftError, match=r"left out \(never trained, \d+ tensors\) differ from the model's now"):
+        graft.train(recipe, resume=True)

@@ -120,6 +120,8 @@ class Parts:
     evaluations: list[Evaluation] = field(default_factory=list)
     whole_model: nn.Module | None = None
     """What extra evaluations run on when `model` is not the whole model (a cached head); None: `model`."""
+    left_out: checkpoint.LeftOut | None = None
+    """The weights not trained yet, which the best model's checkpoint leaves out (None: it saves them all)."""
 
     def train_mode(self, epoch: int) -> None:
         if self.begin_epoch is None:
@@ -226,7 +228,8 @@ def _evaluate_and_keep_best(accelerator: Accelerator, parts: Parts, evals: EvalS
     )
     if improved:
         state.best, state.best_step, state.bad_evals = value, state.step, 0
-        checkpoint.save_best(accelerator, parts.model, ckpt_dir, {"step": state.step, evals.metric: value})
+        checkpoint.save_best(accelerator, parts.model, ckpt_dir, {"step": state.step, evals.metric: value},
+                             parts.left_out)
     else:
         state.bad_evals += 1
         if evals.patience and state.bad_evals >= evals.patience:
