@@ -14,6 +14,24 @@ from graft.errors import GraftError
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Fine-tune pretrained networks on your own data, with transfer learning done right.")
 
+
+
+def _version(shown: bool) -> None:
+    if shown:
+        from importlib.metadata import version
+
+        print(f"graft {version('graft')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[bool, typer.Option("--version", help="Print graft's version and exit.", is_eager=True,
+                                          callback=_version)] = False,
+) -> None:
+    """Fine-tune pretrained networks on your own data, with transfer learning done right."""
+
+
 SetOption = Annotated[list[str] | None, typer.Option(
     "--set", help="Override a recipe field, e.g. --set optim.lr=1e-4 (repeatable).", metavar="KEY.PATH=VALUE")]
 
@@ -40,9 +58,29 @@ def train(
         record = run(recipe, overrides=set_ or [], resume=resume, overwrite=overwrite)
     except KeyboardInterrupt:
         # Caught here: the CLI framework would turn Ctrl-C into a silent exit.
-        print(f"interrupted; continue from the last checkpoint with `graft train {recipe} --resume`", file=sys.stderr)
+        print(f"interrupted; {_resume_hint(recipe, set_ or [])}", file=sys.stderr)
         raise typer.Exit(130) from None
     _print_summary(record)
+
+
+def _resume_hint(recipe: Path, overrides: list[str]) -> str:
+    """How to go on after an interrupted run: the same command with --resume (and the same --set flags, which
+    made the run what it is), or --overwrite when no checkpoint was saved yet."""
+    import shlex
+
+    from graft.recipe import load_recipe
+    from graft.rundir import CKPT_DIR
+    from graft.training.checkpoint import list_checkpoints
+
+    flags = "".join(f" --set {shlex.quote(o)}" for o in overrides)
+    command = f"graft train {shlex.quote(str(recipe))}{flags}"
+    try:
+        run_dir = load_recipe(recipe, overrides).output.dir
+    except GraftError:
+        return f"continue from the last checkpoint with `{command} --resume`"
+    if list_checkpoints(run_dir / CKPT_DIR):
+        return f"continue from the last checkpoint with `{command} --resume`"
+    return f"no checkpoint was saved yet; start again with `{command} --overwrite`"
 
 
 @app.command("eval")
@@ -229,9 +267,23 @@ def _print_metrics(m: dict, title: str = "test") -> None:
 
 def main() -> None:
     """Entry point: user errors are one line on stderr and exit code 2."""
+    quiet_libraries()
     try:
         app()
     except GraftError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 
+
+
+def quiet_libraries() -> None:
+    """Keep the libraries' deprecation notices and progress bars (for files they write or read in a blink) out of
+    the user's terminal: graft says what matters itself. Python's -W flags and PYTHONWARNINGS still win."""
+    import os
+    import warnings
+
+    if not sys.warnoptions:
+        for category in (FutureWarning, DeprecationWarning, PendingDeprecationWarning):
+            warnings.filterwarnings("ignore", category=category, module=r"(?!graft(\.|$))")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")

@@ -29,7 +29,8 @@ CKPT_DIR = "checkpoints"
 # checkpoint; data, model and strategy define what is trained) is refused, so no record claims a value never used.
 RESUME_ALLOWED = ("train.epochs", "train.max_steps", "train.log_every", "train.eval_batch_size", "train.num_workers",
                   "eval.every_steps", "eval.patience", "eval.min_delta", "checkpoint.every_steps",
-                  "checkpoint.keep_last", "output.tensorboard")
+                  "checkpoint.keep_last", "output.tensorboard", "output.trackers",
+                  "output.progress_every_s")
 
 
 def check_run_dir(recipe: Recipe, resume: bool, overwrite: bool) -> None:
@@ -45,13 +46,20 @@ def check_run_dir(recipe: Recipe, resume: bool, overwrite: bool) -> None:
     if taken and "status" not in record:
         raise GraftError(f"output.dir {run_dir} holds files and is not a graft run (no {RECORD_FILE}); graft never "
                          f"deletes them, --overwrite or not: choose an empty or new folder")
+    saved = bool(list_checkpoints(run_dir / CKPT_DIR))
     if resume:
-        if not list_checkpoints(run_dir / CKPT_DIR):
-            raise GraftError(f"--resume: {run_dir} has no complete checkpoint to resume from; start without --resume")
+        if not saved:
+            start = "start it again with --overwrite" if taken else "start it without --resume"
+            raise GraftError(f"--resume: {run_dir} has no complete checkpoint to resume from (the run stopped before "
+                             f"its first one); {start}")
         _check_resumable(recipe, run_recipe(run_dir))
     elif taken and not overwrite:
-        raise GraftError(f"output.dir {run_dir} already holds a run ({record['status']}); pass --resume to continue "
-                         f"it, --overwrite to replace it, or choose another output.dir")
+        # A run stopped before its first checkpoint has nothing to resume: --resume would only send the user back.
+        choices = ("pass --resume to continue it, --overwrite to replace it" if saved else
+                   "it stopped before its first checkpoint, so there is nothing to resume: pass --overwrite to start "
+                   "it again")
+        raise GraftError(f"output.dir {run_dir} already holds a run ({record['status']}); {choices}, or choose another "
+                         f"output.dir")
     replaced = run_dir.with_name(f"{run_dir.name}.replaced")
     if overwrite and occupied(replaced) and not is_run_dir(replaced):
         raise GraftError(f"--overwrite: the old run would move to {replaced}, which holds files that are not a graft "

@@ -85,6 +85,34 @@ def test_train_writes_the_run_and_prints_its_summary(cli_run: CliRun) -> None:
     assert cli_run.train.stdout.startswith("run: runs/cli\n")
     assert printed_accuracy(cli_run.train.stdout) == f"{test['accuracy']:.4f} n={test['n']}"
     assert "Traceback" not in cli_run.train.stderr
+    assert "Warning:" not in cli_run.train.stderr and "Writing model shards" not in cli_run.train.stderr
+
+
+def test_version_is_the_installed_one(tmp_path: Path) -> None:
+    from importlib.metadata import version
+
+    done = graft_cli("--version", cwd=tmp_path)
+    assert (done.returncode, done.stdout) == (0, f"graft {version('graft')}\n")
+
+
+def test_library_deprecation_notices_stay_out_of_the_terminal_but_graft_s_own_and_w_flags_do_not(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import warnings
+
+    from graft.cli import quiet_libraries
+
+    def shown(module: str, warnoptions: list[str]) -> list[str]:
+        monkeypatch.setattr(sys, "warnoptions", warnoptions)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            quiet_libraries()
+            warnings.warn_explicit("old API", FutureWarning, "x.py", 1, module=module)
+        return [str(w.message) for w in caught]
+
+    assert shown("transformers.modeling_utils", []) == []
+    assert shown("peft.tuners", []) == []
+    assert shown("graft.training.loop", []) == ["old API"]
+    assert shown("transformers.modeling_utils", ["default"]) == ["old API"]  # python -W default: the user asked
 
 
 def test_eval_prints_the_run_test_accuracy(cli_run: CliRun) -> None:
@@ -308,6 +336,26 @@ def test_ctrl_c_says_how_to_resume(monkeypatch: pytest.MonkeyPatch, capsys: pyte
     monkeypatch.setattr(graft.pipeline, "train", interrupted)
     line = user_error(monkeypatch, capsys, "train", str(tmp_path / "recipe.yaml"), code=130)
     assert "--resume" in line
+
+
+def test_ctrl_c_hint_repeats_the_set_flags_and_knows_when_nothing_was_saved(
+        tiny_bert: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The resume command the user is told to run is the one that resumes this run: with its --set flags; and a
+    run stopped before its first checkpoint is told to start again, not to resume."""
+    def interrupted(*args: object, **kwargs: object) -> dict:
+        raise KeyboardInterrupt
+
+    write_csv(tmp_path / "train.csv", make_texts(30, seed=1))
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(tiny_recipe(tiny_bert, Path("train.csv"), tmp_path / "run")))
+    monkeypatch.setattr(graft.pipeline, "train", interrupted)
+    flags = ["--set", "train.epochs=2", "--set", "data.text_column=text"]
+    line = user_error(monkeypatch, capsys, "train", str(tmp_path / "recipe.yaml"), *flags, code=130)
+    assert line == (f"interrupted; no checkpoint was saved yet; start again with `graft train {tmp_path}/recipe.yaml "
+                    f"--set train.epochs=2 --set data.text_column=text --overwrite`")
+    (tmp_path / "run" / "checkpoints" / "step-00000003").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "step-00000003" / "loop_state.json").write_text("{}")
+    line = user_error(monkeypatch, capsys, "train", str(tmp_path / "recipe.yaml"), *flags, code=130)
+    assert line.endswith("--set train.epochs=2 --set data.text_column=text --resume`"), line
 
 
 def test_replacement_that_fails_in_training_never_loses_the_completed_run(

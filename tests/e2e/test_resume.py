@@ -148,6 +148,21 @@ def test_resume_without_checkpoint_is_refused(tiny_bert: Path, data: Path, tmp_p
         graft.train(tiny_recipe(tiny_bert, data, tmp_path / "nothing"), resume=True)
 
 
+def test_run_stopped_before_its_first_checkpoint_is_sent_to_overwrite(tiny_bert: Path, data: Path,
+                                                                       tmp_path: Path) -> None:
+    """Neither a plain train nor --resume sends the user to the other when there is nothing to resume."""
+    recipe = tiny_recipe(tiny_bert, data, tmp_path / "run", checkpoint={"every_steps": 5})
+    with pytest.raises(KeyboardInterrupt):
+        graft.train(recipe, hooks=[StopAt(2)])
+    with pytest.raises(GraftError, match="stopped before its first checkpoint, so there is nothing to resume: pass "
+                                         "--overwrite") as plain:
+        graft.train(recipe)
+    with pytest.raises(GraftError, match=r"stopped before its first one\); start it again with --overwrite"):
+        graft.train(recipe, resume=True)
+    assert "--resume" not in str(plain.value).replace("nothing to resume", "")
+    assert graft.train(recipe, overwrite=True)["status"] == "completed"
+
+
 def test_half_written_checkpoint_is_ignored(tiny_bert: Path, data: Path, tmp_path: Path) -> None:
     """A crash while saving leaves only a hidden .tmp folder: resume uses the last complete checkpoint."""
     recipe = tiny_recipe(tiny_bert, data, tmp_path / "run", checkpoint={"every_steps": 2})
