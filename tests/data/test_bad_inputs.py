@@ -13,7 +13,7 @@ from PIL import Image
 
 from graft.data import read_table, read_unlabelled_texts
 from graft.data.checks import label_values
-from graft.data.images import read_image_list
+from graft.data.images import read_image_list, unlabelled_images
 from graft.data.tables import read_labelled
 from tests.conftest import error_of
 
@@ -88,6 +88,9 @@ def test_image_column_holding_images_is_refused(tmp_path: Path) -> None:
     message = error_of(read_image_list, path, "train.parquet", "image", "label")
     assert message.startswith("train.parquet: column 'image' (data.image_column) holds datasets.Image values, not "
                               "strings; list one image file path per row"), message
+    # the images to predict on, read from the same kind of table
+    message = error_of(unlabelled_images, str(path), "image")
+    assert "holds datasets.Image values, not strings" in message, message
 
 
 def test_scalar_columns_still_read(tmp_path: Path) -> None:

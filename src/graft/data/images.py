@@ -28,7 +28,7 @@ from graft.data.splits import (
     split_sources,
     stratified_split,
 )
-from graft.data.tables import SUFFIXES, read_labelled, read_table
+from graft.data.tables import SUFFIXES, read_labelled, read_table, scalar_values
 from graft.errors import GraftError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
@@ -176,7 +176,8 @@ def unlabelled_images(source: str, image_column: str = "image") -> list[Path]:
     if path.is_file() and path.suffix.lower() in SUFFIXES:
         table = read_table(path)
         require_column(table.column_names, image_column, path.name, "data.image_column")
-        listed = text_values(table.select_columns([image_column]).to_dict()[image_column], path.name, image_column)
+        listed = text_values(scalar_values(table, image_column, path.name, "data.image_column"), path.name,
+                             image_column)
         return _resolve_listed(path, path.name, listed, list(range(1, len(listed) + 1)))
     if _is_image(path):
         return [path]
