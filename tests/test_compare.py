@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 import graft
 from graft.cli import app
-from graft.compare import judge
+from graft.compare import format_table, judge
 from tests.conftest import IMAGE_MEAN, IMAGE_STD, PLAIN_NETS
 
 HUES = {"red": (200, 60, 60), "green": (60, 200, 60), "blue": (60, 60, 200)}  # every channel sum is 320
@@ -164,3 +164,29 @@ def test_judge_names_a_winner_a_tie_and_negative_transfer():
     noisy = judge([_row("full", "full", 0.90, std=0.05, runs=3), _row("scratch", "scratch", 0.84, std=0.05, runs=3)],
                   "accuracy")
     assert noisy["transfer_helped"] is None and noisy["negative_transfer"] == []
+
+
+def test_cost_counts_the_feature_cache_pass(target, tmp_path):
+    """A head-only run caches the frozen backbone's outputs before it trains (timings.feature_cache_s, outside
+    train_s): its cost in the comparison is both, or the cheapest-looking strategy is not the cheapest."""
+    seconds = {"head_only": (2.0, 5.0), "full": (6.0, 0.0)}  # (train_s, feature_cache_s)
+
+    def fake_train(run_recipe, overwrite):
+        tree = run_recipe.dump()
+        train_s, cache_s = seconds[tree["strategy"]["name"]]
+        return {"recipe": tree, "optim": {"lr": 1e-3}, "params": {"trainable": 10, "total": 100},
+                "peak_memory_mb": 50.0, "metrics": {"test": {"accuracy": 0.9, "f1_macro": 0.9, "n": 50},
+                                                    "history": [{"split": "validation", "epoch": 1, "step": 9,
+                                                                 "loss": 0.4, "accuracy": 0.9}]},
+                "timings": {"train_s": train_s, "train_s_per_epoch": train_s, "feature_cache_s": cache_s}}
+
+    result = graft.compare(recipe(target, tmp_path / "cmp", None, train={"epochs": 1}), ["head_only", "full"],
+                           train=fake_train)
+    rows = {r["label"]: r for r in result["strategies"]}
+    assert rows["head_only"]["cost_s"] == pytest.approx(7.0) and rows["full"]["cost_s"] == pytest.approx(6.0)
+    assert rows["head_only"]["train_s"] == pytest.approx(2.0)  # training alone is still there, under its name
+    table = format_table(result).splitlines()
+    assert "cost s" in table[0] and "feature-cache pass" in "\n".join(table)
+    assert " 7.0 " in next(line for line in table if line.startswith("head_only"))
+    page = (tmp_path / "cmp" / "compare.html").read_text()
+    assert "cost: training + feature cache" in page and "7.0 s <small>(5.0 s cache)</small>" in page

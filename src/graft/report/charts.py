@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import html
 import io
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 PALETTE = ["#2563eb", "#dc2626", "#059669", "#d97706", "#7c3aed", "#0891b2", "#db2777", "#4b5563"]
+MIN_FONT = 6.0
+"""Points: no text in a chart is drawn smaller; what cannot fit at this size is left out and the caption says so."""
+LABEL_CHARS = 18
+"""Class names longer than this are shortened in a confusion matrix (the middle gives way), full in a tooltip."""
 
 
 def _figure(width: float = 6.4, height: float = 3.2) -> tuple[Any, Any]:
@@ -33,11 +40,12 @@ def _svg(fig: Any) -> str:
 
 def line_chart(series: dict[str, tuple[Sequence[float], Sequence[float]]], *, xlabel: str, ylabel: str,
                marks: dict[str, tuple[float, float]] | None = None, log_y: bool = False, log_x: bool = False) -> str:
-    """One line per series {name: (x, y)}; `marks` {label: (x, y)} are drawn as labelled points."""
+    """One line per series {name: (x, y)}; `marks` {label: (x, y)} are drawn as labelled points. A series of one
+    point (a run with one evaluation) is a dot big enough to see, on axes that give it a range (`flat_limits`)."""
     fig, ax = _figure()
     for i, (name, (x, y)) in enumerate(series.items()):
         ax.plot(x, y, label=name, color=PALETTE[i % len(PALETTE)], marker="o" if len(x) < 30 else None,
-                markersize=3, linewidth=1.5)
+                markersize=7 if len(x) == 1 else 3, linewidth=1.5)
     for label, (x, y) in (marks or {}).items():
         ax.plot([x], [y], marker="*", markersize=13, color="#111827", linestyle="none", label=label)
     ax.set_xlabel(xlabel)
@@ -50,28 +58,114 @@ def line_chart(series: dict[str, tuple[Sequence[float], Sequence[float]]], *, xl
         ax.set_yscale("log")
     if log_x:
         ax.set_xscale("log")
+    points = [*series.values(), *(([x], [y]) for x, y in (marks or {}).values())]
+    xs, ys = [float(v) for x, _ in points for v in x], [float(v) for _, y in points for v in y]
+    if (limits := flat_limits(xs, log=log_x, share=False)) is not None:
+        ax.set_xlim(*limits)
+    if (limits := flat_limits(ys, log=log_y, share=True)) is not None:
+        ax.set_ylim(*limits)
+    elif all(len(x) == 1 for x, _ in series.values()):
+        ax.margins(y=0.15)  # points only (one evaluation each): none on the axis's edge, half cut off
     if len(series) + len(marks or {}) > 1:
         ax.legend(frameon=False, fontsize=8)
     return _svg(fig)
 
 
+def flat_limits(values: Sequence[float], *, log: bool, share: bool) -> tuple[float, float] | None:
+    """Axis limits for values with no spread (one evaluation, a constant LR): from zero to twice the value, kept
+    within [0, 1] for a `share` such as accuracy, or a decade either side on a log axis. None when the values
+    spread: matplotlib's own range is right then (for one value it would zoom to ±5% and tick noise)."""
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite or max(finite) - min(finite) > 1e-9 * max(1.0, abs(max(finite))):
+        return None
+    value = finite[0]
+    if log:
+        return value / 10, value * 10
+    if value == 0:
+        return -1.0, 1.0
+    low, high = sorted((0.0, 2 * value))
+    if share and 0 < value <= 1:
+        high = min(high, 1.0)
+    pad = 0.05 * (high - low)
+    return low - pad, high + pad
+
+
+@dataclass(frozen=True)
+class MatrixLayout:
+    """How a confusion matrix of this many classes is drawn so that no text overlaps (sizes in inches, fonts in
+    points)."""
+    figsize: tuple[float, float]
+    cell: float
+    """One cell's side, points: the pitch of the tick labels."""
+    tick_font: float
+    count_font: float | None
+    """None: the cells are too small for their counts at MIN_FONT, and none are drawn."""
+    labels: list[str]
+    """The tick labels as drawn: long names shortened."""
+    every: int
+    """A tick label for every `every`-th class (1 up to a few dozen classes)."""
+    blank_zeros: bool
+    """Past ten classes most cells are 0: those stay blank so the confusions stand out."""
+
+
+def matrix_layout(matrix: Sequence[Sequence[int]], labels: Sequence[str]) -> MatrixLayout:
+    """The figure grows with the class count (up to 9 inches of matrix); fonts follow the cell size."""
+    n = max(1, len(labels))
+    side = min(9.0, max(2.4, 0.36 * n))
+    cell = side * 72 / n
+    tick_font = min(9.0, cell / 1.4)  # a line of text and some air per cell
+    every = 1 if tick_font >= MIN_FONT else math.ceil(MIN_FONT * 1.4 / cell)
+    tick_font = max(tick_font, MIN_FONT)
+    digits = len(str(max((max(row, default=0) for row in matrix), default=0)))
+    count_font = min(8.0, cell * 0.6, cell * 0.85 / (0.6 * digits))  # a digit is about 0.6 em wide
+    shown = short_labels(labels)
+    margin = max((len(s) for s in shown), default=1) * 0.6 * tick_font / 72 + 0.5  # tick labels and axis title
+    return MatrixLayout((side + margin, side + margin * 0.75), cell, tick_font,
+                        count_font if count_font >= MIN_FONT else None, shown, every, n > 10)
+
+
+def short_labels(labels: Sequence[str], limit: int = LABEL_CHARS) -> list[str]:
+    """Names longer than `limit` lose their middle (class names differ at either end: `dog_breed_…_terrier`);
+    numbered when two would read alike."""
+    head = (limit - 1) * 2 // 3
+    shown = [s if len(s) <= limit else f"{s[:head]}…{s[len(s) - (limit - 1 - head):]}" for s in map(str, labels)]
+    if len(set(shown)) < len(shown):
+        shown = [f"{i}: {s}" for i, s in enumerate(shown)]
+    return shown
+
+
 def heatmap(matrix: Sequence[Sequence[int]], labels: Sequence[str]) -> str:
-    """A confusion matrix: true classes down, predicted across, each cell with its count."""
+    """A confusion matrix: true classes down, predicted across, each cell with its count where it fits, laid out by
+    `matrix_layout`; shortened class names carry the full name as a tooltip."""
     import numpy as np
 
+    layout = matrix_layout(matrix, labels)
     counts = np.asarray(matrix)
-    size = min(9.0, 2.2 + 0.45 * len(labels))
-    fig, ax = _figure(size + 1.0, size)
+    n = len(labels)
+    fig, ax = _figure(*layout.figsize)
     rows = counts.sum(axis=1, keepdims=True)
     shares = np.divide(counts, rows, out=np.zeros_like(counts, dtype=float), where=rows > 0)
     ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
     ax.grid(False)
-    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
-    ax.set_yticks(range(len(labels)), labels)
+    ticks = range(0, n, layout.every)
+    ax.set_xticks(ticks, [layout.labels[i] for i in ticks], rotation=45, ha="right", rotation_mode="anchor")
+    ax.set_yticks(ticks, [layout.labels[i] for i in ticks])
+    ax.tick_params(labelsize=layout.tick_font)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    for i in range(len(labels)):
-        for j in range(len(labels)):
-            ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=8,
-                    color="white" if shares[i, j] > 0.5 else "#111827")
-    return _svg(fig)
+    tooltips = {}
+    for axis, texts in (("pred", ax.get_xticklabels()), ("true", ax.get_yticklabels())):
+        for i, text in zip(ticks, texts, strict=True):
+            if layout.labels[i] != labels[i]:
+                text.set_gid(f"cm-{axis}-{i}")
+                tooltips[f"cm-{axis}-{i}"] = labels[i]
+    if layout.count_font is not None:
+        for i in range(n):
+            for j in range(n):
+                if counts[i, j] or not layout.blank_zeros:
+                    ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=layout.count_font,
+                            color="white" if shares[i, j] > 0.5 else "#111827")
+    svg = _svg(fig)
+    for gid, name in tooltips.items():  # SVG shows a group's <title> on hover
+        svg = svg.replace(f'<g id="{gid}">', f'<g id="{gid}"><title>{html.escape(str(name))}</title>', 1)
+    return svg

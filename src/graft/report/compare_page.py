@@ -31,6 +31,12 @@ def _relative(run: str, out: str) -> str:
         return Path(run).as_uri()
 
 
+def _cost(row: dict[str, Any]) -> str:
+    cache = row.get("feature_cache_s") or 0.0
+    part = f" <small>({cache:.1f} s cache)</small>" if cache else ""
+    return f"<td class='n'>{row['cost_s']:.1f} s{part}</td>"
+
+
 def render_compare(result: dict[str, Any]) -> str:
     metric, rows = result["metric"], result["strategies"]
     recipe = result["recipe"]
@@ -59,10 +65,12 @@ def render_compare(result: dict[str, Any]) -> str:
         body += (f"<tr class='{'low' if flag else ''}'><td><b><a href='{escape(link)}'>{escape(r['label'])}</a></b>"
                  f"{escape(mark)}{escape(flag)}</td>"
                  f"<td>{escape(r['strategy'])}</td><td class='n'>{_lr(r['lr'])}</td>{cell(r, 'accuracy')}"
-                 f"{cell(r, 'f1_macro')}<td class='n'>{r['trainable']:,}</td><td class='n'>{r['train_s']:.1f} s</td>"
+                 f"{cell(r, 'f1_macro')}<td class='n'>{r['trainable']:,}</td>{_cost(r)}"
                  f"<td class='n'>{r['s_per_epoch']:.2f} s</td><td class='n'>{r['peak_memory_mb']:,.0f} MB</td></tr>")
     table = ("<table><tr><th>strategy</th><th>method</th><th>lr</th><th>test accuracy</th><th>test macro F1</th>"
-             "<th>trainable</th><th>training</th><th>per epoch</th><th>peak memory</th></tr>" + body + "</table>")
+             "<th>trainable</th><th>cost: training + feature cache</th><th>training per epoch</th><th>peak memory</th>"
+             "</tr>" + body + "</table><p class='sub'>Cost counts the feature-cache pass: a strategy that keeps layers "
+             "frozen runs them once over the data before training, and that time is part of what it costs.</p>")
     figures = []
     for name, label in ((metric, f"validation {metric}"), ("loss", "validation loss")):
         series = {r["label"]: ([h["epoch"] for h in r["curves"][0]], [h[name] for h in r["curves"][0]])

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from graft.report.charts import heatmap, line_chart
+from graft.report.charts import heatmap, line_chart, matrix_layout
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;color:#111827;margin:0;background:#f3f4f6}
@@ -30,6 +30,7 @@ h2{font-size:16px;margin:28px 0 10px;border-bottom:1px solid #d1d5db;padding-bot
 .grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(460px,1fr));gap:16px}
 figure{background:#fff;border-radius:8px;margin:0;padding:8px;box-shadow:0 1px 2px #0001}
 figure svg{width:100%;height:auto} figure.square svg{max-width:400px;display:block;margin:auto}
+figure.wide{margin:0 0 16px} figure.wide svg{width:auto;max-width:100%;display:block;margin:auto}
 figcaption{color:#4b5563;font-size:12px;padding:4px 8px}
 table{border-collapse:collapse;background:#fff;width:100%;box-shadow:0 1px 2px #0001;border-radius:8px}
 th,td{padding:5px 10px;text-align:left;border-bottom:1px solid #e5e7eb} th{background:#f9fafb;font-weight:600}
@@ -53,11 +54,7 @@ def render(record: dict[str, Any], run_dir: Path) -> str:
              _cards(test, record), *_verdicts(record, history)]
     parts += _curves(history, record)
     if test.get("confusion_matrix"):
-        parts += ["<h2>Test set</h2><div class='grid'>",
-                  f"<figure class='square'>{heatmap(test['confusion_matrix'], record['data']['labels'])}"
-                  f"<figcaption>Confusion "
-                  f"matrix: counts; colour is the share of each true class.</figcaption></figure>",
-                  _per_class(test), "</div>"]
+        parts += _test_set(test, record["data"]["labels"])
     if record.get("mistakes"):
         parts.append(_mistakes(record["mistakes"], record["data"].get("input_kind") == "image"))
     if record.get("samples") or record["data"].get("rendered_example"):
@@ -251,6 +248,31 @@ def _extra_evaluations(history: list[dict[str, Any]]) -> list[str]:
 
 def figure(svg: str, caption: str) -> str:
     return f"<figure>{svg}<figcaption>{escape(caption)}</figcaption></figure>"
+
+
+SQUARE_PX = 400
+"""The width a small confusion matrix is shown at, beside the per-class table (CSS: figure.square)."""
+
+
+def _test_set(test: dict[str, Any], labels: list[str]) -> list[str]:
+    """The confusion matrix beside the per-class table; a matrix too big to stay legible at SQUARE_PX gets the
+    page's width above the table instead."""
+    matrix = test["confusion_matrix"]
+    layout = matrix_layout(matrix, labels)
+    said = ["counts" + ("; blank cells are 0" if layout.blank_zeros else "") if layout.count_font else
+            "the cells are too small for counts", "colour is the share of each true class"]
+    if layout.every > 1:
+        said.append(f"one class in {layout.every} is named")
+    if layout.labels != [str(label) for label in labels]:
+        said.append("long class names are shortened: hover over one for the full name")
+    chart = heatmap(matrix, labels)
+    caption = f"Confusion matrix: {'; '.join(said)}."
+    if layout.figsize[0] * 96 * 0.75 <= SQUARE_PX:  # CSS pixels: shrunk to SQUARE_PX, its text keeps 3/4 of its size
+        return ["<h2>Test set</h2><div class='grid'>",
+                f"<figure class='square'>{chart}<figcaption>{escape(caption)}</figcaption></figure>",
+                _per_class(test), "</div>"]
+    return ["<h2>Test set</h2>", f"<figure class='wide'>{chart}<figcaption>{escape(caption)}</figcaption></figure>",
+            _per_class(test)]
 
 
 def _per_class(test: dict[str, Any]) -> str:
