@@ -372,9 +372,43 @@ class CheckpointSpec(Section):
     """How many resumable checkpoints to keep (the best model is kept apart)."""
 
 
+TRACKER_NAMES = ("tensorboard", "mlflow", "wandb")
+
+
 class OutputSpec(Section):
+    """Where the run is written, who else sees its metrics, and how progress shows."""
+
     dir: Path = Path("runs/example")
-    tensorboard: bool = True
+    trackers: list[Literal[TRACKER_NAMES]] = ["tensorboard"]  # type: ignore[valid-type]
+    """Where train, validation and test metrics go besides metrics.jsonl (through accelerate's trackers; the recipe
+    goes too, as mlflow params and wandb config). tensorboard: <dir>/tensorboard. mlflow: MLFLOW_TRACKING_URI, else
+    <dir>/mlflow.db (SQLite: `mlflow ui --backend-store-uri sqlite:///<dir>/mlflow.db`). wandb: into <dir>/wandb
+    (or WANDB_DIR), online when an API key is set up (WANDB_API_KEY or `wandb login`), else offline (`wandb sync`
+    uploads it later); WANDB_MODE overrides. A single name is a list of one; [] logs to metrics.jsonl only."""
+    tensorboard: bool | None = Field(None, exclude=True)
+    """The older switch, folded into `trackers`: without `trackers`, true is [tensorboard] and false is []; beside
+    `trackers`, it must agree with them. Not written back: the run's recipe.yaml holds `trackers` only."""
+    progress_every_s: Annotated[float, Field(gt=0)] | None = 30.0
+    """Where stderr is not a terminal (CI logs, nohup, notebooks), print a progress line (step/total, epoch, loss,
+    examples/s, ETA) at most every this many seconds; on a terminal a progress bar redraws instead. null: no lines
+    (evaluation results still print)."""
+
+    @field_validator("trackers", mode="before")
+    @classmethod
+    def _one_name_is_a_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _fold_tensorboard(self) -> OutputSpec:
+        trackers = list(dict.fromkeys(self.trackers))
+        if self.tensorboard is not None and "trackers" not in self.model_fields_set:
+            trackers = ["tensorboard"] if self.tensorboard else []
+        elif self.tensorboard is not None and self.tensorboard != ("tensorboard" in trackers):
+            raise ValueError(f"output.tensorboard: {str(self.tensorboard).lower()} contradicts output.trackers "
+                             f"{trackers}; say it once, in output.trackers (output.tensorboard is the older switch)")
+        if trackers != self.trackers:  # assignment validates again; unchanged, it stops there
+            self.trackers = trackers
+        return self
 
 
 class Recipe(Section):
