@@ -1,8 +1,9 @@
 """graft: fine-tune pretrained networks on your own data, with transfer learning done right.
 
 The Python API mirrors the CLI: `graft.train(recipe)` returns the run record, `graft.evaluate(run_dir)` the
-metrics, `graft.predict(run_dir, source)` the predictions, `graft.export(run_dir, output, merge=True)` a standalone
-model.
+metrics, `graft.predict(run_dir, source)` the predictions (for a file, or for inputs in a list),
+`graft.export(run_dir, output, merge=True)` a standalone model. `graft.Predictor(run_dir)` loads a run once and
+predicts on texts, images or prompts held in memory.
 """
 
 from graft.compare import compare
@@ -11,9 +12,9 @@ from graft.errors import GraftError
 from graft.pipeline import train
 from graft.recipe import Recipe, load_recipe
 from graft.setup import Setup, setup
+from graft.trained import Predictor, predict
 from graft.trained import evaluate_run as evaluate
 from graft.trained import export_run as export
-from graft.trained import predict_run as predict
 
-__all__ = ["GraftError", "Recipe", "Setup", "compare", "cross_validate", "evaluate", "export", "load_recipe", "predict",
-           "setup", "train"]
+__all__ = ["GraftError", "Predictor", "Recipe", "Setup", "compare", "cross_validate", "evaluate", "export",
+           "load_recipe", "predict", "setup", "train"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,8 +52,10 @@ def writing(path: Path) -> Iterator[Path]:
 
 
 def replace(new: Path, path: Path) -> None:
-    """Move `new` onto `path`. A folder already at `path` moves aside first and is deleted only once `new` is in
-    place, so a crash in between leaves the old one at `old_path(path)`, never nothing."""
+    """Move `new` onto `path`, with the permissions the umask gives (see `honour_umask`). A folder already at `path`
+    moves aside first and is deleted only once `new` is in place, so a crash in between leaves the old one at
+    `old_path(path)`, never nothing."""
+    honour_umask(new)
     if path.is_dir() and not path.is_symlink():
         old = old_path(path)
         _remove(old)
@@ -61,6 +64,30 @@ def replace(new: Path, path: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(new, path)
+
+
+def honour_umask(path: Path) -> None:
+    """Give a file, or a folder and everything in it, the permissions a plain `open()` / `mkdir()` would: some
+    writers (safetensors, so every saved model and checkpoint) create files 0600, which a serving container or a
+    colleague on a shared disk then cannot read. Executable files stay executable; links are left alone."""
+    mask = _umask()
+    for p in [path, *path.rglob("*")] if path.is_dir() and not path.is_symlink() else [path]:
+        mode = p.lstat().st_mode
+        if stat.S_ISLNK(mode):
+            continue
+        full = 0o777 if stat.S_ISDIR(mode) or mode & stat.S_IXUSR else 0o666
+        if stat.S_IMODE(mode) != full & ~mask:
+            os.chmod(p, full & ~mask)
+
+
+def _umask() -> int:
+    try:  # Linux shows it without changing it
+        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("Umask:"))
+        return int(line.split()[1], 8)
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0o022)  # elsewhere: read by setting it, then restored
+        os.umask(mask)
+        return mask
 
 
 def write_text(path: Path, text: str) -> Path:

@@ -1,21 +1,24 @@
-"""What a finished run does: evaluate on data, predict, export. Each asks the run's task for what differs."""
+"""What a finished run does: evaluate on data, predict (on files, or on inputs in memory through `Predictor`),
+export. Each asks the run's task for what differs."""
 
 from __future__ import annotations
 
 import csv
 import json
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from graft.errors import GraftError
-from graft.files import check_output_file, writing
+from graft.files import check_output_file, write_json, writing
 from graft.recipe import Recipe
-from graft.rundir import MODEL_DIR, run_recipe
+from graft.rundir import MODEL_DIR, read_record, run_recipe
 from graft.tasks import Task, get_task
 
 if TYPE_CHECKING:
+    import numpy as np
     from accelerate import Accelerator
     from torch import nn
     from torch.utils.data import DataLoader
@@ -103,6 +106,105 @@ def predict_run(run_dir: Path | str, source: str, output: Path | str | None = No
     return rows
 
 
+class Predictor:
+    """A finished run, loaded once, that predicts on inputs held in memory:
+
+    - text classifiers: strings;
+    - image classifiers: PIL images, uint8 arrays (height, width, 3) (a 4-d array is a batch) or image file paths;
+    - language models: prompts (strings) or conversations (lists of {role, content}); answers are greedy.
+
+    `predict(["great film", "dull"])` gives one row per input, in order, as `graft predict` writes them for the same
+    inputs: `{"text": "great film", "label": "pos", "score": 0.93, "probabilities": {"neg": 0.07, "pos": 0.93}}`
+    (`image`: the file, or None for an image given in memory; language models: `prompt` and `generated`). One input
+    not in a list gives its row alone. PEFT runs load as any other. Inputs go through the model `batch_size` at a
+    time (default: the run's evaluation batch size), on `device` (default: the GPU when there is one).
+    """
+
+    def __init__(self, run_dir: Path | str, *, batch_size: int | None = None, device: str | None = None) -> None:
+        from accelerate import PartialState
+        from torch import device as torch_device
+
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+                                       or batch_size < 1):
+            raise GraftError(f"batch_size = {batch_size!r}: give a whole number of at least 1")
+        self.run_dir = Path(run_dir)
+        self._run = open_run(self.run_dir)
+        if batch_size is not None:
+            self._run.recipe.train.eval_batch_size = batch_size
+        self.device = torch_device(device) if device is not None else PartialState().device
+        self._run.model.to(self.device).eval()
+
+    @property
+    def task(self) -> str:
+        return self._run.recipe.task
+
+    @property
+    def labels(self) -> list[str]:
+        """The class names, in the order of the model's outputs (empty for a language model)."""
+        return list(self._run.labels)
+
+    def __repr__(self) -> str:
+        return f"Predictor({str(self.run_dir)!r}, task={self.task!r}, labels={self.labels!r})"
+
+    def predict(self, inputs: Any) -> list[dict[str, Any]] | dict[str, Any]:
+        """A row per input (a list for a list, one row for one input); a wrong input is a GraftError naming it."""
+        many, items = self.as_items(inputs)
+        rows, _ = self.rows(items)
+        return rows if many else rows[0]
+
+    def as_items(self, inputs: Any) -> tuple[bool, list[Any]]:
+        """Whether `inputs` is many inputs, and them as a list."""
+        import numpy as np
+        from PIL import Image
+
+        if isinstance(inputs, np.ndarray) and self._run.task.input_kind == "image":
+            return (True, list(inputs)) if inputs.ndim == 4 else (False, [inputs])
+        if isinstance(inputs, str | bytes | Path | dict | Image.Image) or not isinstance(inputs, Iterable):
+            return False, [inputs]
+        items = list(inputs)
+        if items and all(isinstance(x, dict) for x in items):
+            return False, [items]  # the messages of one conversation (which only a language model takes)
+        return True, items
+
+    def rows(self, items: list[Any]) -> tuple[list[dict[str, Any]], list[str]]:
+        """Rows for `items` and the columns of a CSV of them; CHUNK_BATCHES batches at a time, so images given as
+        files are not all decoded at once."""
+        from graft.evaluation.predictions import loader_logits
+
+        step = CHUNK_BATCHES * self._run.recipe.train.eval_batch
+
+        def logits(loader: DataLoader) -> np.ndarray:
+            return loader_logits(self._run.model, loader, self.device)
+
+        rows: list[dict[str, Any]] = []
+        for start in range(0, max(len(items), 1), step):  # once even for no inputs: the columns
+            chunk, columns = self._run.task.predict_inputs(self._run, items[start:start + step], logits)
+            rows += chunk
+        return rows, columns
+
+
+CHUNK_BATCHES = 64
+"""Batches per chunk of in-memory inputs: whole batches, so each batch is the one `graft predict` would make."""
+
+
+def predict(run_dir: Path | str, inputs: Any, output: Path | str | None = None) -> list[dict[str, Any]]:
+    """`graft.predict`: rows for a file as `graft predict` reads it (texts: a table or a .txt, `-` for stdin;
+    images: an image, a folder, a table of paths), or for inputs held in memory, in a list (see `Predictor`).
+    With `output`, the rows are written there too (CSV/TSV by suffix, else JSON lines)."""
+    if isinstance(inputs, str | Path):
+        if str(inputs) != "-" and not Path(inputs).exists():
+            raise GraftError(f"{str(inputs)[:80]!r}: no such file; graft.predict reads a file, or takes the inputs "
+                             f"themselves in a list: graft.predict(run_dir, [...])")
+        return predict_run(run_dir, str(inputs), output)
+    if output is not None:
+        check_output_file(Path(output))
+    predictor = Predictor(run_dir)
+    rows, columns = predictor.rows(predictor.as_items(inputs)[1])
+    if output is not None:
+        write_rows(rows, Path(output), columns)
+    return rows
+
+
 def write_rows(rows: list[dict[str, Any]], path: Path, columns: list[str]) -> None:
     """Rows as CSV/TSV (by suffix; a row's `probabilities` become p_<label> columns) or JSON lines; atomically."""
     with writing(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
@@ -123,7 +225,12 @@ def _flat(row: dict[str, Any]) -> dict[str, Any]:
 def export_run(run_dir: Path | str, output: Path | str, *, merge: bool = False) -> Path:
     """A standalone copy of a run's final model at `output`: with `merge`, a PEFT run's update folded into the
     base weights (LoRA, IA³), so plain transformers (or graft's plain-module loader) serves it without peft.
-    A full fine-tune's model is standalone already and is copied. Written beside `output`, then renamed."""
+    A full fine-tune's model is standalone already and is copied. Written beside `output`, then renamed.
+
+    The folder holds no path of this machine: a plain module's factory file travels inside it as a copy, and a
+    local base model, checkpoint or data file is named by its file name. Its files get the permissions the umask
+    gives, and its model card (README.md) says what the folder holds and how to load it."""
+    from graft.models.save import write_model_card
     from graft.strategy.peft import is_peft_run
 
     run_dir, output = Path(run_dir), Path(output)
@@ -132,12 +239,64 @@ def export_run(run_dir: Path | str, output: Path | str, *, merge: bool = False) 
     check_model_files(run_dir)
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise GraftError(f"--output {output}: already exists and is not empty; choose another folder or remove it")
+    record = {**read_record(run_dir), "recipe": recipe.dump()}
     with writing(output) as tmp:
         if merge and is_peft_run(source):
             _save_merged(source, run_dir, recipe, tmp)
         else:
             shutil.copytree(source, tmp)
+        _make_portable(tmp)
+        write_model_card(tmp, record, output.resolve().name)
     return output
+
+
+def _make_portable(folder: Path) -> None:
+    """Rewrite what names this machine's paths in a model folder: graft's notes on how to rebuild it (a factory in a
+    file is copied in and named relatively) and peft's adapter config."""
+    from graft.models.plain import META_FILE as PLAIN_META
+    from graft.models.save import portable_name
+    from graft.strategy.peft import META_FILE as PEFT_META
+
+    if (folder / PLAIN_META).is_file():
+        meta = json.loads((folder / PLAIN_META).read_text())
+        write_json(folder / PLAIN_META, {**meta, "factory": _carry_factory(meta["factory"], folder)})
+    if (folder / PEFT_META).is_file():
+        meta = json.loads((folder / PEFT_META).read_text())
+        meta["model"]["name"] = _carry_factory(meta["model"]["name"], folder)
+        write_json(folder / PEFT_META, _portable(meta))
+    adapter = folder / "adapter_config.json"  # peft's; it names the base model as it was loaded
+    if adapter.is_file():
+        config = json.loads(adapter.read_text())
+        if isinstance(config.get("base_model_name_or_path"), str):
+            config["base_model_name_or_path"] = portable_name(config["base_model_name_or_path"])
+        write_json(adapter, config)
+
+
+def _carry_factory(name: str, folder: Path) -> str:
+    """A factory in a file (`/path/nets.py:f`) copied into `folder` and named relatively (`nets.py:f`, which graft's
+    loader finds beside the weights); anything else as it is."""
+    module, _, function = name.rpartition(":")
+    if not module.endswith(".py") or not Path(module).is_absolute():
+        return name
+    source = Path(module)
+    if not source.is_file():
+        raise GraftError(f"{source}: the model's factory file is gone, and an export carries a copy of it; restore "
+                         f"the file (model.name = {name!r})")
+    shutil.copyfile(source, folder / source.name)
+    return f"{source.name}:{function}"
+
+
+def _portable(value: Any) -> Any:
+    """JSON data with every absolute path in it reduced to its name."""
+    from graft.models.save import portable_name
+
+    if isinstance(value, dict):
+        return {k: _portable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_portable(v) for v in value]
+    if isinstance(value, str) and value.startswith(("/", "~")):
+        return portable_name(value)
+    return value
 
 
 def _save_merged(source: Path, run_dir: Path, recipe: Recipe, tmp: Path) -> None:

@@ -44,3 +44,12 @@ def score(logits: np.ndarray, labels: np.ndarray | None, label_names: list[str])
         raise ValueError("evaluate() needs labelled data")
     loss = F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels).long()).item()
     return classification_metrics(logits, labels, label_names, loss=loss)
+
+
+@torch.no_grad()
+def loader_logits(model: nn.Module, loader: DataLoader, device: torch.device) -> np.ndarray:
+    """Logits (fp32) of `model` over a loader's batches on one device, in order: prediction in the caller's
+    process, without accelerate's gathering."""
+    model.eval()
+    out = [model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu() for batch in loader]
+    return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)

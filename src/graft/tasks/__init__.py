@@ -35,6 +35,8 @@ class Task(Protocol):
     `.warnings`; a split is whatever the task's loaders take."""
 
     name: str
+    pipeline_tag: str
+    """What the model does in the Hugging Face Hub's words (`text-classification`): its model card's tag."""
     data_fields: frozenset[str]
     """The `data.*` fields only this task reads; another task's field set to a non-default value is refused."""
     metrics: tuple[str, ...]
@@ -94,6 +96,10 @@ class Task(Protocol):
 
     def predict(self, run: Any, source: str, batches: Any) -> tuple[list[dict[str, Any]], list[str]]:
         """Prediction rows for `source`, and the columns of a CSV of them."""
+
+    def predict_inputs(self, run: Any, inputs: list[Any], logits: Any) -> tuple[list[dict[str, Any]], list[str]]:
+        """The same for inputs held in memory (texts; images, arrays or image files; prompts or conversations),
+        checked one by one; `logits(loader)` runs the run's model over batches."""
 
 
 TASKS: dict[str, Task] = {t.name: t for t in (TextClassification(), ImageClassification(), CausalLM())}

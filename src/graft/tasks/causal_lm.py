@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 class CausalLM:
     name = "causal_lm"
+    pipeline_tag = "text-generation"
     data_fields = frozenset({"prompt_column", "response_column", "messages_column", "system", "packing",
                              "group_by_length"})
     metrics = LM_METRICS
@@ -126,6 +127,15 @@ class CausalLM:
         answers = generate(run.model, run.processor, conversations, run.recipe.eval.max_new_tokens)
         return [{"prompt": a["prompt"], "generated": a["generated"]} for a in answers], ["prompt", "generated"]
 
+    def predict_inputs(self, run: Any, inputs: list[Any], logits: Any) -> tuple[list[dict[str, Any]], list[str]]:
+        """Greedy answers to prompts (strings) or conversations (lists of {role, content}) held in memory."""
+        from graft.data.instructions import with_system
+        from graft.tasks.chat import generate
+
+        conversations = with_system([_conversation(x, i) for i, x in enumerate(inputs)], run.recipe.data.system)
+        answers = generate(run.model, run.processor, conversations, run.recipe.eval.max_new_tokens)
+        return [{"prompt": a["prompt"], "generated": a["generated"]} for a in answers], ["prompt", "generated"]
+
 
 def _encoded(recipe: Recipe, conversations: list, tokenizer: Any, notes: list[str], name: str) -> Any:
     from graft.errors import GraftError
@@ -140,6 +150,23 @@ def _encoded(recipe: Recipe, conversations: list, tokenizer: Any, notes: list[st
                      f"model.max_length = {recipe.model.max_length} tokens (nothing to learn from); raise it to keep "
                      f"them")
     return encoded
+
+
+def _conversation(given: Any, i: int) -> list[dict[str, str]]:
+    from graft.data.instructions import ROLES
+    from graft.errors import GraftError
+
+    if isinstance(given, str):
+        if not given.strip():
+            raise GraftError(f"input {i + 1}: empty prompt; remove it or give the prompt")
+        return [{"role": "user", "content": given}]
+    messages = given if isinstance(given, list | tuple) and given else [given]
+    for m in messages:
+        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+            raise GraftError(f"input {i + 1}: a language model answers prompts (strings) or conversations (lists of "
+                             f"{{'role': 'system'|'user'|'assistant', 'content': text}}), got {str(given)[:60]!r}; "
+                             f"one conversation goes in a list of its own: predict([messages])")
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 
 def _prompts(d: DataSpec, source: str) -> list[list[dict[str, str]]]:

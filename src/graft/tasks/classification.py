@@ -26,6 +26,7 @@ class Classification:
     """One label per example out of the classes found in data.train."""
 
     name = ""
+    pipeline_tag = ""
     data_fields: frozenset[str] = frozenset()
     metrics = tuple(m for m in SCALAR_METRICS if m not in LM_ONLY_METRICS)
     default_metric = "f1_macro"
@@ -101,19 +102,33 @@ class Classification:
         return (None if weights is None else weighted_cross_entropy(list(weights.values()))), record
 
     def predict(self, run: Any, source: str, batches: Any) -> tuple[list[dict[str, Any]], list[str]]:
-        import numpy as np
-
-        from graft.evaluation.metrics import softmax
         from graft.evaluation.predictions import collect_logits
 
         inputs, split = self.read_unlabelled(run.recipe, source)
         logits, _ = collect_logits(*batches(split))
-        probs = softmax(logits) if len(inputs) else np.zeros((0, len(run.labels)))
+        return self.prediction_rows(run.labels, inputs, logits), self.prediction_columns(run.labels)
+
+    def predict_inputs(self, run: Any, inputs: list[Any], logits: Any) -> tuple[list[dict[str, Any]], list[str]]:
+        """Rows as `predict` gives them, for inputs held in memory; `logits(loader)` runs the model."""
+        if not inputs:
+            return [], self.prediction_columns(run.labels)
+        shown, loader = self.memory_loader(run, inputs)
+        return self.prediction_rows(run.labels, shown, logits(loader)), self.prediction_columns(run.labels)
+
+    def prediction_rows(self, labels: list[str], inputs: list[Any], logits: Any) -> list[dict[str, Any]]:
+        """Each input with its most probable label, that label's probability (`score`) and every label's."""
+        import numpy as np
+
+        from graft.evaluation.metrics import softmax
+
+        probs = softmax(logits) if len(inputs) else np.zeros((0, len(labels)))
         key = self.input_kind or "input"
-        rows = [{key: x, "label": run.labels[int(row.argmax())], "score": float(row.max()),
-                 "probabilities": {name: float(v) for name, v in zip(run.labels, row, strict=True)}}
+        return [{key: x, "label": labels[int(row.argmax())], "score": float(row.max()),
+                 "probabilities": {name: float(v) for name, v in zip(labels, row, strict=True)}}
                 for x, row in zip(inputs, probs, strict=True)]
-        return rows, [key, "label", "score", *(f"p_{n}" for n in run.labels)]
+
+    def prediction_columns(self, labels: list[str]) -> list[str]:
+        return [self.input_kind or "input", "label", "score", *(f"p_{n}" for n in labels)]
 
     def rows(self, split: Any, labels: list[str]) -> list[tuple[str, str]]:
         """A split as (input, class name) rows, inputs as `inputs` gives them: what compare writes to files."""
@@ -129,6 +144,11 @@ class Classification:
 
     def read_unlabelled(self, recipe: Recipe, source: str) -> tuple[list[str], Any]:
         """Inputs to predict on, and the split the eval loader takes."""
+        raise NotImplementedError
+
+    def memory_loader(self, run: Any, inputs: list[Any]) -> tuple[list[Any], DataLoader]:
+        """Inputs held in memory, checked (a GraftError names the first wrong one), as batches; and what each row
+        shows of its input."""
         raise NotImplementedError
 
 

@@ -20,6 +20,7 @@ VIRTUAL_TOKENS = "virtual tokens are for text transformers; use lora or adapter 
 
 class ImageClassification(Classification):
     name = "image_classification"
+    pipeline_tag = "image-classification"
     data_fields = frozenset({"image_column", "label_column", "image_size", "mean", "std", "bad_images", "augment"})
     refused_strategies: ClassVar[dict[str, str]] = dict.fromkeys(("prompt", "ptuning", "prefix"), VIRTUAL_TOKENS)
     input_kind = "image"
@@ -73,6 +74,20 @@ class ImageClassification(Classification):
         paths = unlabelled_images(source, image_column=recipe.data.image_column)
         return [str(p) for p in paths], ImageSet(paths, None)
 
+    def memory_loader(self, run: Any, inputs: list[Any]) -> tuple[list[Any], DataLoader]:
+        """PIL images, uint8 arrays (height, width[, channels]) or image files, decoded as files are for training
+        and `graft predict`; a row shows the file, or None for an image given in memory."""
+        import torch
+
+        from graft.tasks import image
+
+        size = (run.input["image_size"][0], run.input["image_size"][1])
+        pixels = torch.stack([_pixels(x, i, size) for i, x in enumerate(inputs)])
+        shown = [str(x) if isinstance(x, str | Path) else None for x in inputs]
+        t = run.recipe.train
+        return shown, image.eval_loader(image.ImageTensors(pixels, None), t.eval_batch, run.input["mean"],
+                                        run.input["std"], t.num_workers)
+
     def train_loader(self, recipe: Recipe, split: Any, loaded: LoadedModel, augment: bool,
                      notes: list[str]) -> DataLoader:
         from graft.tasks import image
@@ -123,3 +138,35 @@ def _decoded(split: Any, size: tuple[int, ...], bad_images: str, name: str, note
                      f"({shown(decoded.bad, 3)}; data.bad_images: skip)")
     labels = None if split.labels is None else [split.labels[i] for i in decoded.kept]
     return ImageTensors(decoded.pixels, labels)
+
+
+def _pixels(given: Any, i: int, size: tuple[int, int]) -> Any:
+    """One input image as uint8 [3, H, W], by the geometry `decode_images` gives files (RGB, resize, centre crop)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    # The very steps decode_images takes for a file, so an image given in memory predicts as its file does.
+    from graft.data.images import _fit, _to_rgb, decode_images, resize_target
+
+    if isinstance(given, str | Path):
+        path = Path(given)
+        if not path.is_file():
+            what = "a folder (for a folder, graft.predict(run_dir, folder))" if path.is_dir() else "not found"
+            raise GraftError(f"input {i + 1}: {path}: {what}; give image files, PIL images or uint8 arrays")
+        decoded = decode_images([path], size, skip_bad=True)
+        if decoded.bad:
+            raise GraftError(f"input {i + 1}: {decoded.bad[0]}: not a readable image")
+        return decoded.pixels[0]
+    if isinstance(given, np.ndarray):
+        array = given[..., 0] if given.ndim == 3 and given.shape[-1] == 1 else given
+        if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
+            raise GraftError(f"input {i + 1}: an array image must be uint8 (height, width, 3), (height, width, 4) or "
+                             f"(height, width), got {given.dtype} {tuple(given.shape)}; channels last, values 0-255 "
+                             f"(e.g. (x * 255).round().astype('uint8'), or x.transpose(1, 2, 0) for channels first)")
+        given = Image.fromarray(array)
+    if not isinstance(given, Image.Image):
+        raise GraftError(f"input {i + 1}: an image classifier predicts on PIL images, uint8 arrays (height, width, 3) "
+                         f"or image file paths, got {type(given).__name__}")
+    fitted = _fit(_to_rgb(given), resize_target(size), size)
+    return torch.from_numpy(np.array(fitted)).permute(2, 0, 1)

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 class TextClassification(Classification):
     name = "text_classification"
+    pipeline_tag = "text-classification"
     data_fields = frozenset({"text_column", "label_column", "normalize_labels", "group_by_length"})
     peft_task_type = "SEQ_CLS"
     input_kind = "text"
@@ -71,6 +72,21 @@ class TextClassification(Classification):
 
         texts = read_unlabelled_texts(source, text_column=recipe.data.text_column)
         return texts, datasets.Dataset.from_dict({"text": texts})
+
+    def memory_loader(self, run: Any, inputs: list[Any]) -> tuple[list[Any], DataLoader]:
+        import datasets
+
+        from graft.errors import GraftError
+
+        for i, text in enumerate(inputs):
+            if not isinstance(text, str):
+                raise GraftError(f"input {i + 1}: a text classifier predicts on strings, got {type(text).__name__} "
+                                 f"({str(text)[:40]!r}); pass a list of texts")
+            if not text.strip():
+                raise GraftError(f"input {i + 1}: empty text; remove it or give the text")
+        texts = [str(t) for t in inputs]  # numpy's str_ and other subclasses as plain strings
+        datasets.disable_progress_bars()  # as read_table does: a bar for each call is noise
+        return texts, self.eval_loader(run.recipe, datasets.Dataset.from_dict({"text": texts}), run)
 
     def train_loader(self, recipe: Recipe, split: Any, loaded: LoadedModel, augment: bool,
                      notes: list[str]) -> DataLoader:
