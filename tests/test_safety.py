@@ -227,3 +227,47 @@ def test_output_paths_that_cannot_be_written_are_refused_before_any_work(tiny_be
     missing = tmp_path / "nowhere" / "p.csv"
     assert "the folder" in error_of(graft.predict, run, str(data), missing) and not missing.parent.exists()
     assert "not empty" in error_of(graft.export, run, tmp_path)
+
+
+def _fill_the_disk_while_checkpointing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """accelerate's save_state writes part of a checkpoint, then the disk is full."""
+    import errno
+
+    from accelerate import Accelerator
+
+    def full(self, output_dir: str, **kwargs: object) -> None:
+        (Path(output_dir) / "model.safetensors").write_bytes(b"\0" * 1000)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Accelerator, "save_state", full)
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_half_written_files(tiny_bert, data, tmp_path, monkeypatch):
+    _fill_the_disk_while_checkpointing(monkeypatch)
+    run = tmp_path / "run"
+    message = error_of(graft.train, _recipe(tiny_bert, data, run, checkpoint={"every_steps": 2}))
+    assert message.startswith(f"disk full under output.dir {run} (No space left on device; ")
+    assert "run.json says 'failed'" in message and "--resume" in message
+    assert not [p for p in run.rglob("*") if p.name.startswith(".tmp-")]
+    record = json.loads((run / "run.json").read_text())
+    assert record["status"] == "failed" and "No space left" in record["error"]
+
+
+def test_a_full_disk_that_refuses_the_failure_record_too_says_so(tiny_bert, data, tmp_path, monkeypatch):
+    import errno
+
+    import graft.rundir
+
+    _fill_the_disk_while_checkpointing(monkeypatch)
+    write_json = graft.rundir.write_json
+
+    def full_for_the_record(path: Path, record: dict) -> Path:
+        if record.get("status") == "failed":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write_json(path, record)
+
+    monkeypatch.setattr(graft.rundir, "write_json", full_for_the_record)
+    run = tmp_path / "run"
+    message = error_of(graft.train, _recipe(tiny_bert, data, run, checkpoint={"every_steps": 2}))
+    assert "run.json could not be updated: it says 'running'" in message
+    assert not [p for p in run.rglob("*") if p.name.startswith(".tmp-")]

@@ -18,7 +18,16 @@ from typing import TYPE_CHECKING, Any
 
 from graft.errors import GraftError
 from graft.recipe import Recipe, load_recipe
-from graft.rundir import CKPT_DIR, MODEL_DIR, RunLock, check_run_dir, claim_run_dir, read_record, write_record
+from graft.rundir import (
+    CKPT_DIR,
+    MODEL_DIR,
+    RunLock,
+    check_run_dir,
+    claim_run_dir,
+    read_record,
+    record_failure,
+    write_record,
+)
 from graft.setup import Setup, format_groups, setup
 from graft.trained import evaluate_run, export_run, predict_run
 
@@ -42,11 +51,13 @@ def train(recipe: Recipe | str | Path | dict[str, Any], *, overrides: tuple[str,
     `prepare`, when given, sees the setup before anything is written: it may add loss terms, extra evaluations
     or a mixed training loader (the seams that forgetting guards and retention use)."""
     from graft.environment import reset_peak_memory
+    from graft.training.logging import check_trackers
 
     started = time.perf_counter()
     reset_peak_memory()
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
     check_run_dir(recipe, resume, overwrite)  # refused before anything is written; checked again under the lock
+    check_trackers(recipe.output.trackers)
     accelerator = make_accelerator(recipe)
     # One process trains into a run directory at a time (the main one holds the lock for all of a run's).
     with RunLock(recipe.output.dir) if accelerator.is_main_process else contextlib.nullcontext():
@@ -57,6 +68,7 @@ def _train(accelerator: Accelerator, recipe: Recipe, resume: bool, overwrite: bo
            prepare: Callable[[Setup], None] | None, started: float) -> dict[str, Any]:
     from accelerate.utils import set_seed
 
+    from graft.training.logging import end_trackers
     from graft.training.loop import fit
 
     check_run_dir(recipe, resume, overwrite)
@@ -82,9 +94,10 @@ def _train(accelerator: Accelerator, recipe: Recipe, resume: bool, overwrite: bo
                 recipe.output.dir / CKPT_DIR, fitted.state, [*fitted.watchers, *(hooks or [])])
         record = finish(accelerator, run, fitted, started)
     except BaseException as e:
-        _record_failure(accelerator, recipe.output.dir, fitted.record, fitted.state, e)
+        end_trackers(accelerator, e)
         if previous is not None:
             say(f"the run this one was replacing is kept at {previous}")
+        _record_failure(accelerator, recipe.output.dir, fitted.record, fitted.state, e)
         raise
     if previous is not None and accelerator.is_main_process:
         shutil.rmtree(previous, ignore_errors=True)
@@ -118,7 +131,7 @@ def start_fit(accelerator: Accelerator, run: Setup, resume: bool, say: Callable[
     last checkpoint when resuming); write the first record; the console hooks."""
     from graft.training import checkpoint
     from graft.training.logging import console_hooks
-    from graft.training.loop import LoopState, total_steps
+    from graft.training.loop import LoopState, steps_per_epoch, total_steps
 
     recipe, run_dir = run.recipe, run.recipe.output.dir
     prepared = prepare_run(accelerator, run, say)
@@ -142,7 +155,8 @@ def start_fit(accelerator: Accelerator, run: Setup, resume: bool, say: Callable[
     say(f"{len(run.splits.train)} train / {len(run.splits.validation)} validation / {len(run.splits.test)} test "
         f"{run.noun}; strategy {recipe.strategy.name}")
     say(format_groups(table))
-    watchers = console_hooks(accelerator, run_dir, total_steps(parts, recipe.train), state, recipe.output.tensorboard)
+    watchers = console_hooks(accelerator, run_dir, state, recipe.output, total_steps(parts, recipe.train),
+                             steps_per_epoch(parts, recipe.train), recipe.dump())
     return Fitted(prepared.model, parts, prepared.test_loader, state, record, watchers,
                   time.perf_counter() - started, prepared.cache_s, prepared.probe, prepared.prefix)
 
@@ -333,9 +347,10 @@ def finish(accelerator: Accelerator, run: Setup, fitted: Fitted, started: float)
     """The best weights back, the test split and the extra evaluations on them, the final model saved, the
     record completed, the report written."""
     from graft.environment import peak_memory_mb
-    from graft.models.save import save_final_model
+    from graft.models.save import save_final_model, write_run_card
     from graft.report import write_report
     from graft.training import checkpoint
+    from graft.training.logging import event_for_test
 
     recipe, state, record = run.recipe, fitted.state, fitted.record
     best = checkpoint.load_best(accelerator, fitted.parts.model, recipe.output.dir / CKPT_DIR)
@@ -343,6 +358,8 @@ def finish(accelerator: Accelerator, run: Setup, fitted: Fitted, started: float)
     test_metrics, extras = run.task.test(accelerator, fitted.model, fitted.test_loader, run.splits, run.loaded,
                                          recipe)
     test_s = time.perf_counter() - test_started
+    for hook in fitted.watchers:  # the trackers log the test metrics
+        hook(event_for_test(state, test_metrics))
     save_final_model(accelerator, fitted.model, run.loaded, recipe, run.splits.labels, recipe.output.dir / MODEL_DIR,
                      run.attached)
     record.update(status="completed", stopped=state.stopped, best=best)
@@ -357,6 +374,7 @@ def finish(accelerator: Accelerator, run: Setup, fitted: Fitted, started: float)
     write_record(accelerator, recipe.output.dir, record)
     if accelerator.is_main_process:
         write_report(recipe.output.dir)
+        write_run_card(recipe.output.dir)
     return record
 
 
@@ -448,7 +466,7 @@ def _record_failure(accelerator: Accelerator, run_dir: Path, record: dict[str, A
     record.update(status="interrupted" if interrupted else "failed", error=str(error) or type(error).__name__)
     record["metrics"] = {"history": state.history}
     record["progress"] = {k: v for k, v in asdict(state).items() if k != "history"}
-    write_record(accelerator, run_dir, record)
+    record_failure(accelerator, run_dir, record, error)  # a full disk becomes one line (GraftError) here
 
 
 def printer(accelerator: Accelerator) -> Callable[[str], None]:

@@ -4,6 +4,7 @@ record atomically."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -187,6 +188,38 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def write_record(accelerator: Accelerator, run_dir: Path, record: dict[str, Any]) -> None:
     if accelerator.is_main_process:
         write_json(run_dir / RECORD_FILE, record)
+
+
+def record_failure(accelerator: Accelerator, run_dir: Path, record: dict[str, Any], error: BaseException) -> None:
+    """Write the record of a run that stopped with `error`, after removing the half-built files it left (which
+    frees the space a full disk needs for the record). A full disk, then or now, becomes one line that says so."""
+    if accelerator.is_main_process:
+        for leftover in sorted(run_dir.rglob(".tmp-*"), reverse=True):
+            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink(missing_ok=True)
+    try:
+        write_record(accelerator, run_dir, record)
+    except OSError as unwritten:
+        if not (disk_full(error) or disk_full(unwritten)):
+            raise
+        raise DiskFull(run_dir, error if disk_full(error) else unwritten, recorded=False) from error
+    if disk_full(error):
+        raise DiskFull(run_dir, error, recorded=True) from error
+
+
+def disk_full(error: BaseException) -> bool:
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFull(GraftError):
+    """The disk under the run directory filled up: what was lost, and what to do."""
+
+    def __init__(self, run_dir: Path, error: OSError, recorded: bool) -> None:
+        free = shutil.disk_usage(run_dir).free if run_dir.exists() else 0
+        now = read_record(run_dir).get("status", "running")
+        kept = f"{RECORD_FILE} says 'failed'" if recorded else f"{RECORD_FILE} could not be updated: it says {now!r}"
+        super().__init__(f"disk full under output.dir {run_dir} ({error.strerror or error}; {free / 2**20:.0f} MiB "
+                         f"free now); half-written files were removed and {kept}; free space (checkpoint.keep_last "
+                         f"1 keeps fewer checkpoints) and run again: --resume continues from the last checkpoint")
 
 
 def run_recipe(run_dir: Path) -> Recipe:

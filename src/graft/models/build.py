@@ -172,6 +172,9 @@ def _load_trained_plain(folder: Path) -> TrainedModel:
     from graft.recipe import HeadSpec
 
     meta = read_meta(folder)
+    module, _, function = meta["factory"].rpartition(":")
+    if module.endswith(".py") and not Path(module).is_absolute():  # an export: its factory's file is beside it
+        meta["factory"] = f"{folder / module}:{function}"
     net = build_net(meta["factory"], meta["kwargs"])
     head = build_head(meta["head_in_shape"], len(meta["labels"]), HeadSpec(**meta["head"]))
     replace_head(net, meta["head_path"], head, meta["labels"], None)
