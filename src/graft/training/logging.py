@@ -21,6 +21,7 @@ from urllib.parse import urlparse
 from tqdm.auto import tqdm
 
 from graft.errors import GraftError
+from graft.files import write_json
 from graft.training.loop import Event, Hook, LoopState
 
 if TYPE_CHECKING:
@@ -284,9 +285,7 @@ class Trackers:
             self.saved[name]["logged"] = self.position
 
     def _save(self) -> None:
-        temporary = self.path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(self.saved), encoding="utf-8")
-        temporary.replace(self.path)  # a run killed mid-write keeps the previous file
+        write_json(self.path, self.saved)  # built beside, renamed: a run killed mid-write keeps the previous file
 
 
 def tracker_values(record: dict[str, Any]) -> dict[str, float]:
