@@ -625,6 +625,55 @@ def profile(size: Size) -> dict[str, Any]:
             "unaccounted_share": max(0.0, 1 - known / fit) if fit else None}
 
 
+def mc_dropout(size: Size) -> dict[str, Any]:
+    """MC-dropout prediction (N passes, batched: each example repeated N times in a forward of at most `MAX_ROWS`
+    rows) against N times one deterministic pass over the same batches, on graft's text classifier of `size.model`
+    (its pooling, an untrained head: timing only). Each repeat times a single pass just before and just after the MC
+    prediction and compares with their mean, so load on the machine falls on both sides; the ratio is per repeat."""
+    import datasets
+
+    from graft.evaluation.mc_dropout import MAX_ROWS, mc_dropout_predict
+    from graft.evaluation.predictions import loader_logits
+    from graft.models.build import load_model
+    from graft.recipe import DataSpec, ModelSpec, TrainSpec
+    from graft.tasks import text
+
+    if size.real_data and (SHARED / "rt-polarity").is_dir():
+        texts, real = [t for t, _ in rt_polarity(0, size.n_test)[1]], True
+    else:
+        texts, real = uniform_texts(_tokenizer(size), size.n_test, 20), False
+    spec = ModelSpec(name=size.model, max_length=size.max_length)
+    torch.manual_seed(0)
+    loaded = load_model(spec, "text_classification", ["neg", "pos"], DataSpec(train=Path("unused.csv")))
+    model, tok, batch = loaded.model, loaded.processor, TrainSpec().eval_batch
+    tokenized = text.tokenize(datasets.Dataset.from_dict({"text": texts}), tok, spec.max_length)
+    batches = list(text.eval_loader(tokenized, tok, batch, 0))
+    device = torch.device("cpu")
+
+    def single() -> float:
+        started = time.perf_counter()
+        loader_logits(model, batches, device)
+        return time.perf_counter() - started
+
+    def mc(n: int) -> float:
+        started = time.perf_counter()
+        mc_dropout_predict(model, batches, n)
+        return time.perf_counter() - started
+
+    single()  # warm the thread pool and the allocator
+    rows: dict[str, Any] = {}
+    for n, repeats in ((10, size.repeats), (30, 1)):
+        times = [(single(), mc(n), single()) for _ in range(repeats)]
+        rows[str(n)] = {"single_pass_s": spread([t for a, _, c in times for t in (a, c)]),
+                        "mc_s": spread([b for _, b, _ in times]),
+                        "ratio_mc_over_n_single": spread([b / (n * (a + c) / 2) for a, b, c in times])}
+    tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+    return {"setup": {"model": size.model, "data": "rt-polarity" if real else "synthetic", "examples": len(texts),
+                      "tokens": tokens, "max_length": spec.max_length, "eval_batch": batch, "max_rows": MAX_ROWS,
+                      "attention": model.config._attn_implementation, "precision": "fp32"},
+            "passes": rows, "target": "MC time <= 1.1x N single passes"}
+
+
 BENCHMARKS: dict[str, Callable[[Size], dict[str, Any]]] = {
     "loop_overhead": loop_overhead,
     "mixed_precision": mixed_precision,
@@ -637,4 +686,5 @@ BENCHMARKS: dict[str, Callable[[Size], dict[str, Any]]] = {
     "lora_vs_full": lora_vs_full,
     "matmul_limit": matmul_limit,
     "profile": profile,
+    "mc_dropout": mc_dropout,
 }

@@ -114,6 +114,11 @@ def table() -> str:
         x = r["profile"]
         shares = ", ".join(f"{k} {v:.0%}" for k, v in x["shares_of_fit"].items())
         lines += [f"| profile | share of graft's loop time | {shares} |"]
+    if "mc_dropout" in r:
+        x = r["mc_dropout"]
+        cells = "; ".join(f"N={n}: {s(v['ratio_mc_over_n_single'], '.2f')}×" for n, v in x["passes"].items())
+        lines += [f"| MC dropout | prediction time, N batched passes ÷ N × one deterministic pass, "
+                  f"{x['setup']['model']}, {x['setup']['examples']} sentences (target ≤ 1.1×) | {cells} |"]
     return "\n".join(lines) + "\n"
 
 

@@ -53,6 +53,11 @@ def test_each_benchmark_runs_at_a_tiny_size(name: str, tiny: Size, tmp_path: Pat
         assert saved["setup"]["n_train"] + saved["setup"]["n_validation"] == tiny.n_train
     if name == "lora_vs_full":
         assert saved["lora"]["trainable"] < saved["full"]["trainable"]
+    if name == "mc_dropout":
+        assert list(saved["passes"]) == ["10", "30"] and saved["setup"]["examples"] == tiny.n_test
+        for row in saved["passes"].values():
+            assert row["mc_s"]["median"] > 0 and row["ratio_mc_over_n_single"]["median"] > 0
+            assert row["single_pass_s"]["n"] == 2 * row["mc_s"]["n"]  # one pass before and one after each
     if name == "profile":
         assert saved["fit_s"] > 0 and 0 < saved["shares_of_fit"]["forward"] < 1
 

@@ -73,6 +73,9 @@ def _load_hf(spec: ModelSpec, labels: list[str], scratch: bool, auto_class: str,
     head = build_head([old.in_features], len(labels), spec.head, bias=old.bias is not None)
     report = replace_head(model, path, head, labels, known)
     set_labels(model, labels)
+    if not isinstance(head, nn.Linear):  # transformers would load a Linear there: graft rebuilds the declared head
+        model.config.update({HEAD_KEY: {"path": path, "in_features": old.in_features, "bias": old.bias is not None,
+                                        **spec.head.model_dump(include={"batchnorm", "dropout", "hidden"})}})
     new_keys = sorted({f"{path}.{name}" for name, _ in head.named_parameters()} | set(loaded.missing))
     elsewhere = [k for k in loaded.missing if not k.startswith(path + ".")]
     notes = [f"not in the checkpoint, initialised fresh: {', '.join(elsewhere)}"] if elsewhere else []
@@ -161,8 +164,45 @@ def load_trained_classifier(folder: Path, auto_class: str, processor: str) -> Tr
     if not (folder / "config.json").is_file():
         raise GraftError(f"{folder}: no saved model here (config.json missing); did the run finish?")
     model, loaded_processor = hf.load_trained(folder, auto_class, processor)
+    restore_declared_head(model, folder)
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
     return TrainedModel(model, loaded_processor, labels, {})
+
+
+HEAD_KEY = "graft_head"
+"""In a saved Hugging Face model's config: the declared head (dropout, BatchNorm, hidden layer) that replaced its
+output layer, which transformers alone would load as a fresh Linear."""
+
+
+def restore_declared_head(model: nn.Module, folder: Path) -> None:
+    """Put back the declared head a graft run trained on a Hugging Face model (its config's `graft_head`), with its
+    saved weights; a head whose weights the model cannot take is an error, never a silently fresh head."""
+    from safetensors import safe_open
+
+    from graft.models.groups import head_modules, under
+    from graft.recipe import HeadSpec
+
+    saved = getattr(model.config, HEAD_KEY, None)
+    prefix = saved["path"] + "." if saved else None
+    keys, head_state = [], {}
+    for file in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118 (a safe_open handle is not iterable)
+                keys.append(key)
+                if prefix and key.startswith(prefix):
+                    head_state[key.removeprefix(prefix)] = f.get_tensor(key)
+    if saved:
+        head = build_head([saved["in_features"]], model.config.num_labels,
+                          HeadSpec(**{k: saved[k] for k in ("batchnorm", "dropout", "hidden")}), bias=saved["bias"])
+        replace_head(model, saved["path"], head, [], None)
+        head.load_state_dict(head_state)
+        head.to(next(model.parameters()).dtype)
+    expected, heads = set(model.state_dict()), head_modules(model, "")
+    strays = [k for k in keys if k not in expected and under(k, heads)]
+    if strays:
+        raise GraftError(f"{folder}: the saved head has weights the model has no place for ({', '.join(strays[:4])}): "
+                         f"a declared model.head saved before graft recorded it in config.json ({HEAD_KEY}); train "
+                         f"the run again")
 
 
 def _load_trained_plain(folder: Path) -> TrainedModel:

@@ -263,6 +263,10 @@ def _outside_graft(folder: Path, record: dict[str, Any], task: Task, kind: str, 
         return [f"The classifier reads the {pooling} of the token states (`graft_pooling` in config.json), which "
                 f"transformers' own classes do not do (they would read an untrained pooler), so load it through "
                 f"graft: {loads}."]
+    if _config(folder).get("graft_head"):
+        return [f"Its head is the one the recipe declared (`model.head`, recorded as `graft_head` in config.json), "
+                f"which transformers' own classes would replace by an untrained layer, so load it through graft: "
+                f"{loads}."]
     if task.input_kind == "image" and not (folder / "preprocessor_config.json").is_file():
         return ["transformers loads it with `AutoModelForImageClassification.from_pretrained"
                 f"(\"{where}\")`; the folder has no image processor, so prepare images as below."]

@@ -39,6 +39,12 @@ class HeadSpec(Section):
     """Pool a feature map [C, H, W] to a vector: average, max, or both concatenated; any input size works."""
     batchnorm: bool = False
     dropout: Fraction = 0.0
+    """Probability of an nn.Dropout just before the new head's first Linear, active in training (and in
+    `graft predict --mc-dropout`); 0: none. Hugging Face classifiers keep their own dropout as well (BERT drops the
+    pooled output with `classifier_dropout`, else `hidden_dropout_prob`), so there the two apply one after the other:
+    a value adds dropout, it does not replace the model's. This is how a model with no dropout of its own (most CNNs)
+    gets some for MC dropout. A declared head is saved with the model (Hugging Face: `graft_head` in config.json)
+    and rebuilt when the run is loaded."""
     hidden: PositiveInt | None = None
     """Width of one hidden Linear+ReLU layer before the output layer; null: none."""
 
