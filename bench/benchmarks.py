@@ -8,6 +8,7 @@ import cProfile
 import csv
 import io
 import math
+import os
 import pstats
 import random
 import tempfile
@@ -661,16 +662,19 @@ def mc_dropout(size: Size) -> dict[str, Any]:
         return time.perf_counter() - started
 
     single()  # warm the thread pool and the allocator
+    load = [os.getloadavg()[0]]  # other work on the machine slows both sides, not their ratio (timed in turn)
     rows: dict[str, Any] = {}
     for n, repeats in ((10, size.repeats), (30, 1)):
         times = [(single(), mc(n), single()) for _ in range(repeats)]
         rows[str(n)] = {"single_pass_s": spread([t for a, _, c in times for t in (a, c)]),
                         "mc_s": spread([b for _, b, _ in times]),
                         "ratio_mc_over_n_single": spread([b / (n * (a + c) / 2) for a, b, c in times])}
+    load.append(os.getloadavg()[0])
     tokens = sum(int(b["attention_mask"].sum()) for b in batches)
     return {"setup": {"model": size.model, "data": "rt-polarity" if real else "synthetic", "examples": len(texts),
                       "tokens": tokens, "max_length": spec.max_length, "eval_batch": batch, "max_rows": MAX_ROWS,
-                      "attention": model.config._attn_implementation, "precision": "fp32"},
+                      "attention": model.config._attn_implementation, "precision": "fp32",
+                      "load_average_1min": {"before": load[0], "after": load[1]}},
             "passes": rows, "target": "MC time <= 1.1x N single passes"}
 
 
