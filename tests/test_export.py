@@ -55,8 +55,8 @@ def test_a_plain_module_export_carries_its_factory_and_loads_anywhere(plain_run,
     out = tmp_path / "export"
     done = CliRunner().invoke(app, ["export", str(plain_run), "--output", str(out)])
     assert done.exit_code == 0, done.output
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "graft_model.json", "model.safetensors",
-                                                     "my_nets.py"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "calibration.json", "graft_model.json",
+                                                     "model.safetensors", "my_nets.py"]
     assert json.loads((out / "graft_model.json").read_text())["factory"] == "my_nets.py:small_cnn"
     assert machine_paths(out, plain_run.parent, tmp_path) == []
     assert_readable(out)

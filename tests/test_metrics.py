@@ -104,8 +104,9 @@ def test_softmax_is_stable_on_large_logits() -> None:
 
 
 def test_metric_mode() -> None:
-    assert metric_mode("loss") == "min" and metric_mode("perplexity") == "min"
-    assert all(metric_mode(name) == "max" for name in SCALAR_METRICS if name not in ("loss", "perplexity"))
+    lower = ("loss", "perplexity", "ece", "nll", "brier")
+    assert all(metric_mode(name) == "min" for name in lower)
+    assert all(metric_mode(name) == "max" for name in SCALAR_METRICS if name not in lower)
 
 
 def test_shape_mismatch_is_rejected() -> None:

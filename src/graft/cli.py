@@ -83,6 +83,10 @@ def _resume_hint(recipe: Path, overrides: list[str]) -> str:
     return f"no checkpoint was saved yet; start again with `{command} --overwrite`"
 
 
+RawOption = Annotated[bool, typer.Option("--raw", help="The model's own probabilities, not scaled by the temperature "
+                                        "the run fitted on its validation split.")]
+
+
 @app.command("eval")
 def eval_(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by `graft train`.", metavar="RUN_DIR")],
@@ -90,14 +94,15 @@ def eval_(
                                                    "folder of class folders; default: the run's own test split.")
                     ] = None,
     output: Annotated[Path | None, typer.Option(help="Also write the metrics as JSON here.")] = None,
+    raw: RawOption = False,
 ) -> None:
-    """Metrics of a trained run on a dataset: accuracy, F1, per-class table, confusion matrix."""
+    """Metrics of a trained run on a dataset: accuracy, F1, calibration, per-class table, confusion matrix."""
     from graft.files import check_output_file, write_json
     from graft.trained import evaluate_run
 
     if output is not None:
         check_output_file(output)
-    metrics = evaluate_run(run_dir, data)
+    metrics = evaluate_run(run_dir, data, raw=raw)
     if output is not None:
         write_json(output, metrics)
     _print_metrics(metrics, title=str(data) if data else "test")
@@ -112,11 +117,12 @@ def predict(
     output: Annotated[Path | None, typer.Option(
         help="Write here: .csv/.tsv get a column per label, anything else JSON lines. Default: JSON lines on stdout.",
     )] = None,
+    raw: RawOption = False,
 ) -> None:
-    """Labels and probabilities for new texts or images."""
+    """Labels and probabilities for new texts or images (scaled by the run's fitted temperature unless --raw)."""
     from graft.trained import predict_run
 
-    rows = predict_run(run_dir, input, output)
+    rows = predict_run(run_dir, input, output, raw=raw)
     if output is None:
         for row in rows:
             print(json.dumps(row, ensure_ascii=False))
@@ -239,6 +245,10 @@ def _print_summary(record: dict) -> None:
     test = record["metrics"]["test"]
     print(f"run: {record['recipe']['output']['dir']}")
     _print_metrics(test)
+    if record.get("calibration"):
+        c = record["calibration"]
+        print(f"calibration: test ECE {c['before']['ece']:.4f} -> {c['after']['ece']:.4f} with temperature "
+              f"{c['temperature']:.3f} (fitted on validation; graft predict applies it, --raw does not)")
     for sample in record.get("samples", [])[:3]:
         print(f"  sample: {sample['prompt'][:60]!r} -> {sample['generated'][:80]!r}")
     t = record["timings"]
@@ -255,6 +265,9 @@ def _print_metrics(m: dict, title: str = "test") -> None:
     auc = f"{m['roc_auc']:.4f}" if m.get("roc_auc") is not None else "n/a"
     print(f"{title}: accuracy {m['accuracy']:.4f}  f1_macro {m['f1_macro']:.4f}  f1_weighted {m['f1_weighted']:.4f}  "
           f"roc_auc {auc}  loss {m['loss']:.4f}  (n={m['n']})")
+    if m.get("ece") is not None:
+        scaled = f" (temperature {m['temperature']:.3f} applied)" if m.get("temperature") else ""
+        print(f"  calibration: ece {m['ece']:.4f}  nll {m['nll']:.4f}  brier {m['brier']:.4f}{scaled}")
     if m.get("baseline_accuracy") is not None:
         print(f"  majority baseline (the most frequent class for every example): accuracy "
               f"{m['baseline_accuracy']:.4f}  f1_macro {m['baseline_f1_macro']:.4f}"

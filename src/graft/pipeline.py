@@ -344,9 +344,10 @@ def _feature_cache(run: Setup, device: Any) -> tuple[nn.Module | None, DataLoade
 
 
 def finish(accelerator: Accelerator, run: Setup, fitted: Fitted, started: float) -> dict[str, Any]:
-    """The best weights back, the test split and the extra evaluations on them, the final model saved, the
-    record completed, the report written."""
+    """The best weights back, the test split and the extra evaluations on them (a classifier's test also fits its
+    temperature on validation), the final model saved, the record completed, the report written."""
     from graft.environment import peak_memory_mb
+    from graft.evaluation.calibration import write_temperature
     from graft.models.save import save_final_model, write_run_card
     from graft.report import write_report
     from graft.training import checkpoint
@@ -362,6 +363,8 @@ def finish(accelerator: Accelerator, run: Setup, fitted: Fitted, started: float)
         hook(event_for_test(state, test_metrics))
     save_final_model(accelerator, fitted.model, run.loaded, recipe, run.splits.labels, recipe.output.dir / MODEL_DIR,
                      run.attached)
+    if "calibration" in extras and accelerator.is_main_process:  # a classifier's temperature, beside its weights
+        write_temperature(recipe.output.dir / MODEL_DIR, extras["calibration"])
     record.update(status="completed", stopped=state.stopped, best=best)
     record["metrics"] = {"test": test_metrics, "validation": _best_validation(state), "history": state.history,
                          **{e.name: e.run(accelerator, fitted.model) for e in run.evaluations}}

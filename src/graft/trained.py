@@ -32,20 +32,26 @@ class TrainedRun:
     processor: Any
     labels: list[str]
     input: dict[str, Any]
+    temperature: float = 1.0
+    """What the logits are divided by before the softmax: the run's fitted temperature, 1 when raw or uncalibrated."""
 
 
-def open_run(run_dir: Path) -> TrainedRun:
-    """A finished run's recipe, task, model, tokenizer or image input, and class names."""
+def open_run(run_dir: Path, raw: bool = False) -> TrainedRun:
+    """A finished run's recipe, task, model, tokenizer or image input, class names and temperature (`raw`: 1, the
+    model's own probabilities; a run saved without one has 1 too)."""
+    from graft.evaluation.calibration import read_temperature
     from graft.strategy.peft import is_peft_run, load_peft_run
 
     recipe = run_recipe(run_dir)
     task = get_task(recipe.task)
     check_model_files(run_dir)
+    temperature = 1.0 if raw else read_temperature(run_dir / MODEL_DIR)
     if is_peft_run(run_dir / MODEL_DIR):
         rebuilt = load_peft_run(run_dir / MODEL_DIR)
-        return TrainedRun(recipe, task, rebuilt.attached.model, rebuilt.processor, rebuilt.labels, rebuilt.input)
+        return TrainedRun(recipe, task, rebuilt.attached.model, rebuilt.processor, rebuilt.labels, rebuilt.input,
+                          temperature)
     trained = task.load_trained(run_dir / MODEL_DIR, recipe.data)
-    return TrainedRun(recipe, task, trained.model, trained.processor, trained.labels, trained.input)
+    return TrainedRun(recipe, task, trained.model, trained.processor, trained.labels, trained.input, temperature)
 
 
 def check_model_files(run_dir: Path) -> None:
@@ -79,27 +85,31 @@ def batches(run: TrainedRun, split: Any) -> tuple[Accelerator, nn.Module, DataLo
     return accelerator, model, loader
 
 
-def evaluate_run(run_dir: Path | str, data: Path | str | None = None) -> dict[str, Any]:
+def evaluate_run(run_dir: Path | str, data: Path | str | None = None, *, raw: bool = False) -> dict[str, Any]:
     """Metrics of a trained run on `data` (a labelled file, or a folder of class folders for images), or on the
-    run's own test split."""
-    run = open_run(Path(run_dir))
+    run's own test split. A calibrated classifier's probabilities are scaled by its temperature (which the metrics
+    then name) unless `raw`."""
+    run = open_run(Path(run_dir), raw)
     if data is None:
         split = run.task.load_splits(run.recipe).test
     else:
         split = run.task.read_labelled(run.recipe, Path(data), run.labels)
-    return run.task.evaluate(*batches(run, split), run.labels)
+    scaled = {"temperature": run.temperature} if run.temperature != 1.0 else {}  # only a classifier has one
+    return {**run.task.evaluate(*batches(run, split), run.labels, **scaled), **scaled}
 
 
-def predict_run(run_dir: Path | str, source: str, output: Path | str | None = None) -> list[dict[str, Any]]:
+def predict_run(run_dir: Path | str, source: str, output: Path | str | None = None, *,
+                raw: bool = False) -> list[dict[str, Any]]:
     """Predictions for each input of `source`: labels and probabilities (texts: a file, or '-' for stdin lines;
     images: a file, a folder searched recursively, a table with the image column, or '-' for paths on stdin), or a
-    language model's answers to prompts.
+    language model's answers to prompts. A calibrated classifier's probabilities are scaled by its temperature;
+    `raw` gives the model's own.
 
     With `output`, rows are written there (CSV/TSV by suffix, else JSON lines), atomically.
     """
     if output is not None:
         check_output_file(Path(output))
-    run = open_run(Path(run_dir))
+    run = open_run(Path(run_dir), raw)
     rows, columns = run.task.predict(run, source, lambda split: batches(run, split))
     if output is not None:
         write_rows(rows, Path(output), columns)
@@ -118,9 +128,11 @@ class Predictor:
     (`image`: the file, or None for an image given in memory; language models: `prompt` and `generated`). One input
     not in a list gives its row alone. PEFT runs load as any other. Inputs go through the model `batch_size` at a
     time (default: the run's evaluation batch size), on `device` (default: the GPU when there is one).
+    Probabilities are scaled by the run's fitted temperature; `raw=True` gives the model's own.
     """
 
-    def __init__(self, run_dir: Path | str, *, batch_size: int | None = None, device: str | None = None) -> None:
+    def __init__(self, run_dir: Path | str, *, batch_size: int | None = None, device: str | None = None,
+                 raw: bool = False) -> None:
         from accelerate import PartialState
         from torch import device as torch_device
 
@@ -128,7 +140,7 @@ class Predictor:
                                        or batch_size < 1):
             raise GraftError(f"batch_size = {batch_size!r}: give a whole number of at least 1")
         self.run_dir = Path(run_dir)
-        self._run = open_run(self.run_dir)
+        self._run = open_run(self.run_dir, raw)
         if batch_size is not None:
             self._run.recipe.train.eval_batch_size = batch_size
         self.device = torch_device(device) if device is not None else PartialState().device
@@ -187,18 +199,20 @@ CHUNK_BATCHES = 64
 """Batches per chunk of in-memory inputs: whole batches, so each batch is the one `graft predict` would make."""
 
 
-def predict(run_dir: Path | str, inputs: Any, output: Path | str | None = None) -> list[dict[str, Any]]:
+def predict(run_dir: Path | str, inputs: Any, output: Path | str | None = None, *,
+            raw: bool = False) -> list[dict[str, Any]]:
     """`graft.predict`: rows for a file as `graft predict` reads it (texts: a table or a .txt, `-` for stdin;
     images: an image, a folder, a table of paths), or for inputs held in memory, in a list (see `Predictor`).
-    With `output`, the rows are written there too (CSV/TSV by suffix, else JSON lines)."""
+    With `output`, the rows are written there too (CSV/TSV by suffix, else JSON lines). `raw`: the model's own
+    probabilities, not scaled by the run's temperature."""
     if isinstance(inputs, str | Path):
         if str(inputs) != "-" and not Path(inputs).exists():
             raise GraftError(f"{str(inputs)[:80]!r}: no such file; graft.predict reads a file, or takes the inputs "
                              f"themselves in a list: graft.predict(run_dir, [...])")
-        return predict_run(run_dir, str(inputs), output)
+        return predict_run(run_dir, str(inputs), output, raw=raw)
     if output is not None:
         check_output_file(Path(output))
-    predictor = Predictor(run_dir)
+    predictor = Predictor(run_dir, raw=raw)
     rows, columns = predictor.rows(predictor.as_items(inputs)[1])
     if output is not None:
         write_rows(rows, Path(output), columns)
@@ -229,7 +243,9 @@ def export_run(run_dir: Path | str, output: Path | str, *, merge: bool = False) 
 
     The folder holds no path of this machine: a plain module's factory file travels inside it as a copy, and a
     local base model, checkpoint or data file is named by its file name. Its files get the permissions the umask
-    gives, and its model card (README.md) says what the folder holds and how to load it."""
+    gives, and its model card (README.md) says what the folder holds and how to load it. A calibrated classifier's
+    temperature (calibration.json) travels with it."""
+    from graft.evaluation.calibration import TEMPERATURE_FILE
     from graft.models.save import write_model_card
     from graft.strategy.peft import is_peft_run
 
@@ -243,6 +259,8 @@ def export_run(run_dir: Path | str, output: Path | str, *, merge: bool = False) 
     with writing(output) as tmp:
         if merge and is_peft_run(source):
             _save_merged(source, run_dir, recipe, tmp)
+            if (source / TEMPERATURE_FILE).is_file():  # the probabilities' temperature travels with the weights
+                shutil.copyfile(source / TEMPERATURE_FILE, tmp / TEMPERATURE_FILE)
         else:
             shutil.copytree(source, tmp)
         _make_portable(tmp)

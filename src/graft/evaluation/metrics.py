@@ -16,15 +16,19 @@ SCALAR_METRICS: tuple[str, ...] = (
     "roc_auc",
     "perplexity",
     "token_accuracy",
+    "ece",
+    "nll",
+    "brier",
 )
 LM_METRICS = ("loss", "perplexity", "token_accuracy")
 """What a causal language model is scored on (on response tokens)."""
 LM_ONLY_METRICS = ("perplexity", "token_accuracy")
+LOWER_IS_BETTER = ("loss", "perplexity", "ece", "nll", "brier")
 
 
 def metric_mode(name: str) -> str:
     """Whether a smaller ("min") or larger ("max") value of the metric `name` is better."""
-    return "min" if name in ("loss", "perplexity") else "max"
+    return "min" if name in LOWER_IS_BETTER else "max"
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -49,13 +53,16 @@ def _roc_auc(labels: np.ndarray, probs: np.ndarray) -> float | None:
 def classification_metrics(
     logits: np.ndarray, labels: np.ndarray, label_names: list[str], loss: float | None = None
 ) -> dict:
-    """Accuracy, macro/weighted precision-recall-F1, ROC-AUC, per-class scores and the confusion matrix.
+    """Accuracy, macro/weighted precision-recall-F1, ROC-AUC, calibration (ECE over 15 bins, NLL, Brier), per-class
+    scores and the confusion matrix.
 
     `logits` is (n, k) raw scores, `labels` (n,) class ids, and `label_names` names the k classes in id order.
     Every value is a plain Python number, list or dict, so the result goes straight into `json.dumps`.
     """
     # Imported here: the recipe reads SCALAR_METRICS and metric_mode from this module, and must load fast.
     from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+
+    from graft.evaluation.calibration import calibration_scores
 
     logits = np.asarray(logits, dtype=np.float64)
     labels = np.asarray(labels).astype(int)
@@ -73,6 +80,7 @@ def classification_metrics(
         p, r, f, _ = precision_recall_fscore_support(labels, preds, labels=ids, average=average, zero_division=0)
         out |= {f"precision_{average}": float(p), f"recall_{average}": float(r), f"f1_{average}": float(f)}
     out["roc_auc"] = _roc_auc(labels, softmax(logits))
+    out |= calibration_scores(logits, labels)
     out |= _majority_baseline(labels, ids)
     predicted = np.unique(preds)
     # A model that answers one class for everything is no model, however its accuracy looks on skewed data.

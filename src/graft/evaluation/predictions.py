@@ -33,15 +33,19 @@ def collect_logits(accelerator: Accelerator, model: nn.Module,
     return all_logits, (torch.cat(labels).numpy() if labels else None)
 
 
-def evaluate(accelerator: Accelerator, model: nn.Module, loader: DataLoader, label_names: list[str]) -> dict[str, Any]:
-    """Loss (mean cross-entropy over all examples) and the classification metrics."""
-    return score(*collect_logits(accelerator, model, loader), label_names)
+def evaluate(accelerator: Accelerator, model: nn.Module, loader: DataLoader, label_names: list[str],
+             temperature: float = 1.0) -> dict[str, Any]:
+    """Loss (mean cross-entropy over all examples) and the classification metrics, of the logits divided by
+    `temperature` (a calibrated run's; 1: the model's own)."""
+    return score(*collect_logits(accelerator, model, loader), label_names, temperature)
 
 
-def score(logits: np.ndarray, labels: np.ndarray | None, label_names: list[str]) -> dict[str, Any]:
-    """The metrics of collected logits against their labels."""
+def score(logits: np.ndarray, labels: np.ndarray | None, label_names: list[str],
+          temperature: float = 1.0) -> dict[str, Any]:
+    """The metrics of collected logits (divided by `temperature`) against their labels."""
     if labels is None:
         raise ValueError("evaluate() needs labelled data")
+    logits = logits / np.float32(temperature) if temperature != 1.0 else logits
     loss = F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels).long()).item()
     return classification_metrics(logits, labels, label_names, loss=loss)
 

@@ -16,7 +16,7 @@ LABEL_CHARS = 18
 """Class names longer than this are shortened in a confusion matrix (the middle gives way), full in a tooltip."""
 
 
-def _figure(width: float = 6.4, height: float = 3.2) -> tuple[Any, Any]:
+def _figure(width: float = 6.4, height: float = 3.2, ncols: int = 1) -> tuple[Any, Any]:
     import matplotlib
 
     matplotlib.use("Agg")  # no display, no GUI toolkit
@@ -24,14 +24,15 @@ def _figure(width: float = 6.4, height: float = 3.2) -> tuple[Any, Any]:
 
     plt.rcParams.update({"svg.fonttype": "none", "font.size": 9, "axes.spines.top": False,
                          "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3})
-    return plt.subplots(figsize=(width, height))
+    return plt.subplots(figsize=(width, height), ncols=ncols)
 
 
-def _svg(fig: Any) -> str:
+def _svg(fig: Any, bottom: float = 0.0) -> str:
+    """The figure as inline SVG; `bottom`: the share of its height kept free below the axes (for a legend)."""
     import matplotlib.pyplot as plt
 
     buffer = io.StringIO()
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, bottom, 1, 1))
     fig.savefig(buffer, format="svg", metadata={"Creator": None, "Date": None, "Format": None, "Type": None})
     plt.close(fig)
     text = buffer.getvalue()
@@ -169,3 +170,29 @@ def heatmap(matrix: Sequence[Sequence[int]], labels: Sequence[str]) -> str:
     for gid, name in tooltips.items():  # SVG shows a group's <title> on hover
         svg = svg.replace(f'<g id="{gid}">', f'<g id="{gid}"><title>{html.escape(str(name))}</title>', 1)
     return svg
+
+
+def reliability_chart(panels: dict[str, list[dict[str, Any]]]) -> str:
+    """A reliability diagram per panel {title: bins}, side by side: each bin's accuracy as a bar over its confidence
+    range, its mean confidence as a tick, the diagonal where accuracy equals confidence, and the bin's example count
+    in a row above the plot. Bins are dicts with lower, upper, count, confidence and accuracy (None when empty)."""
+    fig, axes = _figure(6.4, 3.6, ncols=len(panels))
+    for ax, (title, bins) in zip([axes] if len(panels) == 1 else axes, panels.items(), strict=True):
+        full = [b for b in bins if b["count"]]
+        ax.plot([0, 1], [0, 1], color="#9ca3af", linestyle="--", linewidth=1, label="perfectly calibrated")
+        ax.bar([b["lower"] for b in full], [b["accuracy"] for b in full], width=[b["upper"] - b["lower"] for b in full],
+               align="edge", color=PALETTE[0], alpha=0.75, edgecolor="white", label="accuracy")
+        ax.plot([b["confidence"] for b in full], [b["confidence"] for b in full], linestyle="none", marker="_",
+                markersize=8, color=PALETTE[1], label="mean confidence")
+        for b in full:  # in a row above the plot's top, clear of the bars and the confidence ticks
+            ax.text((b["lower"] + b["upper"]) / 2, 1.03, str(b["count"]), ha="center", va="bottom",
+                    fontsize=MIN_FONT, rotation=90)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.22)  # room for the counts above accuracy 1
+        ax.set_yticks([0, 0.25, 0.5, 0.75, 1.0])
+        ax.set_xlabel("confidence (top class)")
+        ax.set_ylabel("accuracy")
+        ax.set_title(title, fontsize=9)
+    handles, names = (axes if len(panels) == 1 else axes[0]).get_legend_handles_labels()
+    fig.legend(handles, names, frameon=False, fontsize=8, loc="lower center", ncol=len(names))
+    return _svg(fig, bottom=0.08)  # the legend's row below the panels

@@ -1,8 +1,9 @@
 """The run report: one self-contained HTML page from a run record (run.json), read from files only (no torch).
 
 Top to bottom it answers "did it work, and what did it cost?": the headline test metrics and what the curves say
-in words (overfitting, early stopping), then the curves, the confusion matrix, the per-class table, the most
-confident mistakes, what trained at which learning rate, the cost, and where it ran.
+in words (overfitting, early stopping), then the curves, the confusion matrix, the per-class table, whether the
+probabilities can be trusted (calibration), the most confident mistakes, what trained at which learning rate, the
+cost, and where it ran.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from graft.report.charts import heatmap, line_chart, matrix_layout
+from graft.report.charts import heatmap, line_chart, matrix_layout, reliability_chart
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;color:#111827;margin:0;background:#f3f4f6}
@@ -55,6 +56,8 @@ def render(record: dict[str, Any], run_dir: Path) -> str:
     parts += _curves(history, record)
     if test.get("confusion_matrix"):
         parts += _test_set(test, record["data"]["labels"])
+    if record.get("calibration"):
+        parts += _calibration(record["calibration"])
     if record.get("mistakes"):
         parts.append(_mistakes(record["mistakes"], record["data"].get("input_kind") == "image"))
     if record.get("samples") or record["data"].get("rendered_example"):
@@ -125,6 +128,7 @@ def _cards(test: dict[str, Any], record: dict[str, Any]) -> str:
              ("majority baseline: accuracy", test.get("baseline_accuracy")),
              ("majority baseline: macro F1", test.get("baseline_f1_macro")),
              ("ROC-AUC", test.get("roc_auc")), ("test loss", test.get("loss")),
+             ("test ECE (calibration error)", test.get("ece")),
              ("test perplexity", test.get("perplexity")), ("token accuracy (responses)", test.get("token_accuracy"))]
     params = record.get("params", {})
     cards = [f"<div class='card'><b>{v:.3f}</b><span>{k}</span></div>" for k, v in items if v is not None]
@@ -273,6 +277,85 @@ def _test_set(test: dict[str, Any], labels: list[str]) -> list[str]:
                 _per_class(test), "</div>"]
     return ["<h2>Test set</h2>", f"<figure class='wide'>{chart}<figcaption>{escape(caption)}</figcaption></figure>",
             _per_class(test)]
+
+
+COVERAGE_ROWS = (1.0, 0.9, 0.75, 0.5, 0.25)
+"""The shares answered that the calibration table shows the threshold and accuracy for."""
+
+
+def _calibration(c: dict[str, Any]) -> list[str]:
+    """Temperature scaling's before and after, the reliability diagrams, what answering only when confident gives,
+    and the suggested threshold, all from the record's `calibration` (measured on test, scaled probabilities)."""
+    before, after, t = c["before"], c["after"], c["temperature"]
+    if c.get("note") and t == 1.0:
+        fitted = f"No temperature was fitted: {escape(c['note'])}."
+    else:
+        direction = ("over-confident: scaling softens its probabilities" if t > 1 else
+                     "under-confident: scaling sharpens its probabilities")
+        fitted = (f"Temperature scaling divides the logits by T = {t:.3f}, fitted on the {c['fitted_on']['n']} "
+                  f"validation examples by their NLL: the model was {direction}. Accuracy does not change."
+                  + (f" Note: {escape(c['note'])}." if c.get("note") else ""))
+    out = ["<h2>Calibration: can its confidence be trusted?</h2>",
+           f"<div class='verdict'>{fitted} On test, expected calibration error {before['ece']:.4f} → "
+           f"{after['ece']:.4f}, NLL {before['nll']:.4f} → {after['nll']:.4f}, Brier score {before['brier']:.4f} → "
+           f"{after['brier']:.4f}. <code>graft predict</code> and <code>graft eval</code> apply T; "
+           "<code>--raw</code> gives the model's own probabilities.</div>"]
+    out += _answering_verdicts(c)
+    panels = {f"before scaling (ECE {before['ece']:.3f})": c["reliability"]["before"],
+              f"after, T = {t:.2f} (ECE {after['ece']:.3f})": c["reliability"]["after"]}
+    figures = [figure(reliability_chart(panels), f"Reliability on test: the accuracy of the examples in each of "
+                      f"{c['n_bins']} equal-width confidence bins (bars), against their mean confidence (ticks); the "
+                      "numbers along the top are each bin's examples. Bars on the diagonal are calibrated; below it, "
+                      "over-confident.")]
+    curve = c.get("coverage") or []
+    if curve:
+        chosen = c["threshold"]
+        marks = ({f"suggested p = {chosen['value']:.3f}": (chosen["value"], chosen["test"]["accuracy"])}
+                 if chosen.get("value") is not None and chosen["test"]["accuracy"] is not None else None)
+        thresholds = [p["threshold"] for p in curve]
+        chart = line_chart({"accuracy of the answered": (thresholds, [p["accuracy"] for p in curve]),
+                            "share answered (coverage)": (thresholds, [p["coverage"] for p in curve])},
+                           xlabel="answer only when confidence ≥ p", ylabel="test", marks=marks)
+        figures.append(figure(chart, "Accuracy if the model only answers when its (scaled) confidence is at least p, "
+                                     "and the share of test examples it then answers."))
+    out += ["<div class='grid'>", *figures, "</div>"]
+    if curve:
+        out.append(_coverage_table(curve))
+    return out
+
+
+def _answering_verdicts(c: dict[str, Any]) -> list[str]:
+    out = []
+    half = c.get("top_half") or {}
+    if half.get("accuracy") is not None:
+        out.append(f"<div class='verdict'>The 50% most confident test predictions are right {half['accuracy']:.1%} "
+                   f"of the time, against {half['overall']:.1%} for all: confidence is worth "
+                   f"{100 * half['margin']:+.1f} points of accuracy.</div>")
+    chosen = c.get("threshold") or {}
+    if chosen.get("value") is not None:
+        val, test = chosen["validation"], chosen["test"]
+        measured = (f"on test it answers {test['coverage']:.0%} at accuracy {test['accuracy']:.3f}"
+                    if test["accuracy"] is not None else "on test it answers none")
+        out.append(f"<div class='verdict'><b>Suggested threshold: answer only when confidence ≥ "
+                   f"{chosen['value']:.3f}</b> (e.g. <code>--min-confidence {chosen['value']:.3f}</code>). The rule: "
+                   f"{escape(chosen['rule'])}. Target accuracy {chosen['target_accuracy']:.3f}; on validation the "
+                   f"threshold answers {val['coverage']:.0%} at accuracy {val['accuracy']:.3f}; {measured}.</div>")
+    elif chosen:
+        out.append(f"<div class='verdict warn'>No confidence threshold is suggested: {escape(chosen.get('why', ''))} "
+                   f"(the rule: {escape(chosen['rule'])}).</div>")
+    return out
+
+
+def _coverage_table(curve: list[dict[str, Any]]) -> str:
+    """The curve at a few shares answered: the largest threshold that still answers at least that share."""
+    rows = ""
+    for share in COVERAGE_ROWS:
+        point = max((p for p in curve if p["coverage"] >= share - 1e-9), key=lambda p: p["threshold"], default=None)
+        if point is not None:
+            rows += (f"<tr><td class='n'>{share:.0%}</td><td class='n'>{point['threshold']:.3f}</td>"
+                     f"<td class='n'>{point['coverage']:.1%}</td><td class='n'>{point['accuracy']:.3f}</td></tr>")
+    return ("<table><tr><th>answer at least</th><th>threshold p</th><th>answered</th><th>accuracy of the answered"
+            f"</th></tr>{rows}</table>")
 
 
 def _per_class(test: dict[str, Any]) -> str:

@@ -53,19 +53,26 @@ class Classification:
         return load_trained_classifier(folder, self.hf_auto_class, self.hf_processor)
 
     def evaluate(self, accelerator: Accelerator, model: nn.Module, loader: DataLoader,
-                 labels: list[str]) -> dict[str, Any]:
+                 labels: list[str], temperature: float = 1.0) -> dict[str, Any]:
+        """The metrics of the logits divided by `temperature` (a calibrated run's; 1: the model's own)."""
         from graft.evaluation.predictions import evaluate
 
-        return evaluate(accelerator, model, loader, labels)
+        return evaluate(accelerator, model, loader, labels, temperature)
 
     def test(self, accelerator: Accelerator, model: nn.Module, loader: DataLoader, splits: Any,
              loaded: LoadedModel, recipe: Recipe) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The model's own test metrics; the record also gets the most confident mistakes and `calibration`: the
+        temperature fitted on the validation split, and what it changes on test."""
+        from graft.evaluation.calibration import calibrate
         from graft.evaluation.metrics import confident_mistakes
         from graft.evaluation.predictions import collect_logits, score
 
         logits, truth = collect_logits(accelerator, model, loader)
         metrics = score(logits, truth, splits.labels)
-        return metrics, {"mistakes": confident_mistakes(logits, truth, splits.labels, self.inputs(splits.test))}
+        validation = accelerator.prepare(self.eval_loader(recipe, splits.validation, loaded, [], "validation"))
+        calibration = calibrate(*collect_logits(accelerator, model, validation), logits, truth)
+        return metrics, {"mistakes": confident_mistakes(logits, truth, splits.labels, self.inputs(splits.test)),
+                         "calibration": calibration}
 
     def describe(self, splits: Any, loader: DataLoader) -> tuple[str, dict[str, Any], list[str]]:
         """The size line's noun, the record's class counts, and a warning when the classes are skewed."""
@@ -102,18 +109,20 @@ class Classification:
         return (None if weights is None else weighted_cross_entropy(list(weights.values()))), record
 
     def predict(self, run: Any, source: str, batches: Any) -> tuple[list[dict[str, Any]], list[str]]:
+        """Rows for `source`, probabilities from the logits divided by the run's temperature (1 when raw)."""
         from graft.evaluation.predictions import collect_logits
 
         inputs, split = self.read_unlabelled(run.recipe, source)
         logits, _ = collect_logits(*batches(split))
-        return self.prediction_rows(run.labels, inputs, logits), self.prediction_columns(run.labels)
+        return self.prediction_rows(run.labels, inputs, logits / run.temperature), self.prediction_columns(run.labels)
 
     def predict_inputs(self, run: Any, inputs: list[Any], logits: Any) -> tuple[list[dict[str, Any]], list[str]]:
         """Rows as `predict` gives them, for inputs held in memory; `logits(loader)` runs the model."""
         if not inputs:
             return [], self.prediction_columns(run.labels)
         shown, loader = self.memory_loader(run, inputs)
-        return self.prediction_rows(run.labels, shown, logits(loader)), self.prediction_columns(run.labels)
+        rows = self.prediction_rows(run.labels, shown, logits(loader) / run.temperature)
+        return rows, self.prediction_columns(run.labels)
 
     def prediction_rows(self, labels: list[str], inputs: list[Any], logits: Any) -> list[dict[str, Any]]:
         """Each input with its most probable label, that label's probability (`score`) and every label's."""
