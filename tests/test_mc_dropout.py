@@ -349,3 +349,57 @@ def test_abstention_refuses_a_wrong_threshold_and_a_class_named_abstain():
     assert "--min-confidence 1.5: give a probability from 0 to 1" in error_of(abstained, np.ones((1, 2)), 1.5)
     rows = [{"label": "abstain", "score": 0.9, "probabilities": {"abstain": 0.9, "other": 0.1}}]
     assert "the model has a class named 'abstain'" in error_of(abstain_rows, rows, 0.5)
+
+
+# --- graft predict --mc-dropout / --min-confidence ---------------------------------------------------------------
+
+
+def test_predict_with_mc_dropout_from_a_file_the_api_and_the_cli(text_run, tmp_path, monkeypatch, capsys):
+    import csv
+    import sys
+
+    from graft.cli import main
+    from graft.trained import Predictor, predict_run
+
+    texts = [t for t, _ in make_texts(9, seed=6)]
+    source = tmp_path / "new.txt"
+    source.write_text("\n".join(texts) + "\n")
+    rows = predict_run(text_run, str(source), mc_dropout=6)
+    assert [r["text"] for r in rows] == texts
+    assert all({"entropy", "mutual_information", "std"} <= set(r) for r in rows)
+    deterministic = predict_run(text_run, str(source))
+    assert [r["probabilities"] for r in rows] != [r["probabilities"] for r in deterministic]
+    in_memory = Predictor(text_run, mc_dropout=6).predict(texts)
+    for a, b in zip(rows, in_memory, strict=True):  # the same batches, the same seeded masks
+        assert a["probabilities"] == pytest.approx(b["probabilities"]) and a["label"] == b["label"]
+
+    out = tmp_path / "mc.csv"
+    monkeypatch.setattr(sys, "argv", ["graft", "predict", str(text_run), str(source), "--mc-dropout", "6",
+                                      "--output", str(out)])
+    with pytest.raises(SystemExit) as done:
+        main()
+    assert done.value.code in (0, None)
+    with out.open(newline="") as f:
+        table = list(csv.DictReader(f))
+    assert list(table[0]) == mc_columns(["billing", "delivery", "login"], "text")
+    assert [float(r["std_login"]) for r in table] == pytest.approx([r["std"]["login"] for r in rows])
+
+    monkeypatch.setattr(sys, "argv", ["graft", "predict", str(text_run), str(source), "--mc-dropout", "1"])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == 2 and "--mc-dropout 1: give a whole number of passes of at least 2" in \
+        capsys.readouterr().err
+
+
+def test_predict_abstains_below_the_minimum_confidence(text_run, tmp_path):
+    from graft.trained import predict_run
+
+    source = tmp_path / "new.txt"
+    source.write_text("\n".join(t for t, _ in make_texts(12, seed=7)) + "\n")
+    plain = predict_run(text_run, str(source))
+    threshold = sorted(r["score"] for r in plain)[len(plain) // 2]
+    held = predict_run(text_run, str(source), min_confidence=threshold)
+    assert [r["label"] == "abstain" for r in held] == [r["score"] < threshold for r in plain]
+    assert any(r["label"] == "abstain" for r in held) and any(r["label"] != "abstain" for r in held)
+    assert [r["probabilities"] for r in held] == [r["probabilities"] for r in plain]
+    assert "from 0 to 1" in error_of(predict_run, text_run, str(source), min_confidence=1.5)

@@ -118,11 +118,17 @@ def predict(
         help="Write here: .csv/.tsv get a column per label, anything else JSON lines. Default: JSON lines on stdout.",
     )] = None,
     raw: RawOption = False,
+    mc_dropout: Annotated[int | None, typer.Option(
+        "--mc-dropout", help="N passes with dropout on: mean probabilities, predictive entropy, mutual information "
+        "and each class's standard deviation.", metavar="N")] = None,
+    min_confidence: Annotated[float | None, typer.Option(
+        "--min-confidence", help="Label 'abstain' where the top probability is below P (the report suggests one).",
+        metavar="P")] = None,
 ) -> None:
     """Labels and probabilities for new texts or images (scaled by the run's fitted temperature unless --raw)."""
     from graft.trained import predict_run
 
-    rows = predict_run(run_dir, input, output, raw=raw)
+    rows = predict_run(run_dir, input, output, raw=raw, mc_dropout=mc_dropout, min_confidence=min_confidence)
     if output is None:
         for row in rows:
             print(json.dumps(row, ensure_ascii=False))

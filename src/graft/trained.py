@@ -34,6 +34,8 @@ class TrainedRun:
     input: dict[str, Any]
     temperature: float = 1.0
     """What the logits are divided by before the softmax: the run's fitted temperature, 1 when raw or uncalibrated."""
+    mc_passes: int | None = None
+    """Predict with this many dropout passes (graft.evaluation.mc_dropout) rather than one deterministic pass."""
 
 
 def open_run(run_dir: Path, raw: bool = False) -> TrainedRun:
@@ -98,19 +100,24 @@ def evaluate_run(run_dir: Path | str, data: Path | str | None = None, *, raw: bo
     return {**run.task.evaluate(*batches(run, split), run.labels, **scaled), **scaled}
 
 
-def predict_run(run_dir: Path | str, source: str, output: Path | str | None = None, *,
-                raw: bool = False) -> list[dict[str, Any]]:
+def predict_run(run_dir: Path | str, source: str, output: Path | str | None = None, *, raw: bool = False,
+                mc_dropout: int | None = None, min_confidence: float | None = None) -> list[dict[str, Any]]:
     """Predictions for each input of `source`: labels and probabilities (texts: a file, or '-' for stdin lines;
     images: a file, a folder searched recursively, a table with the image column, or '-' for paths on stdin), or a
     language model's answers to prompts. A calibrated classifier's probabilities are scaled by its temperature;
-    `raw` gives the model's own.
+    `raw` gives the model's own. `mc_dropout`: the mean of that many dropout passes, with the predictive entropy,
+    mutual information and each class's spread; `min_confidence`: rows whose top probability is below it are
+    labelled `abstain`.
 
     With `output`, rows are written there (CSV/TSV by suffix, else JSON lines), atomically.
     """
+    _check_options(mc_dropout, min_confidence)
     if output is not None:
         check_output_file(Path(output))
     run = open_run(Path(run_dir), raw)
+    run.mc_passes = mc_dropout
     rows, columns = run.task.predict(run, source, lambda split: batches(run, split))
+    rows = _abstain(rows, min_confidence)
     if output is not None:
         write_rows(rows, Path(output), columns)
     return rows
@@ -132,15 +139,18 @@ class Predictor:
     """
 
     def __init__(self, run_dir: Path | str, *, batch_size: int | None = None, device: str | None = None,
-                 raw: bool = False) -> None:
+                 raw: bool = False, mc_dropout: int | None = None, min_confidence: float | None = None) -> None:
         from accelerate import PartialState
         from torch import device as torch_device
 
         if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
                                        or batch_size < 1):
             raise GraftError(f"batch_size = {batch_size!r}: give a whole number of at least 1")
+        _check_options(mc_dropout, min_confidence)
         self.run_dir = Path(run_dir)
         self._run = open_run(self.run_dir, raw)
+        self._run.mc_passes = mc_dropout
+        self.min_confidence = min_confidence
         if batch_size is not None:
             self._run.recipe.train.eval_batch_size = batch_size
         self.device = torch_device(device) if device is not None else PartialState().device
@@ -192,27 +202,28 @@ class Predictor:
         for start in range(0, max(len(items), 1), step):  # once even for no inputs: the columns
             chunk, columns = self._run.task.predict_inputs(self._run, items[start:start + step], logits)
             rows += chunk
-        return rows, columns
+        return _abstain(rows, self.min_confidence), columns
 
 
 CHUNK_BATCHES = 64
 """Batches per chunk of in-memory inputs: whole batches, so each batch is the one `graft predict` would make."""
 
 
-def predict(run_dir: Path | str, inputs: Any, output: Path | str | None = None, *,
-            raw: bool = False) -> list[dict[str, Any]]:
+def predict(run_dir: Path | str, inputs: Any, output: Path | str | None = None, *, raw: bool = False,
+            mc_dropout: int | None = None, min_confidence: float | None = None) -> list[dict[str, Any]]:
     """`graft.predict`: rows for a file as `graft predict` reads it (texts: a table or a .txt, `-` for stdin;
     images: an image, a folder, a table of paths), or for inputs held in memory, in a list (see `Predictor`).
     With `output`, the rows are written there too (CSV/TSV by suffix, else JSON lines). `raw`: the model's own
-    probabilities, not scaled by the run's temperature."""
+    probabilities, not scaled by the run's temperature; `mc_dropout`, `min_confidence` as for `predict_run`."""
     if isinstance(inputs, str | Path):
         if str(inputs) != "-" and not Path(inputs).exists():
             raise GraftError(f"{str(inputs)[:80]!r}: no such file; graft.predict reads a file, or takes the inputs "
                              f"themselves in a list: graft.predict(run_dir, [...])")
-        return predict_run(run_dir, str(inputs), output, raw=raw)
+        return predict_run(run_dir, str(inputs), output, raw=raw, mc_dropout=mc_dropout,
+                           min_confidence=min_confidence)
     if output is not None:
         check_output_file(Path(output))
-    predictor = Predictor(run_dir, raw=raw)
+    predictor = Predictor(run_dir, raw=raw, mc_dropout=mc_dropout, min_confidence=min_confidence)
     rows, columns = predictor.rows(predictor.as_items(inputs)[1])
     if output is not None:
         write_rows(rows, Path(output), columns)
@@ -232,8 +243,32 @@ def write_rows(rows: list[dict[str, Any]], path: Path, columns: list[str]) -> No
 
 
 def _flat(row: dict[str, Any]) -> dict[str, Any]:
-    probabilities = row.get("probabilities", {})
-    return {**{k: v for k, v in row.items() if k != "probabilities"}, **{f"p_{n}": p for n, p in probabilities.items()}}
+    """A row for a CSV: `probabilities` and (MC dropout) `std` spread out as p_<label> and std_<label>."""
+    spread = {"probabilities": "p_", "std": "std_"}
+    out = {k: v for k, v in row.items() if k not in spread}
+    for key, prefix in spread.items():
+        out.update({f"{prefix}{n}": v for n, v in row.get(key, {}).items()})
+    return out
+
+
+def _check_options(mc_dropout: int | None, min_confidence: float | None) -> None:
+    from graft.evaluation.mc_dropout import check_min_confidence, check_passes
+
+    if mc_dropout is not None:
+        check_passes(mc_dropout)
+    if min_confidence is not None:
+        check_min_confidence(min_confidence)
+
+
+def _abstain(rows: list[dict[str, Any]], min_confidence: float | None) -> list[dict[str, Any]]:
+    from graft.evaluation.mc_dropout import abstain_rows
+
+    if min_confidence is None or not rows:
+        return rows
+    if "probabilities" not in rows[0]:
+        raise GraftError("--min-confidence: a language model's answers have no class probabilities to hold back; "
+                         "leave it out")
+    return abstain_rows(rows, min_confidence)
 
 
 def export_run(run_dir: Path | str, output: Path | str, *, merge: bool = False) -> Path:

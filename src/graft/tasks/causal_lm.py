@@ -123,6 +123,7 @@ class CausalLM:
         prompt a line."""
         from graft.tasks.chat import generate
 
+        _no_mc(run)
         conversations = _prompts(run.recipe.data, source)
         answers = generate(run.model, run.processor, conversations, run.recipe.eval.max_new_tokens)
         return [{"prompt": a["prompt"], "generated": a["generated"]} for a in answers], ["prompt", "generated"]
@@ -132,9 +133,18 @@ class CausalLM:
         from graft.data.instructions import with_system
         from graft.tasks.chat import generate
 
+        _no_mc(run)
         conversations = with_system([_conversation(x, i) for i, x in enumerate(inputs)], run.recipe.data.system)
         answers = generate(run.model, run.processor, conversations, run.recipe.eval.max_new_tokens)
         return [{"prompt": a["prompt"], "generated": a["generated"]} for a in answers], ["prompt", "generated"]
+
+
+def _no_mc(run: Any) -> None:
+    from graft.errors import GraftError
+
+    if run.mc_passes:
+        raise GraftError("--mc-dropout: a language model's answers are generated text, with no class probabilities "
+                         "to average; leave it out")
 
 
 def _encoded(recipe: Recipe, conversations: list, tokenizer: Any, notes: list[str], name: str) -> Any:

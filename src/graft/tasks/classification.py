@@ -113,6 +113,9 @@ class Classification:
         from graft.evaluation.predictions import collect_logits
 
         inputs, split = self.read_unlabelled(run.recipe, source)
+        if run.mc_passes:
+            accelerator, model, loader = batches(split)
+            return self.mc_rows(run, inputs, model, loader, accelerator.gather_for_metrics)
         logits, _ = collect_logits(*batches(split))
         return self.prediction_rows(run.labels, inputs, logits / run.temperature), self.prediction_columns(run.labels)
 
@@ -121,8 +124,19 @@ class Classification:
         if not inputs:
             return [], self.prediction_columns(run.labels)
         shown, loader = self.memory_loader(run, inputs)
+        if run.mc_passes:
+            return self.mc_rows(run, shown, run.model, loader)
         rows = self.prediction_rows(run.labels, shown, logits(loader) / run.temperature)
         return rows, self.prediction_columns(run.labels)
+
+    def mc_rows(self, run: Any, inputs: list[Any], model: Any, loader: Any,
+                gather: Any = None) -> tuple[list[dict[str, Any]], list[str]]:
+        """Rows from `run.mc_passes` dropout passes (graft.evaluation.mc_dropout), each with its input."""
+        from graft.evaluation.mc_dropout import mc_columns, mc_predict_rows
+
+        key = self.input_kind or "input"
+        rows = mc_predict_rows(model, loader, run.labels, run.mc_passes, temperature=run.temperature, gather=gather)
+        return [{key: x, **row} for x, row in zip(inputs, rows, strict=True)], mc_columns(run.labels, key)
 
     def prediction_rows(self, labels: list[str], inputs: list[Any], logits: Any) -> list[dict[str, Any]]:
         """Each input with its most probable label, that label's probability (`score`) and every label's."""
