@@ -114,7 +114,7 @@ def test_plan_of_strategy_on_family(strategy, family, family_recipes, tmp_path):
     lrs = {g["name"].partition("/")[0]: g["lr"] for g in groups}
     trained = [g["name"] for g, s in zip(table, starts, strict=True) if s is not None]
     assert list(lrs) == trained
-    decay, head_mult = (2.6, 10.0) if strategy in PER_GROUP else (1.0, 1.0)
+    decay, head_mult = (10 ** (1 / (len(table) - 2)), 10.0) if strategy in PER_GROUP else (1.0, 1.0)
     for lower, upper in itertools.pairwise(trained[:-1]):
         assert lrs[upper] / lrs[lower] == pytest.approx(decay)
     if len(trained) > 1:

@@ -96,9 +96,10 @@ def test_plan_table_rows():
 def test_discriminative_lr_defaults(name):
     _, plan = cnn_plan(name=name)
     n = len(BACKBONE)
-    assert plan.lr_scale == pytest.approx({**{g: 1 / 2.6 ** (n - 1 - i) for i, g in enumerate(BACKBONE)},
+    decay = 10 ** (1 / (n - 1))  # the bottom group at a tenth of the top
+    assert plan.lr_scale == pytest.approx({**{g: 1 / decay ** (n - 1 - i) for i, g in enumerate(BACKBONE)},
                                            "head": 10.0})
-    assert plan.lr_scale["block2"] == 1.0 and plan.lr_scale["conv1"] == pytest.approx(1 / 2.6 ** 3)
+    assert plan.lr_scale["block2"] == 1.0 and plan.lr_scale["conv1"] == pytest.approx(0.1)
 
 
 def test_explicit_lr_settings_override_the_defaults():

@@ -103,9 +103,15 @@ def make_plan(root: nn.Module, groups: list[Group], head: list[str], spec: Strat
     if not any(s is not None for s in start.values()):
         raise GraftError("strategy: nothing would train; freeze fewer parameters")
     n = len(backbone)
-    scale = {g.name: 1.0 / spec.lr_decay ** (n - 1 - i) for i, g in enumerate(backbone)}  # type: ignore[operator]
+    decay = spec.lr_decay if spec.lr_decay is not None else bottom_at_a_tenth(n)
+    scale = {g.name: 1.0 / decay ** (n - 1 - i) for i, g in enumerate(backbone)}
     scale.update({g.name: float(spec.head_lr_mult) for g in groups if g.is_head})  # type: ignore[arg-type]
     return Plan(groups, start, scale)
+
+
+def bottom_at_a_tenth(n: int) -> float:
+    """The per-group LR decay that trains the lowest of `n` backbone groups at a tenth of the top one's."""
+    return 10 ** (1 / (n - 1)) if n > 1 else 1.0
 
 
 def _frozen_by_selectors(root: nn.Module, backbone: list[Group], head: list[str], spec: StrategySpec) -> set[str]:
