@@ -16,13 +16,12 @@ directory that already holds a completed run is read, not trained again (give a 
 
 from __future__ import annotations
 
-import csv
 import json
-import random
 import sys
 from pathlib import Path
 
 import numpy as np
+from defaults_heldout import text_set_b  # beside this script: the same set B files
 
 import graft
 from graft.evaluation.calibration import binned, ece_of_bins
@@ -30,18 +29,6 @@ from graft.evaluation.calibration import binned, ece_of_bins
 HERE = Path(__file__).resolve().parent
 
 
-def write(path: Path, rows: list[tuple[str, str]]) -> str:
-    with path.open("w", newline="", encoding="utf-8") as f:
-        csv.writer(f).writerows([("text", "label"), *rows])
-    return str(path)
-
-
-def text_set_b(shared: Path, out: Path) -> dict[str, str]:
-    rows = [(line.strip(), label) for label in ("pos", "neg")
-            for line in (shared / "rt-polarity" / f"rt-polarity.{label}").read_text(encoding="latin-1").splitlines()
-            if line.strip()]
-    random.Random(0).shuffle(rows)
-    return {"train": write(out / "rt_b.csv", rows[3000:5000]), "test": write(out / "rt_b_test.csv", rows[5000:6000])}
 
 
 def ece_floor(confidence: np.ndarray, draws: int = 500, seed: int = 0) -> float:

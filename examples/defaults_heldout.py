@@ -36,11 +36,18 @@ def write(path: Path, header: tuple[str, str], rows: list[tuple[str, str]]) -> s
     return str(path)
 
 
-def text_set_b(shared: Path, out: Path) -> dict[str, str]:
+def rt_polarity_rows(shared: Path) -> list[tuple[str, str]]:
+    """The corpus's sentences (positive, then negative; latin-1, stripped, empty lines left out) shuffled with
+    random.Random(0): the order sets A (rows 0-2,999) and B (3,000-5,999) are cut from."""
     rows = [(line.strip(), label) for label in ("pos", "neg")
             for line in (shared / "rt-polarity" / f"rt-polarity.{label}").read_text(encoding="latin-1").splitlines()
             if line.strip()]
     random.Random(0).shuffle(rows)
+    return rows
+
+
+def text_set_b(shared: Path, out: Path) -> dict[str, str]:
+    rows = rt_polarity_rows(shared)
     return {"train": write(out / "rt_b.csv", ("text", "label"), rows[3000:5000]),
             "test": write(out / "rt_b_test.csv", ("text", "label"), rows[5000:6000])}
 

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import csv
 import json
-import random
 import sys
 from pathlib import Path
+
+from defaults_heldout import rt_polarity_rows  # beside this script
 
 import graft
 
@@ -32,10 +33,7 @@ def write(path: Path, rows: list[tuple[str, str]]) -> str:
 
 def main(shared: Path, out: Path, sets: list[str], seeds: list[int]) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    rows = [(line.strip(), label) for label in ("pos", "neg")
-            for line in (shared / "rt-polarity" / f"rt-polarity.{label}").read_text(encoding="latin-1").splitlines()
-            if line.strip()]
-    random.Random(0).shuffle(rows)
+    rows = rt_polarity_rows(shared)
     files = {"A": {"train": write(out / "a.csv", rows[:2000]), "test": write(out / "a_test.csv", rows[2000:3000])},
              "B": {"train": write(out / "b.csv", rows[3000:5000]), "test": write(out / "b_test.csv", rows[5000:6000])}}
     for seed in seeds:
