@@ -27,11 +27,16 @@ def test_train_then_eval_an_image_run(family, tmp_path, tiny_resnet, image_folde
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     assert record["status"] == "completed" and record["metrics"]["test"]["n"] == 6
 
-    again = runner.invoke(app, ["eval", str(tmp_path / "run"), "--output", str(tmp_path / "m.json")])
+    # metrics.test are the model's own probabilities (--raw); plain eval scales them by the fitted temperature
+    again = runner.invoke(app, ["eval", str(tmp_path / "run"), "--raw", "--output", str(tmp_path / "m.json")])
     assert again.exit_code == 0, again.output
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["accuracy"] == pytest.approx(record["metrics"]["test"]["accuracy"])
     assert metrics["loss"] == pytest.approx(record["metrics"]["test"]["loss"], rel=1e-5)
+    scaled = runner.invoke(app, ["eval", str(tmp_path / "run"), "--output", str(tmp_path / "s.json")])
+    assert scaled.exit_code == 0, scaled.output
+    calibrated = record["calibration"]["after"]
+    assert json.loads((tmp_path / "s.json").read_text())["nll"] == pytest.approx(calibrated["nll"], rel=1e-5)
 
     holdout = make_images(tmp_path / "holdout", per_class=4, seed=11)
     other = runner.invoke(app, ["eval", str(tmp_path / "run"), "--data", str(holdout), "--output",
@@ -76,7 +81,7 @@ def test_hf_vision_models_train_with_augmentation_and_reload(kind, tmp_path, ima
                                       data={"augment": augment}))
     assert record["status"] == "completed"
     assert record["groups"][-1]["from_epoch"] == 0 and record["groups"][0]["from_epoch"] == 1
-    again = graft.evaluate(tmp_path / "run")
+    again = graft.evaluate(tmp_path / "run", raw=True)  # metrics.test: the model's own probabilities
     assert again["loss"] == pytest.approx(record["metrics"]["test"]["loss"], rel=1e-5)
 
 
