@@ -296,7 +296,7 @@ def decode_images(paths: Sequence[Path], size: tuple[int, int], *, skip_bad: boo
     kept, bad = [], []
     for i, path in enumerate(paths):
         try:
-            image = _fit(_open_rgb(Path(path)), target, crop)
+            image = fit_image(_open_rgb(Path(path)), target, crop)
         except _Unreadable as error:
             bad.append(f"{path} ({error})")
             continue
@@ -321,13 +321,13 @@ def _open_rgb(path: Path) -> Image.Image:
     try:
         with Image.open(path) as image:
             image.load()  # decode now: a truncated file only fails when its pixels are read
-            return _to_rgb(image)
+            return to_rgb(image)
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as error:
         reason = " ".join(str(error).split()) or type(error).__name__
         raise _Unreadable(reason) from None
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+def to_rgb(image: Image.Image) -> Image.Image:
     if image.mode.startswith("I;16") or image.mode in ("I", "F"):
         # 16-bit (and 32-bit) grey: Pillow's convert clips every value above 255 to white; scale to 8 bits instead.
         values = np.asarray(image, dtype=np.float64)
@@ -341,7 +341,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _fit(image: Image.Image, target: int, size: tuple[int, int]) -> Image.Image:
+def fit_image(image: Image.Image, target: int, size: tuple[int, int]) -> Image.Image:
     height, width = size
     w, h = image.size
     new = (target, int(target * h / w)) if w <= h else (int(target * w / h), target)  # as torchvision's Resize

@@ -147,7 +147,7 @@ def _pixels(given: Any, i: int, size: tuple[int, int]) -> Any:
     from PIL import Image
 
     # The very steps decode_images takes for a file, so an image given in memory predicts as its file does.
-    from graft.data.images import _fit, _to_rgb, decode_images, resize_target
+    from graft.data.images import decode_images, fit_image, resize_target, to_rgb
 
     if isinstance(given, str | Path):
         path = Path(given)
@@ -168,5 +168,5 @@ def _pixels(given: Any, i: int, size: tuple[int, int]) -> Any:
     if not isinstance(given, Image.Image):
         raise GraftError(f"input {i + 1}: an image classifier predicts on PIL images, uint8 arrays (height, width, 3) "
                          f"or image file paths, got {type(given).__name__}")
-    fitted = _fit(_to_rgb(given), resize_target(size), size)
+    fitted = fit_image(to_rgb(given), resize_target(size), size)
     return torch.from_numpy(np.array(fitted)).permute(2, 0, 1)
