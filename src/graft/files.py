@@ -96,6 +96,14 @@ def write_text(path: Path, text: str) -> Path:
     return path
 
 
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON file's object; empty when the file is missing or cannot be read (what graft wrote and may not have)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
 def write_json(path: Path, data: Any) -> Path:
     """JSON (indented; anything else as its string), written atomically."""
     return write_text(path, json.dumps(data, indent=2, default=str))

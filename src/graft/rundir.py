@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from graft.errors import GraftError
-from graft.files import write_json, write_text
+from graft.files import read_json, write_json, write_text
 from graft.recipe import Recipe, validate_recipe
 
 if TYPE_CHECKING:
@@ -157,10 +157,7 @@ def status(run_dir: Path) -> str | None:
 
 def read_record(run_dir: Path) -> dict[str, Any]:
     """A run's run.json; empty when there is none (or it cannot be read)."""
-    try:
-        return json.loads((run_dir / RECORD_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
+    return read_json(run_dir / RECORD_FILE)
 
 
 def _check_resumable(new: Recipe, old: Recipe) -> None:

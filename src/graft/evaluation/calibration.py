@@ -32,14 +32,16 @@ TEMPERATURE_FILE = "calibration.json"
 """In the final model folder, so the temperature travels with the model (exports copy it)."""
 
 
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-
-
 def nll(logits: np.ndarray, labels: np.ndarray) -> float:
     """Mean cross-entropy of the true labels (natural log)."""
-    return float(-log_softmax(logits)[np.arange(len(labels)), labels].mean())
+    from scipy.special import log_softmax
+
+    return float(-log_softmax(logits, axis=-1)[np.arange(len(labels)), labels].mean())
+
+
+def confidence_and_correct(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each example's top-class probability, and whether that class is its label."""
+    return probs.max(axis=1), probs.argmax(axis=1) == labels
 
 
 def brier(probs: np.ndarray, labels: np.ndarray) -> float:
@@ -52,7 +54,7 @@ def brier(probs: np.ndarray, labels: np.ndarray) -> float:
 
 def reliability_bins(probs: np.ndarray, labels: np.ndarray, n_bins: int = N_BINS) -> list[dict[str, Any]]:
     """The top-label confidence of probabilities (n, k) against class ids, binned (see `binned`)."""
-    return binned(probs.max(axis=1), probs.argmax(axis=1) == labels, n_bins)
+    return binned(*confidence_and_correct(probs, labels), n_bins)
 
 
 def binned(confidence: np.ndarray, correct: np.ndarray, n_bins: int = N_BINS) -> list[dict[str, Any]]:
@@ -125,7 +127,7 @@ def coverage_curve(probs: np.ndarray, labels: np.ndarray, points: int = CURVE_PO
     n = len(labels)
     if not n:
         return []
-    confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == labels
+    confidence, correct = confidence_and_correct(probs, labels)
     surest_first = np.sort(confidence)[::-1]
     ks = np.unique(np.ceil(np.linspace(1 / points, 1.0, points) * n).astype(int))
     curve = {}
@@ -139,7 +141,7 @@ def coverage_curve(probs: np.ndarray, labels: np.ndarray, points: int = CURVE_PO
 
 def answered(probs: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float | None]:
     """Coverage and accuracy when the model answers only at confidence >= `threshold`."""
-    confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == labels
+    confidence, correct = confidence_and_correct(probs, labels)
     kept = confidence >= threshold
     return {"coverage": float(kept.mean()) if len(labels) else None,
             "accuracy": float(correct[kept].mean()) if kept.any() else None}
@@ -155,7 +157,7 @@ def suggest_threshold(val_probs: np.ndarray, val_labels: np.ndarray, test_probs:
     out: dict[str, Any] = {"rule": rule, "value": None, "target_accuracy": None, "validation": None, "test": None}
     if not len(val_labels):
         return {**out, "why": "no validation examples"}
-    confidence, correct = val_probs.max(axis=1), val_probs.argmax(axis=1) == val_labels
+    confidence, correct = confidence_and_correct(val_probs, val_labels)
     target = float(correct.mean()) + (1.0 - float(correct.mean())) / 2
     out["target_accuracy"] = target
     order = np.argsort(confidence, kind="stable")
@@ -176,7 +178,7 @@ def top_half(probs: np.ndarray, labels: np.ndarray) -> dict[str, float | None]:
     """Accuracy on the 50% most confident examples against the accuracy on all: what confidence is worth."""
     if not len(labels):
         return {"accuracy": None, "overall": None, "margin": None}
-    confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == labels
+    confidence, correct = confidence_and_correct(probs, labels)
     surest = np.argsort(-confidence, kind="stable")[: max(1, len(labels) // 2)]
     overall, best = float(correct.mean()), float(correct[surest].mean())
     return {"accuracy": best, "overall": overall, "margin": best - overall}

@@ -204,15 +204,6 @@ def _metrics_section(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _config(folder: Path) -> dict[str, Any]:
-    import json
-
-    try:
-        return json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def _number(value: Any) -> str:
     if value is None:
         return ""
@@ -258,12 +249,15 @@ def _outside_graft(folder: Path, record: dict[str, Any], task: Task, kind: str, 
                 "from transformers import pipeline", "",
                 f'chat = pipeline("{task.pipeline_tag}", model="{where}")',
                 'chat([{"role": "user", "content": "a question"}], max_new_tokens=64)', "```"]
-    pooling = _config(folder).get("graft_pooling", "pooler")
+    from graft.files import read_json
+
+    config = read_json(folder / "config.json")
+    pooling = config.get("graft_pooling", "pooler")
     if pooling != "pooler":
         return [f"The classifier reads the {pooling} of the token states (`graft_pooling` in config.json), which "
                 f"transformers' own classes do not do (they would read an untrained pooler), so load it through "
                 f"graft: {loads}."]
-    if _config(folder).get("graft_head"):
+    if config.get("graft_head"):
         return [f"Its head is the one the recipe declared (`model.head`, recorded as `graft_head` in config.json), "
                 f"which transformers' own classes would replace by an untrained layer, so load it through graft: "
                 f"{loads}."]

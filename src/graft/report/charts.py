@@ -176,8 +176,11 @@ def reliability_chart(panels: dict[str, list[dict[str, Any]]]) -> str:
     """A reliability diagram per panel {title: bins}, side by side: each bin's accuracy as a bar over its confidence
     range, its mean confidence as a tick, the diagonal where accuracy equals confidence, and the bin's example count
     in a row above the plot. Bins are dicts with lower, upper, count, confidence and accuracy (None when empty)."""
+    import numpy as np
+
     fig, axes = _figure(6.4, 3.6, ncols=len(panels))
-    for ax, (title, bins) in zip([axes] if len(panels) == 1 else axes, panels.items(), strict=True):
+    panes = np.atleast_1d(axes)
+    for ax, (title, bins) in zip(panes, panels.items(), strict=True):
         full = [b for b in bins if b["count"]]
         ax.plot([0, 1], [0, 1], color="#9ca3af", linestyle="--", linewidth=1, label="perfectly calibrated")
         ax.bar([b["lower"] for b in full], [b["accuracy"] for b in full], width=[b["upper"] - b["lower"] for b in full],
@@ -193,6 +196,6 @@ def reliability_chart(panels: dict[str, list[dict[str, Any]]]) -> str:
         ax.set_xlabel("confidence (top class)")
         ax.set_ylabel("accuracy")
         ax.set_title(title, fontsize=9)
-    handles, names = (axes if len(panels) == 1 else axes[0]).get_legend_handles_labels()
+    handles, names = panes[0].get_legend_handles_labels()
     fig.legend(handles, names, frameon=False, fontsize=8, loc="lower center", ncol=len(names))
     return _svg(fig, bottom=0.08)  # the legend's row below the panels

@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 from tqdm.auto import tqdm
 
 from graft.errors import GraftError
-from graft.files import write_json
+from graft.files import read_json, write_json
 from graft.training.loop import Event, Hook, LoopState
 
 if TYPE_CHECKING:
@@ -236,7 +236,7 @@ def start_trackers(accelerator: Accelerator, names: list[str], run_dir: Path, hi
     """Start the named trackers for this run (continuing their runs when it resumes) and the hook that logs to them."""
     check_trackers(names)
     path = run_dir / TRACKERS_FILE
-    saved = _read_json(path)
+    saved = read_json(path)
     trackers = {name: TRACKERS[name](run_dir, saved.get(name, {})) for name in names}
     accelerator.log_with = list(trackers.values())
     try:
@@ -338,13 +338,6 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{key}"] = json.dumps(value)
     return out
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
 
 
 def _say(line: str) -> None:
