@@ -17,7 +17,7 @@ from graft.training.prefix_cache import INDEX, PrefixCache, indexed
 from tests.conftest import PLAIN_NETS, image_recipe, make_texts, tiny_recipe, write_csv
 from tests.strategy.test_matrix import initial_state
 
-NO_AUGMENT = {"crop_scale": None, "hflip": False}
+NO_AUGMENT = {"crop_scale": None, "hflip": False, "translate": 0}
 
 
 @pytest.fixture(scope="module")

@@ -81,7 +81,8 @@ class ModelSpec(Section):
 
 AUTO_CROP = (0.35, 1.0)
 SMALL_IMAGE = 64
-"""Inputs smaller than this (px) get no random crop from `crop_scale: auto`."""
+"""Inputs smaller than this (px) get no random crop from `crop_scale: auto`, and shifts from `translate: auto`."""
+AUTO_TRANSLATE = 1 / 8
 
 
 class AugmentSpec(Section):
@@ -95,6 +96,10 @@ class AugmentSpec(Section):
     CIFAR-sized data it cost the ResNet-20 4 to 6 points)."""
     crop_ratio: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] = (0.75, 4 / 3)
     """The crop's aspect ratio range (width / height)."""
+    translate: Annotated[float, Field(ge=0, lt=0.5)] | Literal["auto"] = "auto"
+    """Shift each image by up to this share of its side, whole pixels either way, black filling in (padding and
+    cropping back at random, as CIFAR training does); 0: none; auto: 1/8 (4 pixels of 32) below 64 px, where random
+    resized crops are off, else none."""
     hflip: bool = True
     """Mirror half of the images left to right (turn off when left and right mean different things)."""
     rotation: Annotated[float, Field(ge=0, le=180)] = 0.0
@@ -111,13 +116,20 @@ class AugmentSpec(Section):
 
     @property
     def enabled(self) -> bool:
-        return self.crop_scale is not None or self.hflip or self.rotation > 0 or self.color_jitter > 0
+        return (self.crop_scale is not None or self.hflip or self.rotation > 0 or self.color_jitter > 0
+                or self.translate != 0)
 
     def crop_for(self, size: tuple[int, ...]) -> tuple[float, float] | None:
         """The crop scale for inputs of `size` (h, w): `auto` resolved."""
         if self.crop_scale != "auto":
             return self.crop_scale  # type: ignore[return-value]
         return AUTO_CROP if min(size) >= SMALL_IMAGE else None
+
+    def translate_for(self, size: tuple[int, ...]) -> float:
+        """The largest shift for inputs of `size` (h, w): `auto` resolved."""
+        if self.translate != "auto":
+            return float(self.translate)
+        return 0.0 if min(size) >= SMALL_IMAGE else AUTO_TRANSLATE
 
 
 class DataSpec(Section):
@@ -243,8 +255,11 @@ class StrategySpec(Section):
     """`two_phase`: epochs that train the head alone."""
     unfreeze_groups: PositiveInt | None = None
     """`two_phase`: how many backbone groups, from the top, join after the first phase; null: all."""
-    unfreeze_every: PositiveInt = 1
-    """`gradual_unfreeze`: epochs between unfreezing one more group."""
+    unfreeze_every: PositiveInt | Literal["auto"] = "auto"
+    """`gradual_unfreeze`: epochs between unfreezing one more group. auto: one when the run has an epoch for every
+    group to join before its last (a whole multiple in longer runs); in a shorter run the groups join in even
+    batches so that every group trains in the last epoch (3 epochs, 7 groups: the head alone, then the top 3 join,
+    then all)."""
     head_lr_mult: Annotated[float, Field(gt=0)] | None = None
     """The head's LR as a multiple of optim.lr; null: 10 for discriminative, two_phase, gradual_unfreeze, else 1."""
     lr_decay: Annotated[float, Field(ge=1)] | None = None

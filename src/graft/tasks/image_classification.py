@@ -99,7 +99,7 @@ class ImageClassification(Classification):
             notes.append("augmentation: off, the feature cache needs fixed inputs (strategy.feature_cache: false to "
                          "augment)")
         augmenter = Augment(size, aug.crop_for(size), aug.crop_ratio, aug.hflip, aug.rotation, aug.color_jitter,
-                            t.seed) if augment and aug.enabled else None
+                            t.seed, aug.translate_for(size)) if augment and aug.enabled else None
         images = _decoded(split, size, recipe.data.bad_images, "train", notes, square_source=augmenter is not None)
         return image.train_loader(images, t.batch_size, t.seed, loaded.input["mean"], loaded.input["std"],
                                   t.num_workers, augmenter)
