@@ -281,9 +281,9 @@ def test_hub_dataset_loads_through_load_dataset(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(datasets, "load_dataset", load_dataset)
     splits = load("hf://stanfordnlp/imdb:plain_text@main", split=(0.8, 0.2, 0.0))
     assert calls == [("stanfordnlp/imdb", "plain_text", {"revision": "main"})]
-    assert splits.sources == {"train": "hf://stanfordnlp/imdb:plain_text@main (train)",
-                              "validation": "hf://stanfordnlp/imdb:plain_text@main (train) (split)",
-                              "test": "hf://stanfordnlp/imdb:plain_text@main (test)"}
+    assert splits.sources == {"train": "hf://stanfordnlp/imdb:plain_text@main[train]",
+                              "validation": "hf://stanfordnlp/imdb:plain_text@main[train] (split)",
+                              "test": "hf://stanfordnlp/imdb:plain_text@main[test]"}
     assert (len(splits.train) + len(splits.validation), len(splits.test)) == (10, 4)
     load("hf://imdb", None, "hf://imdb", split=(0.8, 0.2, 0.0))  # one id given twice is downloaded once
     assert calls[1:] == [("imdb", None, {"revision": None})]
@@ -352,7 +352,7 @@ def test_instruction_data_from_a_headerless_glob_and_a_hub_dataset(tmp_path: Pat
                         lambda *args, **kwargs: datasets.DatasetDict({"train": chats, "test": chats.select([0, 1])}))
     hub = load_recipe({"task": "causal_lm", "data": {"train": "hf://someone/chats", "leakage": "warn"}}).data
     splits = load_instruction_splits(hub.train, None, None, data=hub, split=(0.8, 0.2, 0.0), seed=0)
-    assert splits.sources["test"] == "hf://someone/chats (test)" and len(splits.test) == 2
+    assert splits.sources["test"] == "hf://someone/chats[test]" and len(splits.test) == 2
 
 
 # Runs that write split files (cross-validation folds, compare) read them back as plain CSV.
@@ -395,8 +395,8 @@ def test_train_on_a_hub_dataset_with_headerless_validation_files(tiny_bert: Path
     recipe["data"] = {"train": "hf://someone/tickets", "validation": str(tmp_path / "val" / "*.csv"),
                       "columns": ["text", "label"], "delimiter": ";", "encoding": "latin-1"}
     record = graft.train(recipe)
-    assert record["data"]["sources"] == {"train": "hf://someone/tickets (train)", "validation": "val/*.csv",
-                                         "test": "hf://someone/tickets (test)"}
+    assert record["data"]["sources"] == {"train": "hf://someone/tickets[train]", "validation": "val/*.csv",
+                                         "test": "hf://someone/tickets[test]"}
     assert record["data"]["sizes"] == {"train": 60, "validation": 15, "test": 15}
     assert record["recipe"]["data"]["train"] == "hf://someone/tickets"
     evaluated = graft.evaluate(tmp_path / "run", tmp_path / "val" / "*.csv")  # read as the recipe says

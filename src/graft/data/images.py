@@ -264,7 +264,7 @@ def _resolve_listed(table: Path, name: str, listed: list[str], rows: list[int]) 
     if missing:
         where, shown_paths = format_rows([rows[i] for i in missing]), shown([listed[i] for i in missing], 3)
         raise GraftError(f"{name}: {plural(len(missing), 'image file')} not found ({where}: {shown_paths}); paths "
-                         f"are relative to {folder}, fix them or remove those rows")
+                         f"are relative to {folders[missing[0]]}, fix them or remove those rows")
     return paths
 
 

@@ -65,7 +65,7 @@ def _dataset_dict(source: Path | str) -> datasets.DatasetDict | None:
 def _split(found: datasets.DatasetDict, key: str, source: Path | str, required: bool) -> LoadedSplit | None:
     name = next((name for name in SPLIT_NAMES[key] if name in found), None)
     if name is not None:
-        shown = f"{source} ({name})" if isinstance(source, str) else f"{Path(source).name}/{name}"
+        shown = f"{source}[{name}]" if isinstance(source, str) else f"{Path(source).name}/{name}"
         return LoadedSplit(shown, name, found[name])
     if not required:
         return None

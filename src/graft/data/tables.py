@@ -100,7 +100,7 @@ class LoadedSplit:
     """One split of a DatasetDict (a saved folder or a hub dataset), already loaded."""
 
     name: str
-    """For messages: `imdb/train` for a folder, `hf://imdb (train)` for a hub dataset."""
+    """For messages: `imdb/train` for a folder, `hf://imdb[train]` for a hub dataset."""
     split: str
     table: datasets.Dataset
 
@@ -354,8 +354,7 @@ def _read_saved(path: Path, fmt: TableFormat) -> datasets.Dataset:
         ) from error
     if isinstance(loaded, datasets.DatasetDict):
         example = path / next(iter(loaded))
-        raise GraftError(f"{path}: holds several splits ({', '.join(loaded)}); give one split's folder, e.g. {example} "
-                         f"(as data.train, a DatasetDict gives every split by its name)")
+        raise GraftError(f"{path}: holds several splits ({', '.join(loaded)}); give one split's folder, e.g. {example}")
     return loaded
 
 

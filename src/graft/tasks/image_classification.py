@@ -33,6 +33,7 @@ class ImageClassification(Classification):
             raise ValueError("model.pooling: for text classifiers; an image model pools its own feature maps")
         if recipe.model.is_factory and recipe.data.image_size is None:
             raise ValueError("data.image_size: a plain module needs its input size (e.g. data.image_size: 32)")
+        # hub ids are the only data sources the recipe keeps as strings
         hub = next((key for key in ("train", "validation", "test") if isinstance(getattr(recipe.data, key), str)), None)
         if hub:
             raise ValueError(f"data.{hub}: hf:// datasets are read for text tasks (an image task reads image files); "
