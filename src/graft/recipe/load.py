@@ -37,7 +37,7 @@ def load_recipe(source: Path | str | dict[str, Any], overrides: list[str] | tupl
 
     for name in DATA_PATHS:
         value = getattr(recipe.data, name)
-        if value is not None:
+        if isinstance(value, Path):  # not a hub dataset (hf://owner/name)
             setattr(recipe.data, name, (folder(f"data.{name}") / value.expanduser()).absolute())
     if recipe.model.checkpoint is not None:
         recipe.model.checkpoint = (folder("model.checkpoint") / recipe.model.checkpoint.expanduser()).absolute()

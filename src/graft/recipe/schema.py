@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import codecs
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, field_validator, model_validator
 
 from graft.evaluation.metrics import SCALAR_METRICS, metric_mode
 from graft.tasks import TASKS
@@ -18,6 +20,25 @@ MetricName = Literal[SCALAR_METRICS]  # type: ignore[valid-type]  # the names me
 
 
 DATA_PATHS = ("train", "validation", "test")
+HUB_PREFIX = "hf://"
+HUB_ID = re.compile(r"hf://(?P<repo>[\w.-]+(?:/[\w.-]+)?)(?::(?P<config>[\w.+-]+))?(?:@(?P<revision>[\w./-]+))?")
+"""A Hugging Face Hub dataset: `hf://owner/name`, then optionally `:config` and `@revision`."""
+
+
+def _data_source(value: Any) -> Path | str:
+    # A hub id stays a string: as a Path, `hf://imdb` would fold into `hf:/imdb`, a relative path.
+    if isinstance(value, str) and value.startswith(HUB_PREFIX):
+        if not HUB_ID.fullmatch(value):
+            raise ValueError("a Hugging Face dataset is hf://owner/name, optionally followed by :config and "
+                             "@revision (e.g. hf://stanfordnlp/imdb, hf://nyu-mll/glue:sst2)")
+        return value
+    if isinstance(value, str | Path):
+        return Path(value)
+    raise ValueError("expected a file, a folder, a glob such as reviews/*.csv, or hf://owner/name")
+
+
+DataSource = Annotated[Path | str, PlainValidator(_data_source), PlainSerializer(str, when_used="json")]
+"""Where a split's rows are: a file, a folder, a glob, or a Hugging Face Hub dataset (`hf://owner/name`)."""
 
 
 class Section(BaseModel):
@@ -133,11 +154,24 @@ class AugmentSpec(Section):
 
 
 class DataSpec(Section):
-    train: Path
-    validation: Path | None = None
-    test: Path | None = None
+    train: DataSource
+    """A data file (CSV, TSV, JSON, JSON lines, Parquet), a folder (of class folders for images, or made by
+    `save_to_disk`), a glob of files read as one (`reviews/*.csv`, sorted), or a Hugging Face Hub dataset
+    (`hf://owner/name[:config][@revision]`, through datasets.load_dataset). A DatasetDict (a saved folder holding
+    dataset_dict.json, or a hub dataset) gives its splits by name: train; validation, valid, val or dev; test; a
+    split the recipe also gives as a file is taken from the file."""
+    validation: DataSource | None = None
+    test: DataSource | None = None
     text_column: str = "text"
     label_column: str = "label"
+    columns: list[str] | None = None
+    """Headerless CSV/TSV files: the names of their columns in order (e.g. [text, label]); the first line is then a
+    row of data. null: the first line is the header. JSON, Parquet and saved datasets name their own columns."""
+    encoding: str = "utf-8"
+    """The text encoding of CSV, TSV, JSON and .txt files, e.g. latin-1 or cp1252; utf-8 also reads a leading
+    byte-order mark."""
+    delimiter: str | None = None
+    """CSV/TSV: the one character between fields, e.g. `;` or `|`; null: `,` for .csv files, a tab for .tsv."""
     split: tuple[float, float, float] = (0.7, 0.15, 0.15)
     """Fractions (train, validation, test) used to carve the splits that are not given as files."""
     leakage: Literal["error", "warn", "drop"] = "error"
@@ -166,6 +200,33 @@ class DataSpec(Section):
     bad_images: Literal["error", "skip"] = "error"
     """An unreadable or truncated image file: stop and list them, or leave them out and say how many."""
     augment: AugmentSpec = AugmentSpec()
+
+    @field_validator("columns")
+    @classmethod
+    def _named_once(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None:
+            if not v or any(not name.strip() for name in v):
+                raise ValueError("must name every column of the headerless files, e.g. [text, label]")
+            repeated = next((name for name in v if v.count(name) > 1), None)
+            if repeated is not None:
+                raise ValueError(f"names {repeated!r} twice; give each column its own name")
+        return v
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, v: str) -> str:
+        try:
+            codecs.lookup(v)
+        except LookupError:
+            raise ValueError("not an encoding Python knows; e.g. utf-8, latin-1, cp1252") from None
+        return v
+
+    @field_validator("delimiter")
+    @classmethod
+    def _one_character(cls, v: str | None) -> str | None:
+        if v is not None and (len(v) != 1 or v in "\"\r\n"):
+            raise ValueError('must be one character other than a quote or a line break, e.g. ";", "|" or "\\t"')
+        return v
 
     @field_validator("split")
     @classmethod

@@ -33,6 +33,11 @@ class ImageClassification(Classification):
             raise ValueError("model.pooling: for text classifiers; an image model pools its own feature maps")
         if recipe.model.is_factory and recipe.data.image_size is None:
             raise ValueError("data.image_size: a plain module needs its input size (e.g. data.image_size: 32)")
+        # hub ids are the only data sources the recipe keeps as strings
+        hub = next((key for key in ("train", "validation", "test") if isinstance(getattr(recipe.data, key), str)), None)
+        if hub:
+            raise ValueError(f"data.{hub}: hf:// datasets are read for text tasks (an image task reads image files); "
+                             f"give a folder of class folders or a table of image paths")
 
     def load_model(self, spec: ModelSpec, labels: list[str], data: DataSpec, scratch: bool) -> LoadedModel:
         from graft.models.build import image_input
@@ -50,28 +55,35 @@ class ImageClassification(Classification):
 
     def load_splits(self, recipe: Recipe) -> Any:
         from graft.data.images import load_image_splits
+        from graft.data.tables import TableFormat
 
         d = recipe.data
         return load_image_splits(d.train, d.validation, d.test, split=d.split, seed=recipe.train.seed,
-                                 image_column=d.image_column, label_column=d.label_column, leakage=d.leakage)
+                                 image_column=d.image_column, label_column=d.label_column, leakage=d.leakage,
+                                 fmt=TableFormat.of(d))
 
     def read_labelled(self, recipe: Recipe, path: Path, labels: list[str]) -> Any:
         from graft.data.images import labelled_images
+        from graft.data.tables import TableFormat
 
-        return labelled_images(path, labels, recipe.data.image_column, recipe.data.label_column)
+        d = recipe.data
+        return labelled_images(path, labels, d.image_column, d.label_column, TableFormat.of(d))
 
     def read_examples(self, recipe: Recipe) -> list[tuple[str, str]]:
         from graft.data.images import load_image_splits
+        from graft.data.tables import TableFormat
 
         d = recipe.data
         splits = load_image_splits(d.train, None, None, split=(1.0, 0.0, 0.0), seed=recipe.train.seed,
-                                   image_column=d.image_column, label_column=d.label_column, leakage=d.leakage)
+                                   image_column=d.image_column, label_column=d.label_column, leakage=d.leakage,
+                                   fmt=TableFormat.of(d))
         return self.rows(splits.train, splits.labels)
 
     def read_unlabelled(self, recipe: Recipe, source: str) -> tuple[list[str], Any]:
         from graft.data.images import ImageSet, unlabelled_images
+        from graft.data.tables import TableFormat
 
-        paths = unlabelled_images(source, image_column=recipe.data.image_column)
+        paths = unlabelled_images(source, image_column=recipe.data.image_column, fmt=TableFormat.of(recipe.data))
         return [str(p) for p in paths], ImageSet(paths, None)
 
     def memory_loader(self, run: Any, inputs: list[Any]) -> tuple[list[Any], DataLoader]:

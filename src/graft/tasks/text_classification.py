@@ -43,25 +43,29 @@ class TextClassification(Classification):
 
     def load_splits(self, recipe: Recipe) -> Any:
         from graft.data import load_text_splits
+        from graft.data.tables import TableFormat
 
         d = recipe.data
         return load_text_splits(d.train, d.validation, d.test, text_column=d.text_column, label_column=d.label_column,
                                 split=d.split, seed=recipe.train.seed, leakage=d.leakage,
-                                normalize_labels=d.normalize_labels)
+                                normalize_labels=d.normalize_labels, fmt=TableFormat.of(d))
 
     def read_labelled(self, recipe: Recipe, path: Path, labels: list[str]) -> Any:
         from graft.data import load_labelled_file
+        from graft.data.tables import TableFormat
 
         d = recipe.data
         return load_labelled_file(path, text_column=d.text_column, label_column=d.label_column, labels=labels,
-                                  normalize_labels=d.normalize_labels)
+                                  normalize_labels=d.normalize_labels, fmt=TableFormat.of(d))
 
     def read_examples(self, recipe: Recipe) -> list[tuple[str, str]]:
         from graft.data.checks import drop_duplicate_texts
-        from graft.data.tables import read_labelled
+        from graft.data.sources import locate_splits
+        from graft.data.tables import TableFormat, read_labelled, source_name
 
         d = recipe.data
-        part = read_labelled(Path(d.train), Path(d.train).name, d.text_column, d.label_column)
+        train = locate_splits(d.train, None, None)[0]["train"]
+        part = read_labelled(train, source_name(train), d.text_column, d.label_column, fmt=TableFormat.of(d))
         part, _ = drop_duplicate_texts(part)  # a text in two folds would be leakage
         return list(zip(part.texts, part.labels, strict=True))
 
@@ -69,8 +73,9 @@ class TextClassification(Classification):
         import datasets
 
         from graft.data import read_unlabelled_texts
+        from graft.data.tables import TableFormat
 
-        texts = read_unlabelled_texts(source, text_column=recipe.data.text_column)
+        texts = read_unlabelled_texts(source, text_column=recipe.data.text_column, fmt=TableFormat.of(recipe.data))
         return texts, datasets.Dataset.from_dict({"text": texts})
 
     def memory_loader(self, run: Any, inputs: list[Any]) -> tuple[list[Any], DataLoader]:
