@@ -17,7 +17,9 @@ if TYPE_CHECKING:
 class TextClassification(Classification):
     name = "text_classification"
     pipeline_tag = "text-classification"
-    data_fields = frozenset({"text_column", "label_column", "normalize_labels", "group_by_length"})
+    data_fields = frozenset({"text_column", "label_column", "normalize_labels", "group_by_length", "augment.swap",
+                             "augment.delete", "augment.insert", "augment.synonym", "augment.synonym_neighbours",
+                             "augment.synonym_similarity"})
     peft_task_type = "SEQ_CLS"
     input_kind = "text"
     hf_auto_class = "AutoModelForSequenceClassification"
