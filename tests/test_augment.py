@@ -147,5 +147,5 @@ def test_auto_crops_large_inputs_and_shifts_small_ones() -> None:
     assert auto.crop_for((224, 224)) == (0.35, 1.0) and auto.translate_for((224, 224)) == 0.0
     assert auto.crop_for((32, 32)) is None and auto.translate_for((32, 32)) == 1 / 8
     assert AugmentSpec(translate=0).translate_for((32, 32)) == 0.0
-    assert AugmentSpec(crop_scale=None, hflip=False, translate=0).enabled is False
-    assert AugmentSpec(crop_scale=None, hflip=False).enabled  # auto translation is on
+    assert AugmentSpec(crop_scale=None, hflip=False, translate=0).image_on is False
+    assert AugmentSpec(crop_scale=None, hflip=False).image_on  # auto translation is on

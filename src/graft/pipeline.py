@@ -236,9 +236,9 @@ def _prefix_cache(accelerator: Accelerator, run: Setup, say: Callable[[str], Non
     if (not recipe.strategy.feature_cache or recipe.strategy.is_peft or not any(depths(run.plan, recipe.train.epochs))
             or isinstance(run.train_loader.dataset, MixedData)):
         return None
-    if getattr(run.train_loader.collate_fn, "augment", None) is not None:  # images augmented afresh each epoch
-        say("feature cache: off for the frozen bottom groups: the training images are augmented (data.augment."
-            "enabled: false to cache them)")
+    if getattr(run.train_loader.collate_fn, "augment", None) is not None:  # inputs augmented afresh each epoch
+        say("feature cache: off for the frozen bottom groups: the training inputs are augmented afresh each epoch "
+            "(turn data.augment off to cache them)")
         return None
     return PrefixCaching(run.model, run.root, run.plan, run.train_loader, run.val_loader, accelerator, say)
 

@@ -74,7 +74,7 @@ def test_augmented_images_are_not_cached(recipes, tmp_path, capsys):
     tree["strategy"] = {"name": "freeze", "freeze_groups": 2}
     record = graft.train(load_recipe(tree))
     assert "prefix_cache" not in record["strategy"]
-    assert "the training images are augmented" in capsys.readouterr().err
+    assert "the training inputs are augmented" in capsys.readouterr().err
 
 
 class Skip(nn.Module):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import codecs
 import re
+from functools import reduce
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -104,11 +105,14 @@ AUTO_CROP = (0.35, 1.0)
 SMALL_IMAGE = 64
 """Inputs smaller than this (px) get no random crop from `crop_scale: auto`, and shifts from `translate: auto`."""
 AUTO_TRANSLATE = 1 / 8
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
 class AugmentSpec(Section):
-    """Train-time random augmentation of images, each part on or off (validation and test are never augmented).
-    Off for the whole run when the frozen-backbone feature cache is used: the cache needs fixed inputs."""
+    """Train-time random augmentation, each part on or off (validation and test are never augmented): of images
+    (crop_scale, crop_ratio, hflip, rotation, color_jitter; flips, and crops from 64 px, on by default) or of texts
+    (swap, delete, insert, synonym; all off by default). Off for the whole run when the frozen-backbone feature cache
+    is used: the cache needs fixed inputs."""
 
     crop_scale: (tuple[Annotated[float, Field(gt=0, le=1)], Annotated[float, Field(gt=0, le=1)]] | Literal["auto"]
                  | None) = "auto"
@@ -127,6 +131,23 @@ class AugmentSpec(Section):
     """Rotate by up to this many degrees either way; 0: no rotation."""
     color_jitter: Fraction = 0.0
     """Scale brightness, contrast and saturation each by a random factor in [1 - j, 1 + j]; 0: none."""
+    swap: Probability = 0.0
+    """Text: swap two words at random places, about this share of the word count times (EDA's random swap)."""
+    delete: Probability = 0.0
+    """Text: drop each word with this probability, always keeping one (EDA's random deletion)."""
+    insert: Probability = 0.0
+    """Text: insert about this share of the word count of words at random places, each a synonym of a random word
+    of the text, or a copy of it when it has none (EDA's random insertion)."""
+    synonym: Probability = 0.0
+    """Text: replace each word that has synonyms by one of them with this probability (EDA's synonym replacement).
+    Words are split at whitespace; only alphabetic ones that are whole words of the model's vocabulary and not
+    English stop-words have synonyms: their nearest whole words in the model's own input embeddings (no download).
+    WordPiece, byte-level BPE (Ġ) and SentencePiece (▁) vocabularies."""
+    synonym_neighbours: PositiveInt = 5
+    """Text: how many nearest words a word's synonyms are drawn from, at most."""
+    synonym_similarity: Annotated[float, Field(gt=0, le=1)] = 0.55
+    """Text: the least cosine similarity of a synonym's input embedding to the word's. In all-MiniLM-L6-v2 a floor
+    of 0.55 keeps movie -> film (0.71) and terrible -> awful (0.68) but not good -> bad (0.53)."""
 
     @field_validator("crop_scale", "crop_ratio")
     @classmethod
@@ -136,9 +157,13 @@ class AugmentSpec(Section):
         return v
 
     @property
-    def enabled(self) -> bool:
+    def image_on(self) -> bool:
         return (self.crop_scale is not None or self.hflip or self.rotation > 0 or self.color_jitter > 0
                 or self.translate != 0)
+
+    @property
+    def text_on(self) -> bool:
+        return self.swap > 0 or self.delete > 0 or self.insert > 0 or self.synonym > 0
 
     def crop_for(self, size: tuple[int, ...]) -> tuple[float, float] | None:
         """The crop scale for inputs of `size` (h, w): `auto` resolved."""
@@ -236,10 +261,14 @@ class DataSpec(Section):
         return v
 
 
+def _data_field(data: DataSpec, path: str) -> Any:
+    """A data.* field by its dotted path (`augment.hflip`)."""
+    return reduce(getattr, path.split("."), data)
+
+
 _TASK_DATA_FIELDS = frozenset().union(*(t.data_fields for t in TASKS.values()))
 """data.* fields that some task reads and another does not."""
-_DATA_DEFAULTS = {name: DataSpec.model_fields[name].get_default(call_default_factory=True)
-                  for name in _TASK_DATA_FIELDS}
+_DATA_DEFAULTS = {name: _data_field(DataSpec.model_construct(), name) for name in _TASK_DATA_FIELDS}
 
 
 PEFT_METHODS = ("lora", "ia3", "prompt", "ptuning", "prefix", "adapter")
@@ -530,7 +559,7 @@ class Recipe(Section):
     def _check_task(self) -> None:
         """What the task takes: its own data fields, its metrics, the strategies and models it can train."""
         task = TASKS[self.task]
-        foreign = [f for f in _TASK_DATA_FIELDS - task.data_fields if getattr(self.data, f) != _DATA_DEFAULTS[f]]
+        foreign = [f for f in _TASK_DATA_FIELDS - task.data_fields if _data_field(self.data, f) != _DATA_DEFAULTS[f]]
         if foreign:
             owners = [t.name for t in TASKS.values() if foreign[0] in t.data_fields]
             raise ValueError(f"data.{foreign[0]}: {self.task} does not read it (it is for {' and '.join(owners)}); "

@@ -21,7 +21,9 @@ VIRTUAL_TOKENS = "virtual tokens are for text transformers; use lora or adapter 
 class ImageClassification(Classification):
     name = "image_classification"
     pipeline_tag = "image-classification"
-    data_fields = frozenset({"image_column", "label_column", "image_size", "mean", "std", "bad_images", "augment"})
+    data_fields = frozenset({"image_column", "label_column", "image_size", "mean", "std", "bad_images",
+                             "augment.crop_scale", "augment.crop_ratio", "augment.hflip", "augment.rotation",
+                             "augment.color_jitter", "augment.translate"})
     refused_strategies: ClassVar[dict[str, str]] = dict.fromkeys(("prompt", "ptuning", "prefix"), VIRTUAL_TOKENS)
     input_kind = "image"
     takes_plain_modules = True
@@ -107,11 +109,11 @@ class ImageClassification(Classification):
 
         t, aug = recipe.train, recipe.data.augment
         size = tuple(loaded.input["image_size"])
-        if not augment and aug.enabled:
+        if not augment and aug.image_on:
             notes.append("augmentation: off, the feature cache needs fixed inputs (strategy.feature_cache: false to "
                          "augment)")
         augmenter = Augment(size, aug.crop_for(size), aug.crop_ratio, aug.hflip, aug.rotation, aug.color_jitter,
-                            t.seed, aug.translate_for(size)) if augment and aug.enabled else None
+                            t.seed, aug.translate_for(size)) if augment and aug.image_on else None
         images = _decoded(split, size, recipe.data.bad_images, "train", notes, square_source=augmenter is not None)
         return image.train_loader(images, t.batch_size, t.seed, loaded.input["mean"], loaded.input["std"],
                                   t.num_workers, augmenter)

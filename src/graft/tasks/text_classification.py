@@ -1,4 +1,5 @@
-"""Text classification: one label per text; tokenised once, padded per batch, batches grouped by length."""
+"""Text classification: one label per text; tokenised once (or, augmented, per batch), padded per batch, batches
+grouped by length."""
 
 from __future__ import annotations
 
@@ -11,13 +12,16 @@ if TYPE_CHECKING:
     from torch.utils.data import DataLoader
 
     from graft.models.build import LoadedModel, TrainedModel
-    from graft.recipe import DataSpec, ModelSpec, Recipe
+    from graft.recipe import AugmentSpec, DataSpec, ModelSpec, Recipe
+    from graft.tasks.text_augment import TextAugment
 
 
 class TextClassification(Classification):
     name = "text_classification"
     pipeline_tag = "text-classification"
-    data_fields = frozenset({"text_column", "label_column", "normalize_labels", "group_by_length"})
+    data_fields = frozenset({"text_column", "label_column", "normalize_labels", "group_by_length", "augment.swap",
+                             "augment.delete", "augment.insert", "augment.synonym", "augment.synonym_neighbours",
+                             "augment.synonym_similarity"})
     peft_task_type = "SEQ_CLS"
     input_kind = "text"
     hf_auto_class = "AutoModelForSequenceClassification"
@@ -97,7 +101,14 @@ class TextClassification(Classification):
                      notes: list[str]) -> DataLoader:
         from graft.tasks import text
 
-        t = recipe.train
+        t, aug = recipe.train, recipe.data.augment
+        if aug.text_on and not augment:
+            notes.append("text augmentation: off, the feature cache needs fixed inputs (strategy.feature_cache: false "
+                         "to augment)")
+        if aug.text_on and augment:
+            augmenter = _augmenter(aug, split["text"], loaded, t.seed, notes)
+            return text.augmented_train_loader(split, loaded.processor, recipe.model.max_length, t.batch_size, t.seed,
+                                               recipe.data.group_by_length, augmenter, t.num_workers)
         tokenized = text.tokenize(split, loaded.processor, recipe.model.max_length)
         return text.train_loader(tokenized, loaded.processor, t.batch_size, t.seed, recipe.data.group_by_length,
                                  t.num_workers)
@@ -114,3 +125,21 @@ class TextClassification(Classification):
 
     def label_ids(self, split: Any) -> list[int]:
         return list(split["label"])
+
+
+def _augmenter(aug: AugmentSpec, texts: list[str], loaded: LoadedModel, seed: int, notes: list[str]) -> TextAugment:
+    """data.augment's text operations, with synonyms (for synonym and insert) from the model's input embeddings for
+    the words of the training texts."""
+    from graft.tasks.text_augment import TextAugment, synonym_table, whole_words
+
+    synonyms: dict[str, tuple[str, ...]] = {}
+    if aug.synonym > 0 or aug.insert > 0:
+        words = (word for text in texts for word in text.split())
+        embeddings = loaded.model.get_input_embeddings().weight
+        synonyms = synonym_table(words, whole_words(loaded.processor), embeddings, aug.synonym_neighbours,
+                                 aug.synonym_similarity)
+    if aug.synonym > 0 and not synonyms:
+        notes.append(f"data.augment.synonym: no training word has a whole-word neighbour in the model's input "
+                     f"embeddings at cosine {aug.synonym_similarity} or more, so no word is replaced; lower "
+                     f"data.augment.synonym_similarity, or set synonym: 0")
+    return TextAugment(aug.swap, aug.delete, aug.insert, aug.synonym, synonyms, seed)
