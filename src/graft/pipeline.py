@@ -370,7 +370,7 @@ def finish(accelerator: Accelerator, run: Setup, fitted: Fitted, started: float)
         write_temperature(recipe.output.dir / MODEL_DIR, extras["calibration"])
     record.update(status="completed", stopped=state.stopped, best=best)
     record["metrics"] = {"test": test_metrics, "validation": _best_validation(state), "history": state.history,
-                         **{e.name: e.run(accelerator, fitted.model) for e in run.evaluations}}
+                         **{e.name: e.final(accelerator, fitted.model, state.history) for e in run.evaluations}}
     record.update(extras)
     record["warnings"] = model_warnings(test_metrics)
     if fitted.prefix is not None:

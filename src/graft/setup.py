@@ -85,6 +85,7 @@ def setup(recipe: Recipe, say: Callable[[str], None] = quiet) -> Setup:
         if not len(getattr(splits, name)):
             raise GraftError(f"data.{name}: no examples (data.split gives it 0% and no data.{name} file is given); "
                              f"every run validates and tests: give data.{name} or a share of data.split")
+    source = _read_source(recipe, task)  # before the model loads: a wrong source file costs nothing
     loaded = task.load_model(recipe.model, splits.labels, recipe.data, recipe.strategy.name == "scratch")
     for note in [*loaded.notes, loaded.head.line()]:
         say(f"model: {note}")
@@ -116,8 +117,22 @@ def setup(recipe: Recipe, say: Callable[[str], None] = quiet) -> Setup:
     lines.append(f"optimizer: {optim.name} ({optim.why})")
     for line in lines:
         say(line)
-    return Setup(recipe, task, splits, loaded, model, root, attached, plan, train_loader, val_loader, test_loader,
-                 cached, optim, notes, data_record, noun, task_loss, loss_record)
+    run = Setup(recipe, task, splits, loaded, model, root, attached, plan, train_loader, val_loader, test_loader,
+                cached, optim, notes, data_record, noun, task_loss, loss_record)
+    if source is not None:
+        from graft.retention import attach_retention
+
+        attach_retention(run, source, say)
+    return run
+
+
+def _read_source(recipe: Recipe, task: Task) -> Any:
+    """retention.data read and checked against the source head's classes (None: retention is not measured)."""
+    if not recipe.retention.on:
+        return None
+    from graft.retention import read_source
+
+    return read_source(recipe, task)
 
 
 def load_splits(recipe: Recipe) -> Any:

@@ -34,6 +34,9 @@ class LoadedModel:
     input: dict[str, Any] = field(default_factory=dict)
     """Images: `image_size` (h, w), `mean`, `std`."""
     head_in_shape: list[int] = field(default_factory=list)
+    source_head: nn.Module | None = None
+    """The pretrained output layer the new head replaced, when it came from the checkpoint (what retention scores
+    the source task with); None: the model had none, or scratch."""
 
     @property
     def root(self) -> nn.Module:
@@ -80,7 +83,7 @@ def _load_hf(spec: ModelSpec, labels: list[str], scratch: bool, auto_class: str,
     elsewhere = [k for k in loaded.missing if not k.startswith(path + ".")]
     notes = [f"not in the checkpoint, initialised fresh: {', '.join(elsewhere)}"] if elsewhere else []
     return LoadedModel(model, loaded.processor, loaded.source, report, modules, new_keys, notes, {},
-                       [old.in_features])
+                       [old.in_features], old if head_loaded else None)
 
 
 def load_causal_lm(spec: ModelSpec, scratch: bool) -> LoadedModel:
@@ -127,6 +130,7 @@ def _load_plain(spec: ModelSpec, labels: list[str], data: DataSpec, scratch: boo
                          f"name a module before it (e.g. the last block)")
     in_shape = head_input_shape(net, path, spec.head.input_from, size)
     head = build_head(in_shape, len(labels), spec.head)
+    old = net.get_submodule(path)
     report_head = replace_head(net, path, head, labels, spec.source_labels if loaded_head else None)
     model = PlainClassifier(net, path, spec.head.input_from)
     new_keys = [n for n, _ in net.named_parameters() if n.startswith(path + ".")]
@@ -136,7 +140,8 @@ def _load_plain(spec: ModelSpec, labels: list[str], data: DataSpec, scratch: boo
         raise GraftError("data.mean / data.std: a plain module needs the per-channel normalisation it was trained "
                          "with (e.g. mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225])")
     image = {"image_size": list(size), "mean": list(data.mean), "std": list(data.std)}
-    return LoadedModel(model, None, spec.name, report_head, [path], new_keys, notes, image, in_shape)
+    return LoadedModel(model, None, spec.name, report_head, [path], new_keys, notes, image, in_shape,
+                       old if loaded_head else None)
 
 
 @dataclass

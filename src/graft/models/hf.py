@@ -67,7 +67,16 @@ def load_hf_model(name: str, auto_class: str, processor: str, revision: str | No
 
 def source_labels(model: PreTrainedModel) -> list[str] | None:
     """The class names of the model's head rows, unless they are transformers' placeholders (LABEL_0, ...)."""
-    names = [model.config.id2label[i] for i in range(len(model.config.id2label))]
+    return _named_labels(model.config)
+
+
+def config_labels(name: str, revision: str | None = None) -> list[str] | None:
+    """`source_labels` from the model's config alone, without loading its weights."""
+    return _named_labels(_from_pretrained(AutoConfig.from_pretrained, name, _local_or_hub(name), revision, {}))
+
+
+def _named_labels(config: Any) -> list[str] | None:
+    names = [config.id2label[i] for i in range(len(config.id2label))]
     return None if all(re.fullmatch(r"LABEL_\d+", n) for n in names) else names
 
 

@@ -22,6 +22,7 @@ from graft.recipe.schema import (
     OutputSpec,
     PromptSpec,
     Recipe,
+    RetentionSpec,
     ScheduleSpec,
     StrategySpec,
     TrainSpec,
@@ -29,4 +30,5 @@ from graft.recipe.schema import (
 
 __all__ = ["DISCRIMINATIVE", "PEFT_METHODS", "STRATEGIES", "AdapterSpec", "AugmentSpec", "CheckpointSpec", "DataSpec",
            "EvalSpec", "HeadSpec", "IA3Spec", "LoraSpec", "LossSpec", "ModelSpec", "OptimSpec", "OutputSpec",
-           "PromptSpec", "Recipe", "ScheduleSpec", "StrategySpec", "TrainSpec", "load_recipe", "validate_recipe"]
+           "PromptSpec", "Recipe", "RetentionSpec", "ScheduleSpec", "StrategySpec", "TrainSpec", "load_recipe",
+           "validate_recipe"]

@@ -39,6 +39,8 @@ def load_recipe(source: Path | str | dict[str, Any], overrides: list[str] | tupl
         value = getattr(recipe.data, name)
         if isinstance(value, Path):  # not a hub dataset (hf://owner/name)
             setattr(recipe.data, name, (folder(f"data.{name}") / value.expanduser()).absolute())
+    if isinstance(recipe.retention.data, Path):
+        recipe.retention.data = (folder("retention.data") / recipe.retention.data.expanduser()).absolute()
     if recipe.model.checkpoint is not None:
         recipe.model.checkpoint = (folder("model.checkpoint") / recipe.model.checkpoint.expanduser()).absolute()
     module, sep, function = recipe.model.name.rpartition(":")

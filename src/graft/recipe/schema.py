@@ -525,6 +525,88 @@ class OutputSpec(Section):
         return self
 
 
+GUARDS = ("distill", "replay", "l2sp", "ewc")
+"""Forgetting guards (graft.retention.guards), in the order their loss terms are added."""
+
+
+class ReplaySpec(Section):
+    """`replay`: a share of every training batch is source data, trained through the source head."""
+
+    share: Annotated[float, Field(gt=0, lt=1)] = 0.25
+    """The share of each batch drawn from retention.data (at least one example, at most all but one)."""
+    weight: Annotated[float, Field(gt=0)] = 1.0
+    """The replayed examples' cross-entropy is added to the loss times this."""
+
+
+class DistillSpec(Section):
+    """`distill` (learning without forgetting): the original model, frozen, is the teacher of the source head's
+    outputs on the new task's own inputs (the same augmented batch, in the same step)."""
+
+    weight: Annotated[float, Field(gt=0)] = 1.0
+    """alpha: the KL divergence (scaled by T^2) is added to the loss times this."""
+    temperature: Annotated[float, Field(gt=0)] = 2.0
+    """T: both distributions are softened by it; the T^2 factor keeps the gradient's scale independent of T."""
+
+
+class L2SPSpec(Section):
+    """`l2sp`: weight/2 * |w - w0|^2 pulls every trained pretrained weight to its start w0; the new head gets plain L2
+    (head_weight/2 * |w|^2). It replaces the optimiser's weight decay, which would pull the same weights to zero."""
+
+    weight: Annotated[float, Field(ge=0)] = 0.1
+    """alpha, as Li et al. 2018 (Explicit inductive bias for transfer learning with CNNs) use for full fine-tuning."""
+    head_weight: Annotated[float, Field(ge=0)] = 0.01
+    """beta: plain L2 on the new head's weights (not its biases)."""
+
+
+class EWCSpec(Section):
+    """`ewc`: weight/2 * sum F (w - w0)^2, F the diagonal Fisher information of the source head's predictions on
+    retention.data at the start weights, from per-example gradients; computed once and kept in the run directory."""
+
+    weight: Annotated[float, Field(ge=0)] = 100.0
+    """lambda: how hard weights the source task depends on are held."""
+    examples: PositiveInt = 1000
+    """At most this many source examples (the first ones) estimate F."""
+
+
+class RetentionSpec(Section):
+    """Forgetting, measured and guarded: the source head (the pretrained output layer, kept beside the new head)
+    is scored on `data` before training, at every evaluation and at the end; retention = after / before."""
+
+    data: DataSource | None = None
+    """Source-task examples labelled in the source head's classes (model.source_labels, or a Hugging Face model's
+    own id2label): a file or an image folder, read with data.*_column. null: retention is not measured."""
+    guard: list[Literal[GUARDS]] = []  # type: ignore[valid-type]
+    """What guards the old skill while the new one is learnt: none, or one or more of replay, distill, l2sp, ewc."""
+    freeze_bn: bool = False
+    """Keep the backbone's BatchNorm statistics as they were (BatchNorm runs in eval mode throughout): statistics
+    that follow the new data forget the old on their own."""
+    replay: ReplaySpec = ReplaySpec()
+    distill: DistillSpec = DistillSpec()
+    l2sp: L2SPSpec = L2SPSpec()
+    ewc: EWCSpec = EWCSpec()
+
+    @field_validator("guard", mode="before")
+    @classmethod
+    def _none_or_names(cls, value: Any) -> Any:
+        if value is None or value == "none":
+            return []
+        names = [value] if isinstance(value, str) else value
+        return list(dict.fromkeys(names)) if isinstance(names, list) else names
+
+    @model_validator(mode="after")
+    def _needs_data(self) -> RetentionSpec:
+        if self.data is None and (self.guard or self.freeze_bn):
+            what = f"guard {', '.join(self.guard)}" if self.guard else "freeze_bn"
+            raise ValueError(f"retention.{'guard' if self.guard else 'freeze_bn'}: {what} keeps what the model knew "
+                             f"of its source task, which retention.data must give (examples labelled in the source "
+                             f"head's classes); set retention.data, or remove it")
+        return self
+
+    @property
+    def on(self) -> bool:
+        return self.data is not None
+
+
 class Recipe(Section):
     """Everything a run needs. Only `data.train` has no default."""
 
@@ -539,6 +621,7 @@ class Recipe(Section):
     loss: LossSpec = LossSpec()
     checkpoint: CheckpointSpec = CheckpointSpec()
     output: OutputSpec = OutputSpec()
+    retention: RetentionSpec = RetentionSpec()
 
     @model_validator(mode="after")
     def _consistent(self) -> Recipe:
@@ -554,6 +637,7 @@ class Recipe(Section):
             raise ValueError("model.head.pool / input_from: Hugging Face models pool their own features; declare "
                              "batchnorm, dropout or hidden only, or use a plain module")
         self._check_task()
+        self._check_retention()
         return self
 
     def _check_task(self) -> None:
@@ -575,6 +659,32 @@ class Recipe(Section):
         if self.eval.metric not in task.metrics:
             raise ValueError(f"eval.metric = {self.eval.metric!r}: {self.task} is scored by {', '.join(task.metrics)}")
         task.check_recipe(self)
+
+    def _check_retention(self) -> None:
+        """What measuring and guarding the source task needs: a pretrained head that can be kept, and known."""
+        if not self.retention.on:
+            return
+        model, why = self.model, None
+        if self.task == "causal_lm":
+            why = "retention scores the source head of a classifier; a causal language model has none to keep"
+        elif self.strategy.name == "scratch":
+            why = "a scratch run starts from random weights: there is no pretrained skill to retain"
+        elif model.is_factory and model.checkpoint is None:
+            why = "a factory-built module without model.checkpoint has no pretrained head to keep"
+        elif model.is_factory and not model.source_labels:
+            why = ("model.source_labels must name the classes of the checkpoint's output rows, in order (the source "
+                   "data's labels are read against them)")
+        elif model.head.input_from:
+            why = (f"model.head.input_from feeds the new head from {model.head.input_from!r}, so nothing runs what "
+                   f"the source head read; remove input_from")
+        if why:
+            raise ValueError(f"retention: {why}")
+        if self.retention.guard and self.strategy.name == "head_only":
+            raise ValueError("retention.guard: strategy head_only trains no pretrained weight, so nothing can be "
+                             "forgotten; set retention.guard: none (retention is still measured)")
+        if "replay" in self.retention.guard and self.train.batch_size < 2:
+            raise ValueError("retention.guard: replay shares each batch with source examples; train.batch_size "
+                             "must be 2 or more")
 
     def dump(self) -> dict[str, Any]:
         """The resolved recipe as plain YAML/JSON-ready data."""

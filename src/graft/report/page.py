@@ -54,6 +54,8 @@ def render(record: dict[str, Any], run_dir: Path) -> str:
              f"{_sizes(record)}{_classes(record)}</p>",
              _cards(test, record), *_verdicts(record, history)]
     parts += _curves(history, record)
+    if metrics.get("retention"):
+        parts += _retention(metrics["retention"], history, record["recipe"]["eval"]["metric"])
     if test.get("confusion_matrix"):
         parts += _test_set(test, record["data"]["labels"])
     if record.get("calibration"):
@@ -240,13 +242,43 @@ def _probe_curve(val: list[dict[str, Any]]) -> list[str]:
 def _extra_evaluations(history: list[dict[str, Any]]) -> list[str]:
     """A chart for each extra evaluation set (split names other than train and validation): its metrics by step."""
     out = []
-    for split in dict.fromkeys(h["split"] for h in history if h["split"] not in ("train", "validation")):
+    for split in dict.fromkeys(h["split"] for h in history if h["split"] not in ("train", "validation", "retention")):
         rows = [h for h in history if h["split"] == split]
         names = [k for k, v in rows[0].items() if k not in ("step", "epoch") and isinstance(v, float)][:4]
         if names:
             out.append(figure(line_chart({m: ([h["step"] for h in rows], [h[m] for h in rows]) for m in names},
                                          xlabel="step", ylabel=split),
                               f"Extra evaluation '{escape(split)}' (step 0: before training)."))
+    return out
+
+
+RETAINED = 0.9
+"""Retention below this is drawn as a warning."""
+
+
+def _retention(retention: dict[str, Any], history: list[dict[str, Any]], metric: str) -> list[str]:
+    """What fine-tuning cost the source task: the source head's accuracy before and after, and retention against
+    the new task's validation metric over training."""
+    before, after, ratio = retention["before"], retention["after"], retention["ratio"]
+    guards = ", ".join(retention.get("guards") or []) or "none"
+    kept = f"retention {ratio:.3f}" if ratio is not None else "no retention ratio (it scored 0 before)"
+    warn = " warn" if ratio is not None and ratio < RETAINED else ""
+    out = ["<h2>Forgetting: what the new task cost the source task</h2>",
+           f"<div class='verdict{warn}'>The pretrained head, kept beside the new one, answers {after:.1%} of the "
+           f"{retention['n']} source examples right on the final weights, against {before:.1%} before fine-tuning: "
+           f"<b>{escape(kept)}</b> (after ÷ before). Guards: {escape(guards)}.</div>"]
+    rows = retention.get("history") or []
+    val = {h["step"]: h.get(metric) for h in history if h["split"] == "validation"}
+    series = {}
+    if rows and all(r["ratio"] is not None for r in rows):
+        series["retention (source accuracy ÷ before)"] = ([r["step"] for r in rows], [r["ratio"] for r in rows])
+    steps = [r["step"] for r in rows if val.get(r["step"]) is not None]
+    if steps:
+        series[f"validation {metric} (new task)"] = (steps, [val[s] for s in steps])
+    if series:
+        out += ["<div class='grid'>", figure(line_chart(series, xlabel="step", ylabel="retention / validation"),
+                                            "Retention of the source task against the new task's validation metric, "
+                                            "at each evaluation (step 0: before training)."), "</div>"]
     return out
 
 

@@ -49,9 +49,18 @@ class Evaluation:
     name: str
     loader: DataLoader
     score: Callable[[Accelerator, nn.Module, DataLoader], dict[str, Any]]
+    summarise: Callable[[dict[str, Any], list[dict[str, Any]]], dict[str, Any]] | None = None
+    """(the final metrics, this evaluation's rows of the history) -> what run.json keeps under metrics.<name>;
+    None: the final metrics."""
 
     def run(self, accelerator: Accelerator, model: nn.Module) -> dict[str, Any]:
         return self.score(accelerator, model, self.loader)
+
+    def final(self, accelerator: Accelerator, model: nn.Module, history: list[dict[str, Any]]) -> dict[str, Any]:
+        """The run record's entry: the metrics of `model` (the best weights), summarised with the history."""
+        metrics = self.run(accelerator, model)
+        rows = [h for h in history if h["split"] == self.name]
+        return self.summarise(metrics, rows) if self.summarise else metrics
 
     def __post_init__(self) -> None:
         if self.name in RESERVED:

@@ -1,0 +1,64 @@
+"""Forgetting: what fine-tuning costs the source task, measured, and guarded.
+
+The pretrained output layer is kept beside the new head as the source head, reading what the new head reads; its
+accuracy on `retention.data` is scored before training, at every evaluation and on the final weights (`measure`).
+Guards keep it (`guards`): replay of source examples in every batch, distillation from the original model, L2-SP,
+EWC (`fisher`), and BatchNorm statistics held fixed. Everything goes in through the setup's seams (loss terms,
+extra evaluations, a mixed training loader): the loop knows nothing of retention.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from torch import nn
+
+from graft.errors import GraftError
+from graft.recipe.schema import GUARDS as ORDER
+from graft.retention.source import Source, SourceHead, Tap, Teacher, frozen_copy, module_name, read_source
+
+if TYPE_CHECKING:
+    from graft.setup import Setup
+
+__all__ = ["attach_retention", "read_source"]
+
+
+def attach_retention(run: Setup, source: Source, say: Callable[[str], None]) -> None:
+    """Keep the source head beside the new one, score it on `source` as an extra evaluation, add the recipe's
+    guards. Writes nothing: a run calls this before it claims its directory."""
+    from graft.retention.guards import GUARDS, Retained, keep_statistics
+    from graft.retention.measure import retention_evaluation
+
+    loaded, spec = run.loaded, run.recipe.retention
+    layer = _source_layer(loaded.source_head, loaded.head.path, source.labels)
+    if spec.guard and run.plan.backbone_frozen_throughout:
+        raise GraftError(f"retention.guard: strategy {run.recipe.strategy.name} keeps every pretrained weight frozen, "
+                         f"so nothing can be forgotten; set retention.guard: none (retention is still measured)")
+    reads = loaded.root.get_submodule(loaded.head.path)
+    original = frozen_copy(loaded.model) if "distill" in spec.guard else None  # before the tap: a copy would carry it
+    head = SourceHead(layer, source.labels, Tap(reads))
+    teacher = Teacher(original, module_name(loaded.model, reads), head) if original is not None else None
+    guards = [name for name in ORDER if name in spec.guard]
+    retained = Retained(run, head, source, teacher, say)
+    lines = [GUARDS[name](retained) for name in guards]
+    if spec.freeze_bn:
+        lines.append(keep_statistics(run))
+    run.evaluations.append(retention_evaluation(run, head, source, guards))
+    say(f"retention: the source head ({loaded.head.path}, {len(source.labels)} classes) is scored on {len(source)} "
+        f"examples of {spec.data}")
+    for line in lines:
+        say(f"retention: {line}")
+
+
+def _source_layer(layer: nn.Module | None, path: str, labels: list[str]) -> nn.Module:
+    """The pretrained output layer, checked against the source classes named for its rows."""
+    if layer is None:
+        raise GraftError(f"retention: the model's checkpoint has no output layer at {path} to keep as the source head "
+                         f"(its head would start from scratch); retention needs a pretrained classifier")
+    rows = [m for m in layer.modules() if isinstance(m, nn.Linear)][-1].out_features
+    if rows != len(labels):
+        raise GraftError(f"retention: the source head ({path}) has {rows} output rows, but {len(labels)} source "
+                         f"classes are named ({', '.join(labels[:6])}{', ...' if len(labels) > 6 else ''}); name one "
+                         f"class per row in model.source_labels")
+    return layer
