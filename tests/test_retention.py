@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 import graft
+from graft.compare import format_table
 from graft.recipe import load_recipe
 from graft.retention.fisher import FISHER_FILE, fisher_diagonal
 from graft.retention.guards import distillation_loss, l2sp_penalty
@@ -64,7 +65,7 @@ def text_recipe(model: Path, texts: SimpleNamespace, run_dir: Path, retention: d
                 **sections: dict) -> dict:
     train = {"epochs": 2, "batch_size": 8, "log_every": 3, **sections.pop("train", {})}
     tree = tiny_recipe(model, texts.new, run_dir, train=train, **sections)
-    tree["retention"] = {"data": str(texts.source), **(retention or {})}
+    tree["retention"] = {"data": str(texts.source), "ewc": {"examples": 8}, **(retention or {})}
     return tree
 
 
@@ -321,3 +322,30 @@ def test_retention_data_in_a_recipe_file_is_relative_to_it(tmp_path):
     recipe = load_recipe(tmp_path / "r.yaml")
     assert recipe.retention.data == tmp_path / "old" and recipe.retention.guard == ["distill", "replay"]
     assert load_recipe(tmp_path / "r.yaml", ["retention.guard=none"]).retention.guard == []
+
+
+# Compare: a retention column, words, and the trade-off chart.
+
+def test_compare_sets_retention_beside_new_task_accuracy(source_bert, texts, tmp_path):
+    scores = {"full": (0.90, 0.60), "distill": (0.89, 0.95), "l2sp": (0.80, 0.90)}  # (accuracy, retention)
+
+    def fake_train(run_recipe, overwrite):
+        tree = run_recipe.dump()
+        accuracy, ratio = scores[Path(tree["output"]["dir"]).name]
+        test = {"accuracy": accuracy, "f1_macro": accuracy, "n": 1000}
+        return {"recipe": tree, "optim": {"lr": 1e-3}, "params": {"trainable": 10, "total": 100},
+                "peak_memory_mb": 50.0, "metrics": {"test": test, "history": [], "retention": {"ratio": ratio}},
+                "timings": {"train_s": 1.0, "train_s_per_epoch": 1.0, "feature_cache_s": 0.0}}
+
+    strategies = ["full", *({"label": g, "strategy": {"name": "full"}, "retention": {"guard": g}} for g in scores
+                            if g != "full")]
+    result = graft.compare(text_recipe(source_bert, texts, tmp_path / "cmp"), strategies, train=fake_train)
+    assert {r["label"]: r["retention"] for r in result["strategies"]} == {"full": 0.60, "distill": 0.95, "l2sp": 0.90}
+    assert "forgetting: distill keeps the most of the source task (retention 0.950), full the least (0.600)" \
+        in result["verdict"]
+    # 0.90 and 0.89 on 1,000 test examples are level; of those two, distill keeps more.
+    assert "of the strategies level on the new task (full, distill), distill keeps the most of the source task " \
+           "(0.950)" in result["verdict"]
+    assert "retention" in format_table(result).splitlines()[0]
+    page = (tmp_path / "cmp" / "compare.html").read_text()
+    assert "retention (source task)" in page and "top right is best" in page and page.count("<svg") == 1

@@ -141,6 +141,8 @@ def summarise(base: Recipe, records: dict[str, list[dict[str, Any]]], seeds: lis
     metric = base.eval.metric
     rows = [_row(label, runs, metric) for label, runs in records.items()]
     verdict = judge(rows, metric)
+    level = [verdict["leader"], *verdict["ties"]] if verdict.get("leader") else []
+    verdict["verdict"] += forgetting(rows, level)
     return {"recipe": base.dump(), "metric": metric, "seeds": seeds, "strategies": rows, **verdict,
             "records": records}
 
@@ -158,6 +160,10 @@ def _row(label: str, runs: list[dict[str, Any]], metric: str) -> dict[str, Any]:
         v = values(name)
         row[name] = statistics.fmean(v) if v else None
         row[f"{name}_std"] = statistics.stdev(v) if len(v) > 1 else 0.0
+    kept = [r["metrics"]["retention"]["ratio"] for r in runs if (r["metrics"].get("retention") or {}).get("ratio")
+            is not None]
+    row["retention"] = statistics.fmean(kept) if kept else None  # the source task's accuracy after / before
+    row["retention_std"] = statistics.stdev(kept) if len(kept) > 1 else 0.0
     # The class a strategy answers for every test example in most of its seeds: no model at all.
     answers = [r["metrics"]["test"].get("one_class") for r in runs]
     row["one_class"] = next((a for a in answers if a), None) if sum(map(bool, answers)) * 2 > len(runs) else None
@@ -234,6 +240,23 @@ def judge(rows: list[dict[str, Any]], metric: str) -> dict[str, Any]:
             "verdict": [*words, *flags]}
 
 
+def forgetting(rows: list[dict[str, Any]], level: list[str]) -> list[str]:
+    """What each strategy cost the source task, in words: who kept the most and the least of it, and, among the
+    strategies level with the leader on the new task, which keeps the most."""
+    kept = [r for r in rows if r.get("retention") is not None]
+    if not kept:
+        return []
+    most, least = max(kept, key=lambda r: r["retention"]), min(kept, key=lambda r: r["retention"])
+    words = [f"forgetting: {most['label']} keeps the most of the source task (retention {most['retention']:.3f})"
+             + (f", {least['label']} the least ({least['retention']:.3f})" if least is not most else "")]
+    top = [r for r in kept if r["label"] in level]
+    if len(top) > 1:
+        best = max(top, key=lambda r: r["retention"])
+        words.append(f"of the strategies level on the new task ({', '.join(r['label'] for r in top)}), "
+                     f"{best['label']} keeps the most of the source task ({best['retention']:.3f})")
+    return words
+
+
 def format_table(result: dict[str, Any]) -> str:
     """The comparison as a plain-text table, best first."""
     metric = result["metric"]
@@ -241,8 +264,9 @@ def format_table(result: dict[str, Any]) -> str:
     rows = sorted(result["strategies"], key=lambda r: -sign * (r[metric] if r[metric] is not None else -math.inf))
     spread = len(result["seeds"]) > 1
     width = max(len(r["label"]) + (12 if r.get("one_class") else 0) for r in rows)
-    lines = [f"{'strategy':<{width}}  {'accuracy':>15}  {'f1_macro':>15}  {'trainable':>12}  {'cost s':>8}  "
-             f"{'s/epoch':>8}  {'peak MB':>8}"]
+    retained = any(r.get("retention") is not None for r in rows)
+    lines = [f"{'strategy':<{width}}  {'accuracy':>15}  {'f1_macro':>15}" + (f"  {'retention':>15}" if retained else "")
+             + f"  {'trainable':>12}  {'cost s':>8}  {'s/epoch':>8}  {'peak MB':>8}"]
     for r in rows:
         def cell(name: str, r: dict[str, Any] = r) -> str:
             if r[name] is None:
@@ -250,10 +274,11 @@ def format_table(result: dict[str, Any]) -> str:
             return f"{r[name]:.4f} ± {r[name + '_std']:.4f}" if spread else f"{r[name]:.4f}"
 
         label = r["label"] + (" (one class)" if r.get("one_class") else "")
-        lines.append(f"{label:<{width}}  {cell('accuracy'):>15}  {cell('f1_macro'):>15}  {r['trainable']:>12,}  "
+        kept = f"  {cell('retention'):>15}" if retained else ""
+        lines.append(f"{label:<{width}}  {cell('accuracy'):>15}  {cell('f1_macro'):>15}{kept}  {r['trainable']:>12,}  "
                      f"{r['cost_s']:>8.1f}  {r['s_per_epoch']:>8.2f}  {r['peak_memory_mb']:>8,.0f}")
     note = ("cost s: training plus the feature-cache pass (the frozen backbone run once over the data); "
-            "s/epoch: training only")
+            "s/epoch: training only" + ("; retention: the source task's accuracy after / before" if retained else ""))
     return "\n".join([*lines, note, *result["verdict"]])
 
 

@@ -199,3 +199,20 @@ def reliability_chart(panels: dict[str, list[dict[str, Any]]]) -> str:
     handles, names = panes[0].get_legend_handles_labels()
     fig.legend(handles, names, frameon=False, fontsize=8, loc="lower center", ncol=len(names))
     return _svg(fig, bottom=0.08)  # the legend's row below the panels
+
+
+def scatter_chart(points: dict[str, tuple[float, float, float, float]], *, xlabel: str, ylabel: str) -> str:
+    """One labelled point per name {name: (x, y, x spread, y spread)}, the spreads drawn as error bars (0: none)."""
+    fig, ax = _figure(6.4, 3.6)
+    for i, (name, (x, y, dx, dy)) in enumerate(points.items()):
+        colour = PALETTE[i % len(PALETTE)]
+        ax.errorbar([x], [y], xerr=[dx] if dx else None, yerr=[dy] if dy else None, marker="o", markersize=7,
+                    color=colour, capsize=3, linestyle="none")
+        ax.annotate(name, (x, y), xytext=(6, 4), textcoords="offset points", fontsize=8, color=colour)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    for axis, i in ((ax.set_xlim, 0), (ax.set_ylim, 1)):
+        limits = flat_limits([p[i] for p in points.values()], log=False, share=True)
+        if limits is not None:
+            axis(*limits)
+    return _svg(fig)

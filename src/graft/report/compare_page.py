@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from graft.files import write_text
-from graft.report.charts import line_chart
+from graft.report.charts import line_chart, scatter_chart
 from graft.report.page import CSS, escape, figure
 
 PAGE_FILE = "compare.html"
@@ -37,6 +37,16 @@ def _cost(row: dict[str, Any]) -> str:
     return f"<td class='n'>{row['cost_s']:.1f} s{part}</td>"
 
 
+def _trade_off(rows: list[dict[str, Any]], spread: bool) -> str:
+    """New-task accuracy against retention, one point per strategy: the trade-off at a glance."""
+    points = {r["label"]: (r["retention"], r["accuracy"], r["retention_std"] if spread else 0.0,
+                           r["accuracy_std"] if spread else 0.0)
+              for r in rows if r.get("retention") is not None and r.get("accuracy") is not None}
+    chart = scatter_chart(points, xlabel="retention (source accuracy after / before)", ylabel="new task: test accuracy")
+    return figure(chart, "What each strategy learnt of the new task against what it kept of the source task (top "
+                         "right is best" + ("; bars: one standard deviation over seeds)." if spread else ")."))
+
+
 def render_compare(result: dict[str, Any]) -> str:
     metric, rows = result["metric"], result["strategies"]
     recipe = result["recipe"]
@@ -53,6 +63,7 @@ def render_compare(result: dict[str, Any]) -> str:
         text = f"{row[name]:.4f}" + (f" ± {row[name + '_std']:.4f}" if spread else "")
         return f"<td class='n'>{text}</td>"
 
+    retained = any(r.get("retention") is not None for r in rows)
     sign = -1.0 if metric == "loss" else 1.0
     rows = sorted(rows, key=lambda r: -sign * r[metric] if r.get(metric) is not None else float("inf"))
     body = ""
@@ -65,13 +76,15 @@ def render_compare(result: dict[str, Any]) -> str:
         body += (f"<tr class='{'low' if flag else ''}'><td><b><a href='{escape(link)}'>{escape(r['label'])}</a></b>"
                  f"{escape(mark)}{escape(flag)}</td>"
                  f"<td>{escape(r['strategy'])}</td><td class='n'>{_lr(r['lr'])}</td>{cell(r, 'accuracy')}"
-                 f"{cell(r, 'f1_macro')}<td class='n'>{r['trainable']:,}</td>{_cost(r)}"
+                 f"{cell(r, 'f1_macro')}{cell(r, 'retention') if retained else ''}<td class='n'>{r['trainable']:,}</td>"
+                 f"{_cost(r)}"
                  f"<td class='n'>{r['s_per_epoch']:.2f} s</td><td class='n'>{r['peak_memory_mb']:,.0f} MB</td></tr>")
     table = ("<table><tr><th>strategy</th><th>method</th><th>lr</th><th>test accuracy</th><th>test macro F1</th>"
-             "<th>trainable</th><th>cost: training + feature cache</th><th>training per epoch</th><th>peak memory</th>"
+             + ("<th>retention (source task)</th>" if retained else "") + "<th>trainable</th>"
+             "<th>cost: training + feature cache</th><th>training per epoch</th><th>peak memory</th>"
              "</tr>" + body + "</table><p class='sub'>Cost counts the feature-cache pass: a strategy that keeps layers "
              "frozen runs them once over the data before training, and that time is part of what it costs.</p>")
-    figures = []
+    figures = [_trade_off(rows, spread)] if retained else []
     for name, label in ((metric, f"validation {metric}"), ("loss", "validation loss")):
         series = {r["label"]: ([h["epoch"] for h in r["curves"][0]], [h[name] for h in r["curves"][0]])
                   for r in rows if r["curves"] and r["curves"][0] and name in r["curves"][0][0]}

@@ -30,16 +30,21 @@ def fisher_diagonal(model: nn.Module, head: SourceHead, batches: Iterable[dict[s
                     buffers: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """The Fisher diagonal of `params` (names in `model`, values to evaluate at; `buffers` likewise) over the first
     `limit` examples of `batches`, `model` in eval mode."""
-    from torch.func import functional_call, jacrev
+    from torch.func import functional_call, vjp
 
     fixed = dict(buffers or {})
 
-    def logits(values: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def logits(values: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         functional_call(model, {**fixed, **values}, args=(), kwargs=inputs)
-        out = head.logits()[0]
-        return out, out.detach()
+        return head.logits()[0]
 
-    jacobian = jacrev(logits, has_aux=True)
+    def jacobian(values: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor]
+                 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        # One backward pass per class (jacrev's vmap over classes falls back to a slow loop for attention).
+        z, pull = vjp(lambda v: logits(v, inputs), values)
+        rows = [pull(one)[0] for one in torch.eye(len(z), dtype=z.dtype, device=z.device)]
+        return {n: torch.stack([r[n] for r in rows]) for n in values}, z.detach()
+
     total = {n: torch.zeros_like(v) for n, v in params.items()}
     seen = 0
     modes = [(m, m.training) for m in model.modules()]
