@@ -203,7 +203,7 @@ def test_every_guard_adds_its_own_curve(source_bert, texts, tmp_path):
 
 
 def test_resume_is_exact_with_every_guard_on(source_bert, texts, tmp_path, monkeypatch):
-    guards = {"guard": ["replay", "distill", "l2sp", "ewc"]}
+    guards = {"guard": ["replay", "distill", "l2sp", "ewc"], "replay": {"share": 0.5}}  # 4 + 4: whole batches
     every3 = {"checkpoint": {"every_steps": 3}}
     graft.train(text_recipe(source_bert, texts, tmp_path / "whole", guards, **every3))
     broken = text_recipe(source_bert, texts, tmp_path / "broken", guards, **every3)
@@ -349,3 +349,49 @@ def test_compare_sets_retention_beside_new_task_accuracy(source_bert, texts, tmp
     assert "retention" in format_table(result).splitlines()[0]
     page = (tmp_path / "cmp" / "compare.html").read_text()
     assert "retention (source task)" in page and "top right is best" in page and page.count("<svg") == 1
+
+
+# Under torchrun: the same guarded training on 2 processes as on 1.
+
+@pytest.mark.distributed
+def test_guards_train_the_same_on_two_processes(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+    from safetensors.torch import load_file
+    from transformers import BertForSequenceClassification
+
+    model = build_tiny_bert(tmp_path / "bert", dropout=0.0)
+    BertForSequenceClassification.from_pretrained(model, num_labels=3, id2label=dict(enumerate(SOURCE)),
+                                                  label2id={n: i for i, n in enumerate(SOURCE)}).save_pretrained(model)
+    rows = [(text, "money" if label == "billing" else "other") for text, label in make_texts(88, seed=5)]
+    data = SimpleNamespace(new=write_csv(tmp_path / "train.csv", rows[:64]),  # 8 whole batches of 8
+                           source=write_csv(tmp_path / "source.csv", make_texts(20, seed=9)))
+    splits = {"validation": str(write_csv(tmp_path / "val.csv", rows[64:76])),
+              "test": str(write_csv(tmp_path / "test.csv", rows[76:]))}
+    guards = {"guard": ["replay", "distill", "l2sp", "ewc"], "replay": {"share": 0.5}}  # 4 + 4: whole batches
+
+    def tree(run_dir: Path) -> dict:
+        # SGD: Adam would turn the float noise in the attention key biases' gradient (0 in exact arithmetic: softmax
+        # ignores them) into whole steps, which differ between 1 and 2 processes.
+        recipe = text_recipe(model, data, run_dir, guards, data=splits, checkpoint={"every_steps": 4},
+                             optim={"name": "sgd", "lr": 0.05})
+        recipe["data"]["train"] = str(data.new)
+        return recipe
+
+    single = graft.train(tree(tmp_path / "one"))
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(tree(tmp_path / "two")))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(Path(sys.executable).parent / "graft"), "train", str(tmp_path / "recipe.yaml")],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((tmp_path / "two" / "run.json").read_text())
+    assert record["environment"]["num_processes"] == 2
+    a, b = load_file(tmp_path / "one/model/model.safetensors"), load_file(tmp_path / "two/model/model.safetensors")
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], atol=1e-5, rtol=1e-4, msg=lambda m, k=key: f"{k}: {m}")
+    assert record["metrics"]["retention"]["n"] == 20  # gathered over both processes, counted once
+    assert record["metrics"]["retention"]["after"] == pytest.approx(single["metrics"]["retention"]["after"])
