@@ -172,7 +172,9 @@ def test_nothing_trained_retains_exactly_everything(source_bert, texts, tmp_path
     retention = record["metrics"]["retention"]
     assert retention["ratio"] == 1.0 and retention["before"] == retention["after"]
     assert [h["ratio"] for h in retention["history"]] == [1.0] * 3  # before training, after each of 2 epochs
-    assert retention["n"] == 30 and retention["labels"] == SOURCE
+    assert retention["n"] == 15 and retention["guarded_n"] == 15 and retention["labels"] == SOURCE  # half held out
+    assert retention["feature_cosine"] == pytest.approx(1.0)  # the features never moved
+    assert retention["refit"]["after"] == retention["refit"]["before"] is not None
 
 
 def test_retention_is_recorded_and_reported(source_bert, texts, tmp_path):
@@ -264,7 +266,7 @@ def test_guards_train_a_plain_cnn_on_augmented_images(plain_checkpoint, colours,
     logged = history(tmp_path / "run", "train")
     assert all({"loss_replay", "loss_distill", "loss_ewc"} <= set(r) for r in logged)
     retention = record["metrics"]["retention"]
-    assert retention["n"] == 18 and 0 <= retention["after"] <= 1
+    assert retention["n"] == 9 and 0 <= retention["after"] <= 1
 
 
 # Bad input: one line, before anything is loaded or written.
@@ -283,7 +285,6 @@ def test_a_recipe_that_cannot_retain_is_refused(retention, sections, expected, s
 
 @pytest.mark.parametrize(("model", "expected"), [
     ({"checkpoint": None}, "without model.checkpoint has no pretrained head"),
-    ({"source_labels": None}, "model.source_labels must name the classes"),
     ({"head": {"input_from": "block1", "pool": "avg"}}, "model.head.input_from feeds the new head"),
 ])
 def test_a_plain_module_whose_head_cannot_be_kept_is_refused(model, expected, plain_checkpoint, colours, tmp_path):
@@ -302,12 +303,36 @@ def test_source_labels_the_head_does_not_know_are_refused_before_the_model_loads
     assert not (tmp_path / "run").exists()
 
 
-def test_a_model_without_a_pretrained_head_is_refused(tiny_bert, texts, tmp_path):
-    bare = text_recipe(tiny_bert, texts, tmp_path / "run")  # a bare encoder: its config names no classes
-    assert "config names no classes for its output rows" in error_of(graft.train, bare)
-    bare["model"]["source_labels"] = SOURCE  # named, but no head came from the checkpoint
+def test_a_head_named_but_not_in_the_checkpoint_is_refused(tiny_bert, texts, tmp_path):
+    bare = text_recipe(tiny_bert, texts, tmp_path / "run")
+    bare["model"]["source_labels"] = SOURCE  # named, but the bare encoder's checkpoint has no head
     assert "has no output layer at classifier to keep" in error_of(graft.train, bare)
     assert not (tmp_path / "run").exists()
+
+
+def test_an_encoder_without_a_head_is_measured_by_a_probe(tiny_bert, texts, tmp_path):
+    """A bare encoder (its config names no classes): a probe fitted on its original features of the guarded half
+    is the source head; nothing trained, it reads exactly what it read before."""
+    record = graft.train(text_recipe(tiny_bert, texts, tmp_path / "run"), prepare=freeze_by_learning_rate)
+    retention = record["metrics"]["retention"]
+    assert retention["probe"] is True and retention["labels"] == SOURCE  # the data's own classes
+    assert retention["ratio"] == 1.0 and retention["before"] > 1 / 3  # the probe learnt something of the task
+    assert retention["refit"]["after"] == retention["refit"]["before"]
+
+
+def test_guards_never_see_the_examples_retention_is_measured_on(source_bert, texts, tmp_path):
+    from graft.retention.source import read_source
+    from graft.tasks import get_task
+
+    recipe = load_recipe(text_recipe(source_bert, texts, tmp_path / "run", {"guard": ["replay", "ewc"]}))
+    source = read_source(recipe, get_task(recipe.task))
+    measured, guarded = set(source.measured["text"]), set(source.guarded["text"])
+    assert not measured & guarded and len(measured) + len(guarded) == 30
+    for label in range(len(SOURCE)):  # stratified: every class split in half
+        assert source.measured["label"].count(label) == source.guarded["label"].count(label)
+    run = setup(recipe)
+    assert len(run.train_loader.dataset.second) == len(guarded)  # replay draws from the guarded half only
+    assert len(run.evaluations[0].loader.dataset) == len(measured)
 
 
 def test_a_head_with_other_rows_than_the_classes_named_is_refused(plain_checkpoint, colours, tmp_path):
@@ -393,5 +418,5 @@ def test_guards_train_the_same_on_two_processes(tmp_path):
     a, b = load_file(tmp_path / "one/model/model.safetensors"), load_file(tmp_path / "two/model/model.safetensors")
     for key in a:
         torch.testing.assert_close(b[key], a[key], atol=1e-5, rtol=1e-4, msg=lambda m, k=key: f"{k}: {m}")
-    assert record["metrics"]["retention"]["n"] == 20  # gathered over both processes, counted once
+    assert record["metrics"]["retention"]["n"] == 10  # gathered over both processes, counted once
     assert record["metrics"]["retention"]["after"] == pytest.approx(single["metrics"]["retention"]["after"])

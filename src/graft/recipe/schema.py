@@ -577,6 +577,10 @@ class RetentionSpec(Section):
     own id2label): a file or an image folder, read with data.*_column. null: retention is not measured."""
     guard: list[Literal[GUARDS]] = []  # type: ignore[valid-type]
     """What guards the old skill while the new one is learnt: none, or one or more of replay, distill, l2sp, ewc."""
+    measure_share: Annotated[float, Field(gt=0, le=1)] = 0.5
+    """The share of retention.data held out to measure retention on (stratified, seeded by train.seed); the rest is
+    what replay draws from, EWC's Fisher information and a probe are computed on. Measured on examples no guard saw,
+    a guard cannot look better by having memorised them."""
     freeze_bn: bool = False
     """Keep the backbone's BatchNorm statistics as they were (BatchNorm runs in eval mode throughout): statistics
     that follow the new data forget the old on their own."""
@@ -600,6 +604,10 @@ class RetentionSpec(Section):
             raise ValueError(f"retention.{'guard' if self.guard else 'freeze_bn'}: {what} keeps what the model knew "
                              f"of its source task, which retention.data must give (examples labelled in the source "
                              f"head's classes); set retention.data, or remove it")
+        using = [g for g in self.guard if g in ("replay", "ewc")]
+        if using and self.measure_share == 1:
+            raise ValueError(f"retention.measure_share = 1 holds every source example out to measure on, and "
+                             f"{' and '.join(using)} would see none of them; lower it (0.5: half each)")
         return self
 
     @property
@@ -671,9 +679,6 @@ class Recipe(Section):
             why = "a scratch run starts from random weights: there is no pretrained skill to retain"
         elif model.is_factory and model.checkpoint is None:
             why = "a factory-built module without model.checkpoint has no pretrained head to keep"
-        elif model.is_factory and not model.source_labels:
-            why = ("model.source_labels must name the classes of the checkpoint's output rows, in order (the source "
-                   "data's labels are read against them)")
         elif model.head.input_from:
             why = (f"model.head.input_from feeds the new head from {model.head.input_from!r}, so nothing runs what "
                    f"the source head read; remove input_from")

@@ -31,13 +31,14 @@ def attach_retention(run: Setup, source: Source, say: Callable[[str], None]) -> 
     from graft.retention.measure import retention_evaluation
 
     loaded, spec = run.loaded, run.recipe.retention
-    layer = _source_layer(loaded.source_head, loaded.head.path, source.labels)
+    layer = None if source.probe else _source_layer(loaded.source_head, loaded.head.path, source.labels)
     if spec.guard and run.plan.backbone_frozen_throughout:
         raise GraftError(f"retention.guard: strategy {run.recipe.strategy.name} keeps every pretrained weight frozen, "
                          f"so nothing can be forgotten; set retention.guard: none (retention is still measured)")
     reads = loaded.root.get_submodule(loaded.head.path)
     original = frozen_copy(loaded.model) if "distill" in spec.guard else None  # before the tap: a copy would carry it
-    head = SourceHead(layer, source.labels, Tap(reads))
+    tap = Tap(reads)
+    head = SourceHead(layer if layer is not None else _probe(run, tap, source), source.labels, tap)
     teacher = Teacher(original, module_name(loaded.model, reads), head) if original is not None else None
     guards = [name for name in ORDER if name in spec.guard]
     retained = Retained(run, head, source, teacher, say)
@@ -45,10 +46,28 @@ def attach_retention(run: Setup, source: Source, say: Callable[[str], None]) -> 
     if spec.freeze_bn:
         lines.append(keep_statistics(run))
     run.evaluations.append(retention_evaluation(run, head, source, guards))
-    say(f"retention: the source head ({loaded.head.path}, {len(source.labels)} classes) is scored on {len(source)} "
-        f"examples of {spec.data}")
+    what = (f"a probe fitted on the original features of {len(source.guarded)} examples stands in for the source "
+            f"head (nothing names the pretrained head's classes: model.source_labels would)" if source.probe else
+            f"the source head ({loaded.head.path}, {len(source.labels)} classes) is kept")
+    say(f"retention: {what}; scored on {len(source.measured)} held-out examples of {spec.data}")
     for line in lines:
         say(f"retention: {line}")
+
+
+def _probe(run: Setup, tap: Tap, source: Source) -> nn.Module:
+    """A linear probe on the original model's features of the guarded source examples: the source head of an
+    encoder that has none (or none whose classes are known)."""
+    from graft.retention.measure import fit_linear, read
+
+    if not len(source.guarded):
+        raise GraftError("retention.measure_share = 1: a probe is fitted on the source examples not held out, and none "
+                         "are left; lower it (0.5: half each)")
+    loader = run.task.eval_loader(run.recipe, source.guarded, run.loaded, None, "retention")
+    probe = fit_linear(read(run.model, tap, loader), len(source.labels), run.recipe.train.seed)
+    if probe is None:
+        raise GraftError(f"retention.data {run.recipe.retention.data}: a probe needs examples of two or more classes "
+                         f"to tell apart")
+    return nn.Sequential(nn.Flatten(), probe)
 
 
 def _source_layer(layer: nn.Module | None, path: str, labels: list[str]) -> nn.Module:

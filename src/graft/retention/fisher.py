@@ -80,7 +80,7 @@ class Fisher:
                  say: Callable[[str], None]) -> None:
         self.path = run.recipe.output.dir / FISHER_FILE
         self.model, self.head, self.anchor, self.limit, self.say = run.model, head, anchor, limit, say
-        self.loader = run.task.eval_loader(run.recipe, source.split, run.loaded, None, "retention")
+        self.loader = run.task.eval_loader(run.recipe, source.guarded, run.loaded, None, "retention")
         owner = {id(p): n for n, p in run.model.named_parameters()}
         roots = dict(run.root.named_parameters())
         self.names = {n: owner[id(roots[n])] for n in anchor.values}  # root names -> names in run.model

@@ -69,7 +69,7 @@ def replay(r: Retained) -> str:
 
     run, spec = r.run, r.run.recipe.retention.replay
     # Replayed examples are not augmented: an augmented image batch is keyed by (index, epoch), a mixed one is not.
-    source = run.task.train_loader(run.recipe, r.source.split, run.loaded, False, [])
+    source = run.task.train_loader(run.recipe, r.source.guarded, run.loaded, False, [])
     run.train_loader = mix(run.train_loader, source.dataset, source.collate_fn, spec.share, run.recipe.train.seed,
                            PartialState().num_processes)
     model = run.model
@@ -81,8 +81,9 @@ def replay(r: Retained) -> str:
 
     run.loss_terms["replay"] = term
     k = run.train_loader.batch_sampler.k  # type: ignore[union-attr]
-    return (f"replay: {k} of every {run.recipe.train.batch_size} training examples come from retention.data, "
-            f"trained through the source head (weight {spec.weight:g})")
+    return (f"replay: {k} of every {run.recipe.train.batch_size} training examples come from the "
+            f"{len(r.source.guarded)} source examples not held out, trained through the source head (weight "
+            f"{spec.weight:g})")
 
 
 def l2sp_penalty(trained: dict[str, torch.Tensor], start: dict[str, torch.Tensor], head: dict[str, torch.Tensor],

@@ -19,19 +19,26 @@ if TYPE_CHECKING:
 
 @dataclass
 class Source:
-    """retention.data as the task reads a split: labels are ids into `labels`, the source head's classes."""
+    """retention.data as the task reads a split, in two parts; labels are ids into `labels`."""
 
     labels: list[str]
-    split: Any
+    """The classes of the source head's rows; with a probe, the data's own."""
+    measured: Any
+    """The share held out to measure retention on: no guard sees it."""
+    guarded: Any
+    """The rest: what replay draws from, and what EWC's Fisher information and a probe are computed on."""
+    probe: bool
+    """Nothing names the pretrained head's classes: a probe fitted on the original features stands in for it."""
 
     def __len__(self) -> int:
-        return len(self.split)
+        return len(self.measured) + len(self.guarded)
 
 
 def read_source(recipe: Recipe, task: Task) -> Source:
-    """retention.data, every label one the source head knows; read before the model loads, so a wrong file costs
-    nothing."""
-    labels = source_labels(recipe)
+    """retention.data, every label one the source head knows, split into a measured and a guarded part; read before
+    the model loads, so a wrong file costs nothing."""
+    known = known_labels(recipe)
+    labels = known if known is not None else own_labels(recipe, task)
     path = recipe.retention.data
     try:
         split = task.read_labelled(recipe, path, labels)
@@ -41,20 +48,42 @@ def read_source(recipe: Recipe, task: Task) -> Source:
     if not len(split):
         raise GraftError(f"retention.data {path}: no examples; give source-task examples labelled in the source "
                          f"head's classes")
-    return Source(labels, split)
+    measured, guarded = hold_out(task, split, recipe.retention.measure_share, recipe.train.seed)
+    return Source(labels, measured, guarded, known is None)
 
 
-def source_labels(recipe: Recipe) -> list[str]:
-    """The classes of the pretrained head's rows: model.source_labels, else a Hugging Face config's id2label."""
+def known_labels(recipe: Recipe) -> list[str] | None:
+    """The classes of the pretrained head's rows: model.source_labels, else a Hugging Face config's id2label; None
+    when nothing names them (a bare encoder, a plain module's checkpoint without model.source_labels)."""
     if recipe.model.source_labels:
         return list(recipe.model.source_labels)
+    if recipe.model.is_factory:
+        return None
     from graft.models.hf import config_labels
 
-    labels = config_labels(recipe.model.name, recipe.model.revision)
-    if labels is None:
-        raise GraftError(f"retention: {recipe.model.name}'s config names no classes for its output rows (id2label is "
-                         f"transformers' LABEL_0, LABEL_1, ...); name them, in row order, in model.source_labels")
-    return labels
+    return config_labels(recipe.model.name, recipe.model.revision)
+
+
+def own_labels(recipe: Recipe, task: Task) -> list[str]:
+    """The classes retention.data itself holds, in graft's class order (what a probe is fitted to)."""
+    from graft.data.splits import class_order
+
+    data = recipe.data.model_copy(update={"train": recipe.retention.data, "validation": None, "test": None})
+    try:
+        rows = task.read_examples(recipe.model_copy(update={"data": data}))
+    except GraftError as e:
+        raise GraftError(f"retention.data: {e}") from None
+    return class_order([label for _, label in rows])
+
+
+def hold_out(task: Task, split: Any, share: float, seed: int) -> tuple[Any, Any]:
+    """`share` of every class of `split` (stratified, seeded), and the rest."""
+    from graft.data.splits import stratified_split
+
+    if share == 1:
+        return split, split.select([])
+    picked = stratified_split([str(i) for i in task.label_ids(split)], {"measured": share}, seed)
+    return split.select(picked["measured"]), split.select(picked["train"])
 
 
 class Tap:
