@@ -420,3 +420,28 @@ def test_guards_train_the_same_on_two_processes(tmp_path):
         torch.testing.assert_close(b[key], a[key], atol=1e-5, rtol=1e-4, msg=lambda m, k=key: f"{k}: {m}")
     assert record["metrics"]["retention"]["n"] == 10  # gathered over both processes, counted once
     assert record["metrics"]["retention"]["after"] == pytest.approx(single["metrics"]["retention"]["after"])
+
+
+# A causal language model: its perplexity on retain conversations.
+
+def test_a_language_model_retains_its_perplexity_and_is_guarded(tmp_path):
+    from tests.test_causal_lm import PAIRS, build_tiny_lm, lm_recipe
+
+    model = build_tiny_lm(tmp_path / "lm", "gpt2")
+    new = tmp_path / "new.jsonl"
+    new.write_text("".join(json.dumps({"prompt": p, "response": r}) + "\n" for p, r in PAIRS[:2] * 4))
+    retain = tmp_path / "retain.jsonl"
+    retain.write_text("".join(json.dumps({"prompt": p, "response": r}) + "\n" for p, r in PAIRS[2:] * 2))
+    tree = lm_recipe(model, new, tmp_path / "still", train={"epochs": 2}, retention={"data": str(retain)})
+    still = graft.train(tree, prepare=freeze_by_learning_rate)["metrics"]["retention"]
+    assert still["metric"] == "perplexity" and still["ratio"] == 1.0 and still["n"] == 2  # half of 4, held out
+    tree = lm_recipe(model, new, tmp_path / "guarded", train={"epochs": 2},
+                     retention={"data": str(retain), "guard": ["replay", "distill", "l2sp"]})
+    guarded = graft.train(tree)
+    logged = history(tmp_path / "guarded", "train")
+    assert all({"loss_replay", "loss_distill", "loss_l2sp"} <= set(r) for r in logged)
+    retention = guarded["metrics"]["retention"]
+    assert retention["ratio"] == pytest.approx(retention["before"] / retention["after"])
+    assert "perplexity before ÷ now" in (tmp_path / "guarded" / "report.html").read_text()
+    tree["retention"]["guard"] = ["ewc"]
+    assert "over a language model's vocabulary it is out of reach" in error_of(graft.train, tree)

@@ -673,9 +673,7 @@ class Recipe(Section):
         if not self.retention.on:
             return
         model, why = self.model, None
-        if self.task == "causal_lm":
-            why = "retention scores the source head of a classifier; a causal language model has none to keep"
-        elif self.strategy.name == "scratch":
+        if self.strategy.name == "scratch":
             why = "a scratch run starts from random weights: there is no pretrained skill to retain"
         elif model.is_factory and model.checkpoint is None:
             why = "a factory-built module without model.checkpoint has no pretrained head to keep"
@@ -687,6 +685,9 @@ class Recipe(Section):
         if self.retention.guard and self.strategy.name == "head_only":
             raise ValueError("retention.guard: strategy head_only trains no pretrained weight, so nothing can be "
                              "forgotten; set retention.guard: none (retention is still measured)")
+        if "ewc" in self.retention.guard and self.task == "causal_lm":
+            raise ValueError("retention.guard: ewc's Fisher information is exact over a classifier's classes; over a "
+                             "language model's vocabulary it is out of reach: use l2sp, distill or replay")
         if "replay" in self.retention.guard and self.train.batch_size < 2:
             raise ValueError("retention.guard: replay shares each batch with source examples; train.batch_size "
                              "must be 2 or more")

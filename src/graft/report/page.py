@@ -254,6 +254,8 @@ def _extra_evaluations(history: list[dict[str, Any]]) -> list[str]:
 
 RETAINED = 0.9
 """Retention below this is drawn as a warning."""
+REFIT_SLACK = 0.02
+"""A re-fitted probe this much below its score before training: the features lost part of the skill."""
 
 
 def _retention(retention: dict[str, Any], history: list[dict[str, Any]], metric: str) -> list[str]:
@@ -263,15 +265,23 @@ def _retention(retention: dict[str, Any], history: list[dict[str, Any]], metric:
     guards = ", ".join(retention.get("guards") or []) or "none"
     kept = f"retention {ratio:.3f}" if ratio is not None else "no retention ratio (it scored 0 before)"
     warn = " warn" if ratio is not None and ratio < RETAINED else ""
+    if retention["metric"] == "perplexity":
+        said = (f"On the {retention['n']} held-out retain conversations the model's perplexity is {after:.3g} on the "
+                f"final weights, against {before:.3g} before fine-tuning: <b>{escape(kept)}</b> (before ÷ after)")
+    else:
+        reader = "A probe fitted on the original features" if retention.get("probe") else \
+            "The pretrained head, kept beside the new one,"
+        said = (f"{reader} answers {after:.1%} of the {retention['n']} held-out source examples right on the final "
+                f"weights, against {before:.1%} before fine-tuning: <b>{escape(kept)}</b> (after ÷ before)")
+        said += _refit_words(retention)
     out = ["<h2>Forgetting: what the new task cost the source task</h2>",
-           f"<div class='verdict{warn}'>The pretrained head, kept beside the new one, answers {after:.1%} of the "
-           f"{retention['n']} source examples right on the final weights, against {before:.1%} before fine-tuning: "
-           f"<b>{escape(kept)}</b> (after ÷ before). Guards: {escape(guards)}.</div>"]
+           f"<div class='verdict{warn}'>{said}. Guards: {escape(guards)}.</div>"]
     rows = retention.get("history") or []
     val = {h["step"]: h.get(metric) for h in history if h["split"] == "validation"}
     series = {}
     if rows and all(r["ratio"] is not None for r in rows):
-        series["retention (source accuracy ÷ before)"] = ([r["step"] for r in rows], [r["ratio"] for r in rows])
+        name = "perplexity before ÷ now" if retention["metric"] == "perplexity" else "source accuracy ÷ before"
+        series[f"retention ({name})"] = ([r["step"] for r in rows], [r["ratio"] for r in rows])
     steps = [r["step"] for r in rows if val.get(r["step"]) is not None]
     if steps:
         series[f"validation {metric} (new task)"] = (steps, [val[s] for s in steps])
@@ -280,6 +290,20 @@ def _retention(retention: dict[str, Any], history: list[dict[str, Any]], metric:
                                             "Retention of the source task against the new task's validation metric, "
                                             "at each evaluation (step 0: before training)."), "</div>"]
     return out
+
+
+def _refit_words(retention: dict[str, Any]) -> str:
+    """What a probe fitted afresh on the features says: lost features, or features turned away from the old head."""
+    refit = retention.get("refit") or {}
+    if refit.get("after") is None or refit.get("before") is None:
+        return ""
+    read = (f". A probe fitted afresh reads {refit['after']:.1%} of them (before: {refit['before']:.1%}; the features' "
+            f"mean cosine to the original ones is {retention['feature_cosine']:.3f})")
+    if refit["after"] < refit["before"] - REFIT_SLACK:
+        return read + ": the features lost part of the skill"
+    if retention["ratio"] is not None and retention["ratio"] < RETAINED:
+        return read + ": the skill is still in the features, turned away from what the old head reads"
+    return read
 
 
 def figure(svg: str, caption: str) -> str:

@@ -30,6 +30,11 @@ def attach_retention(run: Setup, source: Source, say: Callable[[str], None]) -> 
     from graft.retention.guards import GUARDS, Retained, keep_statistics
     from graft.retention.measure import retention_evaluation
 
+    if run.task.input_kind is None:  # a language model keeps its own output layer: its perplexity is scored
+        from graft.retention.language import attach_lm_retention
+
+        attach_lm_retention(run, source.measured, source.guarded, say)
+        return
     loaded, spec = run.loaded, run.recipe.retention
     layer = None if source.probe else _source_layer(loaded.source_head, loaded.head.path, source.labels)
     if spec.guard and run.plan.backbone_frozen_throughout:

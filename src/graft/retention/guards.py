@@ -95,7 +95,12 @@ def l2sp_penalty(trained: dict[str, torch.Tensor], start: dict[str, torch.Tensor
 
 
 def l2sp(r: Retained) -> str:
-    run, spec = r.run, r.run.recipe.retention.l2sp
+    return add_l2sp(r.run)
+
+
+def add_l2sp(run: Setup) -> str:
+    """The l2sp loss term, in place of the optimiser's weight decay."""
+    spec = run.recipe.retention.l2sp
     trained, head = pretrained_and_head(run)
     start = Anchor(trained)
     decay, run.optim.weight_decay = run.optim.weight_decay, 0.0

@@ -37,6 +37,10 @@ class Source:
 def read_source(recipe: Recipe, task: Task) -> Source:
     """retention.data, every label one the source head knows, split into a measured and a guarded part; read before
     the model loads, so a wrong file costs nothing."""
+    if task.input_kind is None:  # a language model: conversations, no classes
+        from graft.retention.language import read_retain
+
+        return Source([], *read_retain(recipe, task), probe=False)
     known = known_labels(recipe)
     labels = known if known is not None else own_labels(recipe, task)
     path = recipe.retention.data
