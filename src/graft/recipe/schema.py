@@ -569,12 +569,14 @@ class EWCSpec(Section):
 
 
 class RetentionSpec(Section):
-    """Forgetting, measured and guarded: the source head (the pretrained output layer, kept beside the new head)
-    is scored on `data` before training, at every evaluation and at the end; retention = after / before."""
+    """Forgetting, measured and guarded: the source head (the pretrained output layer, kept beside the new head; a
+    probe on the original features when nothing names its classes) is scored on held-out `data` before training, at
+    every evaluation and at the end; retention = after / before (a causal LM: perplexity before / after)."""
 
     data: DataSource | None = None
     """Source-task examples labelled in the source head's classes (model.source_labels, or a Hugging Face model's
-    own id2label): a file or an image folder, read with data.*_column. null: retention is not measured."""
+    own id2label), a file or an image folder read with data.*_column; a causal LM's retain conversations, read as
+    its data is. null: retention is not measured."""
     guard: list[Literal[GUARDS]] = []  # type: ignore[valid-type]
     """What guards the old skill while the new one is learnt: none, or one or more of replay, distill, l2sp, ewc."""
     measure_share: Annotated[float, Field(gt=0, le=1)] = 0.5

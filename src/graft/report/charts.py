@@ -211,6 +211,7 @@ def scatter_chart(points: dict[str, tuple[float, float, float, float]], *, xlabe
         ax.annotate(name, (x, y), xytext=(6, 4), textcoords="offset points", fontsize=8, color=colour)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
+    ax.margins(0.15)  # room for the names beside the points
     for axis, i in ((ax.set_xlim, 0), (ax.set_ylim, 1)):
         limits = flat_limits([p[i] for p in points.values()], log=False, share=True)
         if limits is not None:

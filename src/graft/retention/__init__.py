@@ -1,10 +1,12 @@
 """Forgetting: what fine-tuning costs the source task, measured, and guarded.
 
-The pretrained output layer is kept beside the new head as the source head, reading what the new head reads; its
-accuracy on `retention.data` is scored before training, at every evaluation and on the final weights (`measure`).
-Guards keep it (`guards`): replay of source examples in every batch, distillation from the original model, L2-SP,
-EWC (`fisher`), and BatchNorm statistics held fixed. Everything goes in through the setup's seams (loss terms,
-extra evaluations, a mixed training loader): the loop knows nothing of retention.
+A classifier's pretrained output layer is kept beside the new head as the source head, reading what the new head
+reads (an encoder whose head's classes nothing names gets a probe fitted on its original features instead); its
+accuracy on held-out `retention.data` is scored before training, at every evaluation and on the final weights
+(`measure`). A causal language model's perplexity on retain conversations is scored the same way (`language`).
+Guards keep the old skill (`guards`): replay of source examples in every batch, distillation from the original
+model, L2-SP, EWC (`fisher`), and BatchNorm statistics held fixed. Everything goes in through the setup's seams
+(loss terms, extra evaluations, a mixed training loader): the loop knows nothing of retention.
 """
 
 from __future__ import annotations
@@ -30,16 +32,16 @@ def attach_retention(run: Setup, source: Source, say: Callable[[str], None]) -> 
     from graft.retention.guards import GUARDS, Retained, keep_statistics
     from graft.retention.measure import retention_evaluation
 
+    loaded, spec = run.loaded, run.recipe.retention
+    if spec.guard and run.plan.backbone_frozen_throughout:
+        raise GraftError(f"retention.guard: strategy {run.recipe.strategy.name} keeps every pretrained weight frozen, "
+                         f"so nothing can be forgotten; set retention.guard: none (retention is still measured)")
     if run.task.input_kind is None:  # a language model keeps its own output layer: its perplexity is scored
         from graft.retention.language import attach_lm_retention
 
         attach_lm_retention(run, source.measured, source.guarded, say)
         return
-    loaded, spec = run.loaded, run.recipe.retention
     layer = None if source.probe else _source_layer(loaded.source_head, loaded.head.path, source.labels)
-    if spec.guard and run.plan.backbone_frozen_throughout:
-        raise GraftError(f"retention.guard: strategy {run.recipe.strategy.name} keeps every pretrained weight frozen, "
-                         f"so nothing can be forgotten; set retention.guard: none (retention is still measured)")
     reads = loaded.root.get_submodule(loaded.head.path)
     original = frozen_copy(loaded.model) if "distill" in spec.guard else None  # before the tap: a copy would carry it
     tap = Tap(reads)

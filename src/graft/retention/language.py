@@ -43,9 +43,6 @@ def read_retain(recipe: Recipe, task: Task) -> tuple[list[Any], list[Any]]:
 def attach_lm_retention(run: Setup, measured: list[Any], guarded: list[Any], say: Callable[[str], None]) -> None:
     """Score the model's perplexity on `measured` as an extra evaluation; add the recipe's guards."""
     spec = run.recipe.retention
-    if spec.guard and run.plan.backbone_frozen_throughout:
-        raise GraftError(f"retention.guard: strategy {run.recipe.strategy.name} keeps every pretrained weight frozen, "
-                         f"so nothing can be forgotten; set retention.guard: none (retention is still measured)")
     lines = []
     if "distill" in spec.guard:
         lines.append(_distill(run, frozen_copy(run.loaded.model)))
