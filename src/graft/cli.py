@@ -221,6 +221,36 @@ def lr_find(
 
 
 @app.command()
+def inspect(
+    recipe: Annotated[Path, typer.Argument(help="The recipe YAML.", metavar="RECIPE.yaml")],
+    set_: SetOption = None,
+    fix: Annotated[Path | None, typer.Option(help="Write cleaned copies of the split files and fix_log.csv here "
+                                             "(a new or empty folder; the originals are never touched).",
+                                             metavar="OUT_DIR")] = None,
+    output: Annotated[Path | None, typer.Option(help="Where inspect.json and inspect.html go; default: "
+                                                "inspect-<name> beside output.dir.", metavar="DIR")] = None,
+    label_issues: Annotated[str, typer.Option(help="With --fix, likely mislabeled train/validation rows: relabel "
+                                              "(where the probe is at least 0.9 sure, else drop), drop, or keep.")
+                            ] = "relabel",
+    probe: Annotated[bool, typer.Option("--probe/--no-probe", help="Load the model for its frozen features: "
+                                        "label issues, semantic duplicates, outliers.")] = True,
+) -> None:
+    """Duplicates, conflicting labels, likely label errors, balance and odd inputs, each with its file and row."""
+    from graft.doctor import inspect as run
+
+    report = run(recipe, overrides=set_ or [], output=output, fix=fix, label_issues=label_issues, probe=probe)
+    for line in report["summary"]:
+        print(line)
+    print(f"report: {report['files']['json']}\npage: {report['files']['page']}")
+    if report.get("fix"):
+        done = report["fix"]
+        print(f"fix: dropped {done['dropped']} rows, relabelled {done['relabelled']} (why: {done['log']}); point "
+              f"the recipe at the cleaned files:")
+        for key, path in done["files"].items():
+            print(f"  data.{key}: {path}")
+
+
+@app.command()
 def demo(
     output: Annotated[Path, typer.Option(help="Where the demo's comparison goes.")] = Path("runs/demo"),
 ) -> None:

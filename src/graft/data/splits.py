@@ -27,6 +27,7 @@ from graft.data.checks import (
     shown,
     unify_labels,
 )
+from graft.data.review import apply_review
 from graft.data.tables import read_labelled
 from graft.errors import GraftError
 
@@ -60,13 +61,14 @@ def load_text_splits(
     seed: int,
     leakage: str,
     normalize_labels: bool,
+    review: Path | None = None,
 ) -> TextSplits:
     """Read, check and split the user's files; `split` gives the (train, validation, test) fractions used
-    to carve the splits that are not given."""
+    to carve the splits that are not given; `review` is a file of a person's decisions (see `graft.data.review`)."""
     given = {key: Path(path) for key, path in zip(SPLITS, (train, validation, test), strict=True) if path is not None}
-    names = _display_names(given)
-    read = {key: read_labelled(path, names[key], text_column, label_column) for key, path in given.items()}
-    parts, warnings = _check_labels(read, normalize_labels)
+    read, warnings = apply_review(read_text_files(given, text_column, label_column), review)
+    parts, found = check_labels(read, normalize_labels)
+    warnings += found + [line for part in parts.values() for line in label_noise(part)]
     parts, found = remove_leakage(parts, leakage)
     warnings += found
     carve = {key: fraction for key, fraction in zip(SPLITS[1:], split[1:], strict=True) if key not in given}
@@ -78,9 +80,15 @@ def load_text_splits(
     return TextSplits(
         **{key: _to_dataset(parts[key], ids) for key in SPLITS},
         labels=labels,
-        sources=split_sources(names, given),
+        sources=split_sources({key: part.name for key, part in read.items()}, given),
         warnings=warnings,
     )
+
+
+def read_text_files(given: dict[str, Path], text_column: str, label_column: str) -> dict[str, Labelled]:
+    """Each given file's texts and labels (split -> examples), before any check across files."""
+    names = _display_names(given)
+    return {key: read_labelled(path, names[key], text_column, label_column) for key, path in given.items()}
 
 
 def load_labelled_file(
@@ -157,11 +165,10 @@ def _percent(fraction: float) -> str:
     return f"{round(fraction * 100, 1):g}"
 
 
-def _check_labels(parts: dict[str, Labelled], normalize: bool) -> tuple[dict[str, Labelled], list[str]]:
+def check_labels(parts: dict[str, Labelled], normalize: bool) -> tuple[dict[str, Labelled], list[str]]:
+    """Labels spelt several ways unified (or refused), and validation/test labels that train lacks refused."""
     unified, warnings = unify_labels(list(parts.values()), normalize=normalize)
     parts = dict(zip(parts, unified, strict=True))
-    for part in parts.values():
-        warnings += label_noise(part)
     train = parts["train"]
     fix = f"fix or remove those rows, or add examples of the label to {train.name}"
     for key in (key for key in SPLITS[1:] if key in parts):

@@ -21,7 +21,8 @@ VIRTUAL_TOKENS = "virtual tokens are for text transformers; use lora or adapter 
 class ImageClassification(Classification):
     name = "image_classification"
     pipeline_tag = "image-classification"
-    data_fields = frozenset({"image_column", "label_column", "image_size", "mean", "std", "bad_images", "augment"})
+    data_fields = frozenset({"image_column", "label_column", "image_size", "mean", "std", "bad_images", "augment",
+                             "review", "inspect"})
     refused_strategies: ClassVar[dict[str, str]] = dict.fromkeys(("prompt", "ptuning", "prefix"), VIRTUAL_TOKENS)
     input_kind = "image"
     takes_plain_modules = True
@@ -53,7 +54,8 @@ class ImageClassification(Classification):
 
         d = recipe.data
         return load_image_splits(d.train, d.validation, d.test, split=d.split, seed=recipe.train.seed,
-                                 image_column=d.image_column, label_column=d.label_column, leakage=d.leakage)
+                                 image_column=d.image_column, label_column=d.label_column, leakage=d.leakage,
+                                 review=d.review)
 
     def read_labelled(self, recipe: Recipe, path: Path, labels: list[str]) -> Any:
         from graft.data.images import labelled_images

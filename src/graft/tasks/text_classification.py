@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 class TextClassification(Classification):
     name = "text_classification"
     pipeline_tag = "text-classification"
-    data_fields = frozenset({"text_column", "label_column", "normalize_labels", "group_by_length"})
+    data_fields = frozenset({"text_column", "label_column", "normalize_labels", "group_by_length", "review", "inspect"})
     peft_task_type = "SEQ_CLS"
     input_kind = "text"
     hf_auto_class = "AutoModelForSequenceClassification"
@@ -47,7 +47,7 @@ class TextClassification(Classification):
         d = recipe.data
         return load_text_splits(d.train, d.validation, d.test, text_column=d.text_column, label_column=d.label_column,
                                 split=d.split, seed=recipe.train.seed, leakage=d.leakage,
-                                normalize_labels=d.normalize_labels)
+                                normalize_labels=d.normalize_labels, review=d.review)
 
     def read_labelled(self, recipe: Recipe, path: Path, labels: list[str]) -> Any:
         from graft.data import load_labelled_file
