@@ -102,8 +102,27 @@ def test_jitter_identity_and_full_desaturation() -> None:
 def test_switching_one_part_on_leaves_the_others_draws_alone() -> None:
     rng_a, rng_b = np.random.default_rng([0, 0, 5]), np.random.default_rng([0, 0, 5])
     a = Augment((8, 8), (0.3, 1.0), hflip=True).draw(rng_a, (12, 12))
-    b = Augment((8, 8), (0.3, 1.0), hflip=True, rotation=30, color_jitter=0.2).draw(rng_b, (12, 12))
+    b = Augment((8, 8), (0.3, 1.0), hflip=True, rotation=30, color_jitter=0.2, translate=0.25).draw(rng_b, (12, 12))
     assert (a.box, a.flip) == (b.box, b.flip)
+    assert a.shift == (0, 0) and b.shift != (0, 0)
+
+
+def test_translation_moves_whole_pixels_within_reach_and_fills_black() -> None:
+    source = images(n=60, size=8)
+    out = Augment((8, 8), crop_scale=None, hflip=False, translate=0.25)(source, keys(60))  # up to 2 px
+    centre = source.float() / 255
+    seen = set()
+    for o, c in zip(out, centre, strict=True):
+        found = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+                 if torch.equal(o[:, max(dy, 0):8 + min(dy, 0), max(dx, 0):8 + min(dx, 0)],
+                                c[:, max(-dy, 0):8 + min(-dy, 0), max(-dx, 0):8 + min(-dx, 0)])]
+        assert found, "each image is its source moved by at most 2 pixels each way"
+        dy, dx = found[0]
+        seen.add((dy, dx))
+        rows = [r for r in range(8) if not max(dy, 0) <= r < 8 + min(dy, 0)]
+        cols = [k for k in range(8) if not max(dx, 0) <= k < 8 + min(dx, 0)]
+        assert not o[:, rows].any() and not o[:, :, cols].any()  # what moved in is black
+    assert len(seen) >= 12  # most of the 25 shifts occur in 60 draws
 
 
 def test_train_loader_replays_each_epoch_and_moves_on() -> None:
@@ -119,3 +138,14 @@ def test_train_loader_replays_each_epoch_and_moves_on() -> None:
     assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
     assert not all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
     assert first[0].shape == (4, 3, 8, 8)
+
+
+def test_auto_crops_large_inputs_and_shifts_small_ones() -> None:
+    from graft.recipe.schema import AugmentSpec
+
+    auto = AugmentSpec()
+    assert auto.crop_for((224, 224)) == (0.35, 1.0) and auto.translate_for((224, 224)) == 0.0
+    assert auto.crop_for((32, 32)) is None and auto.translate_for((32, 32)) == 1 / 8
+    assert AugmentSpec(translate=0).translate_for((32, 32)) == 0.0
+    assert AugmentSpec(crop_scale=None, hflip=False, translate=0).image_on is False
+    assert AugmentSpec(crop_scale=None, hflip=False).image_on  # auto translation is on

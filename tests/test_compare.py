@@ -43,7 +43,7 @@ def recipe(images: Path, out: Path, checkpoint: Path | None, **sections) -> dict
         model["checkpoint"] = str(checkpoint)
     tree = {"task": "image_classification", "model": model,
             "data": {"train": str(images), "image_size": 16, "mean": IMAGE_MEAN, "std": IMAGE_STD,
-                     "augment": {"crop_scale": None, "hflip": False}},
+                     "augment": {"crop_scale": None, "hflip": False, "translate": 0}},
             "optim": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.0},
             "train": {"epochs": 4, "batch_size": 8, "log_every": 4},
             "eval": {"metric": "accuracy"},

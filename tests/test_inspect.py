@@ -189,7 +189,7 @@ def test_fix_writes_cleaned_copies_and_a_log_and_never_touches_the_originals(tin
     assert len(train) == 90 - 4 and list(train[0]) == ["text", "label"]
     assert read_rows(tmp_path / "clean" / "test.csv") == read_rows(Path(tree["data"]["test"]))
     assert report["fix"]["dropped"] == 4 and report["fix"]["relabelled"] == 0
-    cleaned = graft.inspect({**tree, "data": {**tree["data"], **report["fix"]["files"]}}, probe=False,
+    cleaned = graft.inspect({**tree, "data": {**tree["data"], **report["fix"]["data"]}}, probe=False,
                             output=tmp_path / "again", say=lambda line: None)
     assert [g for g in cleaned["duplicates"] if g["kind"] != "near"] == [] and cleaned["conflicts"] == []
 

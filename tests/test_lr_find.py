@@ -69,6 +69,19 @@ def test_the_sweep_scales_every_group_by_one_factor_and_leaves_frozen_ones_out(t
     assert torch.equal(rng, torch.get_rng_state())
     assert not parts.optimizer.state_dict()["state"]  # the optimiser is as fresh as it was
 
+    # What a run measures with: the plan once every group has joined (a head-only sweep picks the head's LR).
+    assert run.plan.all_joined == 1
+    seen.clear()
+    lr_range_test(accelerator, parts, prepared.base_lr, None, steps=12, epoch=run.plan.all_joined)
+    assert all(any(name.startswith("bert.") for name in graded) for _, graded in seen)
+
+
+def test_a_staged_run_measures_its_lr_with_the_body_training(tiny_bert, data, tmp_path):
+    tree = recipe(tiny_bert, data, tmp_path / "run", strategy={"name": "gradual_unfreeze"})
+    tree["train"]["epochs"] = 3
+    record = graft.train(tree)
+    assert "with epoch 2's groups training" in record["optim"]["lr_why"]
+
 
 def test_the_pick_is_the_middle_of_the_longest_fall():
     lrs = [10 ** (-6 + i * 0.1) for i in range(60)]

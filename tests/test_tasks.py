@@ -26,7 +26,10 @@ def test_every_task_supplies_the_whole_interface(name):
     missing = [m for m in members(Task) if not hasattr(task, m)]
     assert not missing, f"{name} lacks {missing}"
     assert task.name == name and task.default_metric in task.metrics
-    assert task.data_fields <= set(load_recipe({"data": {"train": MISSING}}).data.model_fields)
+    data = load_recipe({"data": {"train": MISSING}}).data
+    for path in task.data_fields:  # a field of data, or of one of its sections (augment.hflip)
+        section, _, field = path.rpartition(".")
+        assert field in (getattr(data, section) if section else data).model_fields, path
 
 
 def test_no_module_outside_the_tasks_names_a_task():
@@ -57,8 +60,12 @@ def recipe(task: str, **sections: dict) -> dict:
                                                           "is for image_classification)"),
     ("image_classification", {"data": {"system": "Be brief."}}, "data.system: image_classification does not read it"),
     ("image_classification", {"data": {"augment": {"hflip": False}}}, None),
-    ("text_classification", {"data": {"augment": {"hflip": False}}}, "data.augment: text_classification does not "
-                                                                     "read it"),
+    ("text_classification", {"data": {"augment": {"hflip": False}}}, "data.augment.hflip: text_classification does "
+                                                                     "not read it (it is for image_classification)"),
+    ("image_classification", {"data": {"augment": {"swap": 0.1}}}, "data.augment.swap: image_classification does "
+                                                                   "not read it (it is for text_classification)"),
+    ("causal_lm", {"data": {"augment": {"synonym": 0.1}}}, "data.augment.synonym: causal_lm does not read it"),
+    ("text_classification", {"data": {"augment": {"delete": 0.1, "synonym_similarity": 0.7}}}, None),
     ("causal_lm", {"data": {"normalize_labels": True}}, "data.normalize_labels: causal_lm does not read it (it is for "
                                                         "text_classification)"),
     ("causal_lm", {"data": {"label_column": "y"}}, "data.label_column: causal_lm does not read it (it is for "

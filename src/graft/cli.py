@@ -246,8 +246,8 @@ def inspect(
         done = report["fix"]
         print(f"fix: dropped {done['dropped']} rows, relabelled {done['relabelled']} (why: {done['log']}); point "
               f"the recipe at the cleaned files:")
-        for key, path in done["files"].items():
-            print(f"  data.{key}: {path}")
+        for key, value in done["data"].items():
+            print(f"  data.{key}: {'null' if value is None else value}")
 
 
 @app.command()

@@ -124,7 +124,7 @@ def _merge(tree: dict[str, Any], fragment: dict[str, Any]) -> None:
 
 def _write_splits(recipe: Recipe, folder: Path) -> dict[str, Any]:
     """The recipe's splits, written once as files that every run reads; the data section pointing at them."""
-    from graft.data.tables import write_csv
+    from graft.data.tables import WRITTEN, write_csv
 
     task = get_task(recipe.task)
     splits = task.load_splits(recipe)
@@ -133,7 +133,7 @@ def _write_splits(recipe: Recipe, folder: Path) -> dict[str, Any]:
     paths = {name: str(write_csv(folder / f"{name}.csv", (column, "label"), task.rows(getattr(splits, name),
                                                                                       splits.labels)))
              for name in ("train", "validation", "test")}
-    return {**paths, f"{column}_column": column, "label_column": "label", "split": [0.7, 0.15, 0.15]}
+    return {**paths, f"{column}_column": column, "label_column": "label", "split": [0.7, 0.15, 0.15], **WRITTEN}
 
 
 def summarise(base: Recipe, records: dict[str, list[dict[str, Any]]], seeds: list[int]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from graft.data.tables import write_csv
+from graft.data.tables import WRITTEN, write_csv
 from graft.errors import GraftError
 from graft.evaluation.metrics import SCALAR_METRICS
 from graft.files import write_json
@@ -56,6 +56,8 @@ def cross_validate(recipe: Recipe | str | Path | dict[str, Any], k: int, *, over
         fold = recipe.model_copy(deep=True)
         fold.data.train, fold.data.test = files / "train.csv", files / "test.csv"
         setattr(fold.data, f"{column}_column", column)
+        for field, value in WRITTEN.items():  # the fold files are plain UTF-8 CSV with a header
+            setattr(fold.data, field, value)
         fold.output.dir = out / f"fold-{i}"
         records.append(_run_fold(fold, train, overwrite, hooks))
     summary = _summary(recipe, k, records)

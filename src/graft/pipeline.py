@@ -238,9 +238,9 @@ def _prefix_cache(accelerator: Accelerator, run: Setup, say: Callable[[str], Non
     if (not recipe.strategy.feature_cache or recipe.strategy.is_peft or not any(depths(run.plan, recipe.train.epochs))
             or isinstance(run.train_loader.dataset, MixedData)):
         return None
-    if getattr(run.train_loader.collate_fn, "augment", None) is not None:  # images augmented afresh each epoch
-        say("feature cache: off for the frozen bottom groups: the training images are augmented (data.augment."
-            "enabled: false to cache them)")
+    if getattr(run.train_loader.collate_fn, "augment", None) is not None:  # inputs augmented afresh each epoch
+        say("feature cache: off for the frozen bottom groups: the training inputs are augmented afresh each epoch "
+            "(turn data.augment off to cache them)")
         return None
     return PrefixCaching(run.model, run.root, run.plan, run.train_loader, run.val_loader, accelerator, say)
 
@@ -288,7 +288,7 @@ def find_lr(recipe: Recipe | str | Path | dict[str, Any], *, overrides: tuple[st
     run = setup(recipe, say)
     prepared = prepare_run(accelerator, run, say)
     sweep = lr_range_test(accelerator, prepared.parts, prepared.base_lr, recipe.train.max_grad_norm, steps=steps,
-                          from_scratch=recipe.strategy.name == "scratch")
+                          from_scratch=recipe.strategy.name == "scratch", epoch=run.plan.all_joined)
     return {"optim": run.optim.record(), "strategy": recipe.strategy.name, **sweep.record()}
 
 
@@ -308,11 +308,14 @@ def _learning_rate(accelerator: Accelerator, run: Setup, parts: Parts, base: flo
         return {**optim, **{k: v for k, v in previous.items() if k.startswith("lr")}}
     started = time.perf_counter()
     # 100 steps whatever the run's length: a shorter sweep is a coarser one (a 54-step sweep picked 7x too low).
+    # Measured with every group that joins during the run training (two_phase, gradual_unfreeze): a sweep of the
+    # head alone picks the head's LR, and the body would then train at it (2.5e-3 for MiniLM's layers).
     sweep = lr_range_test(accelerator, parts, base, recipe.train.max_grad_norm, steps=100,
-                          from_scratch=recipe.strategy.name == "scratch")
+                          from_scratch=recipe.strategy.name == "scratch", epoch=run.plan.all_joined)
     sweep_s = time.perf_counter() - started
     lr = sweep.suggestion or base
-    why = (f"measured by an LR range test over {len(sweep.lrs)} steps: {sweep.why}" if sweep.suggestion else
+    joined = f" with epoch {run.plan.all_joined}'s groups training" if run.plan.all_joined else ""
+    why = (f"measured by an LR range test over {len(sweep.lrs)} steps{joined}: {sweep.why}" if sweep.suggestion else
            f"the range test found none ({sweep.why}); {optim['name']}'s usual {base:g}")
     for group in parts.optimizer.param_groups:  # as param_groups builds them, so a rerun at this LR is identical
         group["lr"] = lr * run.plan.lr_scale[group["name"].partition("/")[0]]

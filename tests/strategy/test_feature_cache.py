@@ -41,7 +41,7 @@ def test_cached_and_uncached_head_training_agree(family, recipes, tmp_path):
         tree = recipes[family](run)
         tree["strategy"] = {"name": "head_only", "feature_cache": cache, "probe": "sgd"}  # the loop both ways
         if tree.get("task") == "image_classification":  # the cache stands for un-augmented inputs
-            tree["data"]["augment"] = {"crop_scale": None, "hflip": False}
+            tree["data"]["augment"] = {"crop_scale": None, "hflip": False, "translate": 0}
         recipe = load_recipe(tree)
         state, _ = initial_state(recipe)
         initial = {k.removeprefix("net."): v for k, v in state.items()}  # a plain model is saved as its net

@@ -10,7 +10,7 @@ from torch import nn
 
 from graft.models.groups import head_modules, layer_groups
 from graft.recipe import StrategySpec, load_recipe
-from graft.strategy.plan import Plan, apply_plan, make_plan
+from graft.strategy.plan import STRATEGIES, Plan, apply_plan, make_plan
 from tests.conftest import error_of
 from tests.plain_nets import SmallCNN
 
@@ -57,6 +57,7 @@ def bert_plan(epochs: int = 3, **strategy) -> tuple[nn.Module, Plan]:
     ({"name": "two_phase", "phase_epochs": 5}, [None, None, None, None]),  # the second phase never comes
     ({"name": "gradual_unfreeze", "unfreeze_every": 2}, [None, None, 4, 2]),  # 6 and 8 are past epoch 4
     ({"name": "gradual_unfreeze", "unfreeze_every": 1}, [4, 3, 2, 1]),
+    ({"name": "gradual_unfreeze"}, [4, 3, 2, 1]),  # auto: 5 epochs give each of the 4 groups its turn
 ])
 def test_start_epochs(strategy, expected):
     _, plan = cnn_plan(epochs=5, **strategy)
@@ -65,6 +66,19 @@ def test_start_epochs(strategy, expected):
     # Every parameter of a group shares the group's start (no selector here splits a group).
     for group in plan.groups:
         assert {plan.start[p] for p in group.params} == {starts(plan)[group.name]}
+
+
+@pytest.mark.parametrize(("groups", "epochs", "expected"), [
+    (7, 3, [2, 2, 2, 2, 1, 1, 1]),  # too short for one group per epoch: the top 3, then all; every group trains
+    (4, 3, [2, 2, 1, 1]),
+    (4, 9, [8, 6, 4, 2]),  # long enough for two epochs per group, and the bottom group still trains at the end
+    (4, 12, [8, 6, 4, 2]),
+    (4, 1, [0, 0, 0, 0]),  # one epoch: nothing to wait for
+])
+def test_gradual_unfreeze_auto_lets_every_group_train(groups, epochs, expected):
+    starts = STRATEGIES["gradual_unfreeze"](groups, StrategySpec(name="gradual_unfreeze"), epochs)
+    assert starts == expected
+    assert max(starts) < epochs and starts == sorted(starts, reverse=True)
 
 
 def test_trains_at_follows_the_start():

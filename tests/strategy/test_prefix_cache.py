@@ -17,7 +17,7 @@ from graft.training.prefix_cache import INDEX, PrefixCache, indexed
 from tests.conftest import PLAIN_NETS, image_recipe, make_texts, tiny_recipe, write_csv
 from tests.strategy.test_matrix import initial_state
 
-NO_AUGMENT = {"crop_scale": None, "hflip": False}
+NO_AUGMENT = {"crop_scale": None, "hflip": False, "translate": 0}
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def test_augmented_images_are_not_cached(recipes, tmp_path, capsys):
     tree["strategy"] = {"name": "freeze", "freeze_groups": 2}
     record = graft.train(load_recipe(tree))
     assert "prefix_cache" not in record["strategy"]
-    assert "the training images are augmented" in capsys.readouterr().err
+    assert "the training inputs are augmented" in capsys.readouterr().err
 
 
 class Skip(nn.Module):

@@ -79,30 +79,34 @@ def require_column(columns: Sequence[str], column: str, name: str, field: str) -
     raise GraftError(f"{name}: no column {column!r} (columns: {listed}); {hint}set {field} to one of them")
 
 
-def text_values(values: Sequence[object], name: str, column: str) -> list[str]:
-    """The column as strings; raise on rows whose text is missing or only whitespace."""
+def text_values(values: Sequence[object], name: str, column: str, rows: Sequence[int] | None = None) -> list[str]:
+    """The column as strings; raise on rows whose text is missing or only whitespace. `rows` names the records
+    (default: 1, 2, ...)."""
     texts = ["" if value is None else str(value) for value in values]
-    empty = [i + 1 for i, text in enumerate(texts) if not text.strip()]
+    rows = rows or range(1, len(texts) + 1)
+    empty = [rows[i] for i, text in enumerate(texts) if not text.strip()]
     if empty:
         raise GraftError(f"{name}: empty text in column {column!r}, {format_rows(empty)}; fill or remove those rows")
     return texts
 
 
-def label_values(values: Sequence[object], name: str, column: str) -> list[str]:
+def label_values(values: Sequence[object], name: str, column: str, rows: Sequence[int] | None = None) -> list[str]:
     """The column as label strings (`1.0` read from JSON becomes `1`); raise on rows without a label, and on one
-    number written several ways (`1`, `01`, `1.0`), which would otherwise be several classes."""
+    number written several ways (`1`, `01`, `1.0`), which would otherwise be several classes. `rows` names the
+    records (default: 1, 2, ...)."""
     labels = [_label_string(value) for value in values]
-    missing = [i + 1 for i, label in enumerate(labels) if not label.strip()]
+    rows = rows or range(1, len(labels) + 1)
+    missing = [rows[i] for i, label in enumerate(labels) if not label.strip()]
     if missing:
         raise GraftError(f"{name}: no label in column {column!r}, {format_rows(missing)}; fill or remove those rows")
-    _refuse_number_spellings(labels, name, column)
+    _refuse_number_spellings(labels, name, column, rows)
     return labels
 
 
-def _refuse_number_spellings(labels: list[str], name: str, column: str) -> None:
+def _refuse_number_spellings(labels: list[str], name: str, column: str, rows: Sequence[int]) -> None:
     # Spellings compare stripped: `1` beside ` 1` is a whitespace variant, which unify_labels reports or merges.
     first_row: dict[str, int] = {}
-    for row, label in enumerate(labels, start=1):
+    for row, label in zip(rows, labels, strict=True):
         first_row.setdefault(label, row)
     counts: Counter[str] = Counter(labels)
     spellings: defaultdict[Decimal, dict[str, int]] = defaultdict(dict)  # number → spelling → first row

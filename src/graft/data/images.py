@@ -29,7 +29,17 @@ from graft.data.splits import (
     split_sources,
     stratified_split,
 )
-from graft.data.tables import SUFFIXES, read_labelled, read_table, scalar_values
+from graft.data.tables import (
+    PLAIN,
+    SUFFIXES,
+    FileRow,
+    TableFormat,
+    is_glob,
+    read_labelled,
+    read_rows,
+    scalar_values,
+    source_name,
+)
 from graft.errors import GraftError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
@@ -108,14 +118,15 @@ def _is_image(path: Path) -> bool:
 
 def load_image_splits(
     train: Path, validation: Path | None, test: Path | None, *, split: tuple[float, float, float], seed: int,
-    image_column: str = "image", label_column: str = "label", leakage: str = "error", review: Path | None = None,
+    image_column: str = "image", label_column: str = "label", leakage: str = "error", fmt: TableFormat = PLAIN,
+    review: Path | None = None,
 ) -> ImageSplits:
-    """Find, check and split the user's image folders or lists; `split` gives the (train, validation, test)
-    fractions used to carve the splits that are neither given nor found next to `train`; an image file listed in
-    two splits is leakage, handled as `leakage` says; `review` is a file of a person's decisions (see
-    `graft.data.review`)."""
+    """Find, check and split the user's image folders or lists (a glob reads several lists as one); `split` gives
+    the (train, validation, test) fractions used to carve the splits that are neither given nor found next to
+    `train`; an image file listed in two splits is leakage, handled as `leakage` says; `fmt` says how to read the
+    lists; `review` is a file of a person's decisions (see `graft.data.review`)."""
     given = {key: Path(path) for key, path in zip(SPLITS, (train, validation, test), strict=True) if path is not None}
-    read, given, warnings = read_image_files(given, image_column, label_column)
+    read, given, warnings = read_image_files(given, image_column, label_column, fmt)
     names = {key: part.name for key, part in read.items()}
     parts, found = apply_review(read, review)
     warnings += found
@@ -139,23 +150,23 @@ def load_image_splits(
     )
 
 
-def read_image_files(given: dict[str, Path], image_column: str, label_column: str
+def read_image_files(given: dict[str, Path], image_column: str, label_column: str, fmt: TableFormat = PLAIN
                      ) -> tuple[dict[str, Labelled], dict[str, Path], list[str]]:
     """Each split's images and labels (split -> examples), the splits' folders or lists with those found next to a
     `train` folder added, and what to say about the ones found."""
     given, warnings = _find_siblings(given)
     names = _display_names(given)
-    parts = {key: _labelled(path, names[key], f"data.{key}", image_column, label_column)
+    parts = {key: _labelled(path, names[key], f"data.{key}", image_column, label_column, fmt)
              for key, path in given.items()}
     return parts, given, warnings
 
 
 def labelled_images(source: Path, labels: list[str], image_column: str = "image",
-                    label_column: str = "label") -> ImageSet:
+                    label_column: str = "label", fmt: TableFormat = PLAIN) -> ImageSet:
     """A folder of class folders, or a table of image paths and labels, to evaluate a trained model on; every class
     must be one of the model's `labels`."""
-    if source.is_file() and source.suffix.lower() in SUFFIXES:
-        part = read_image_list(source, source.name, image_column, label_column)
+    if _is_list(source):
+        part = read_image_list(source, source_name(source), image_column, label_column, fmt)
         paths, classes = [Path(p) for p in part.texts], part.labels
     else:
         paths, classes = find_images(source, "--data")
@@ -167,7 +178,7 @@ def labelled_images(source: Path, labels: list[str], image_column: str = "image"
     return ImageSet(paths, [ids[c] for c in classes])
 
 
-def unlabelled_images(source: str, image_column: str = "image") -> list[Path]:
+def unlabelled_images(source: str, image_column: str = "image", fmt: TableFormat = PLAIN) -> list[Path]:
     """Images to predict on: one image file, a folder (searched recursively, sorted), a table with `image_column`
     (paths relative to it), or `-`: one path per line on stdin."""
     import sys
@@ -186,12 +197,12 @@ def unlabelled_images(source: str, image_column: str = "image") -> list[Path]:
         if not paths:
             raise GraftError(f"{path}: no image files ({', '.join(IMAGE_SUFFIXES)}) in it or its sub-folders")
         return paths
-    if path.is_file() and path.suffix.lower() in SUFFIXES:
-        table = read_table(path)
-        require_column(table.column_names, image_column, path.name, "data.image_column")
-        listed = text_values(scalar_values(table, image_column, path.name, "data.image_column"), path.name,
-                             image_column)
-        return _resolve_listed(path, path.name, listed, list(range(1, len(listed) + 1)))
+    if _is_list(path):
+        name, (table, rows) = source_name(path), read_rows(path, fmt)
+        require_column(table.column_names, image_column, name, "data.image_column")
+        listed = text_values(scalar_values(table, image_column, name, "data.image_column", rows), name, image_column,
+                             rows)
+        return _resolve_listed(path, name, listed, rows)
     if _is_image(path):
         return [path]
     what = "not found" if not path.exists() else f"not an image ({', '.join(IMAGE_SUFFIXES)}) nor a table"
@@ -225,38 +236,48 @@ def _display_names(paths: dict[str, Path]) -> dict[str, str]:
     def slash(path: Path) -> str:
         return "" if path.is_file() else "/"  # a folder reads `train/`, a list of images `train.csv`
 
-    names = {key: f"{_absolute(path).name}{slash(path)}" for key, path in paths.items()}
+    names = {key: source_name(path) if is_glob(path) else f"{_absolute(path).name}{slash(path)}"
+             for key, path in paths.items()}
     if len(set(names.values())) < len({_absolute(path) for path in paths.values()}):  # a/images and b/images
         return {key: f"{path}{slash(path)}" for key, path in paths.items()}
     return names
 
 
-def _labelled(source: Path, name: str, field: str, image_column: str, label_column: str) -> Labelled:
+def _is_list(source: Path) -> bool:
+    """A table of image paths (or a glob of them), not a folder of class folders."""
+    return (source.is_file() or is_glob(source)) and source.suffix.lower() in SUFFIXES
+
+
+def _labelled(source: Path, name: str, field: str, image_column: str, label_column: str,
+              fmt: TableFormat) -> Labelled:
     # Labelled is text-shaped; paths ride in `texts` so the text splitter's checks and split apply as they are.
-    if source.is_file() and source.suffix.lower() in SUFFIXES:
-        return read_image_list(source, name, image_column, label_column)
+    if _is_list(source):
+        return read_image_list(source, name, image_column, label_column, fmt)
     paths, classes = find_images(source, field)
     return Labelled(name, [str(path.resolve()) for path in paths], classes, list(range(1, len(paths) + 1)),
                     noun="image")
 
 
-def read_image_list(path: Path, name: str, image_column: str, label_column: str) -> Labelled:
+def read_image_list(path: Path, name: str, image_column: str, label_column: str,
+                    fmt: TableFormat = PLAIN) -> Labelled:
     """A table of image paths (relative to its folder) and labels; every listed file must exist."""
-    part = read_labelled(path, name, image_column, label_column, text_field="data.image_column")
+    part = read_labelled(path, name, image_column, label_column, text_field="data.image_column", fmt=fmt)
     paths = _resolve_listed(path, name, part.texts, part.rows)
     return Labelled(part.name, [str(p) for p in paths], part.labels, part.rows, noun="image")
 
 
 def _resolve_listed(table: Path, name: str, listed: list[str], rows: list[int]) -> list[Path]:
-    """Paths listed in `table`, relative to its folder; every one must be a file."""
+    """Paths listed in `table`, relative to its folder (for a glob, to each matched file's); every one must be a
+    file."""
     folder = _absolute(table).parent
+    folders = [_absolute(row.path).parent if isinstance(row, FileRow) else folder for row in rows]
     # Resolved (`..`, symlinks), so that one file listed twice under two spellings counts as one.
-    paths = [(folder / Path(p.strip()).expanduser()).resolve() for p in listed]
+    paths = [(at / Path(p.strip()).expanduser()).resolve() for at, p in zip(folders, listed, strict=True)]
     missing = [i for i, p in enumerate(paths) if not p.is_file()]
     if missing:
         where, shown_paths = format_rows([rows[i] for i in missing]), shown([listed[i] for i in missing], 3)
         raise GraftError(f"{name}: {plural(len(missing), 'image file')} not found ({where}: {shown_paths}); paths "
-                         f"are relative to {folder}, fix them or remove those rows")
+                         f"are relative to {folders[missing[0]]}, fix them or remove those rows")
     return paths
 
 

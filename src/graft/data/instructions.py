@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from graft.data.checks import Labelled, drop_duplicate_texts, format_rows, require_column
+from graft.data.sources import locate_splits
 from graft.data.splits import SPLITS, remove_leakage, split_sources, stratified_split
-from graft.data.tables import read_table
+from graft.data.tables import Source, TableFormat, read_rows, source_name
 from graft.errors import GraftError
 
 ROLES = ("system", "user", "assistant")
@@ -32,17 +33,19 @@ class InstructionSplits:
     """Empty: a language model has no classes (kept so runs of every task read alike)."""
 
 
-def load_instruction_splits(train: Path, validation: Path | None, test: Path | None, *, data: Any,
-                            split: tuple[float, float, float], seed: int) -> InstructionSplits:
-    """Read, check and split conversations; `data` is the recipe's data section (columns, system prompt)."""
-    given = {key: Path(path) for key, path in zip(SPLITS, (train, validation, test), strict=True) if path is not None}
-    parts = {key: read_conversations(path, path.name, data) for key, path in given.items()}
+def load_instruction_splits(train: Path | str, validation: Path | str | None, test: Path | str | None, *,
+                            data: Any, split: tuple[float, float, float], seed: int) -> InstructionSplits:
+    """Read, check and split conversations; `data` is the recipe's data section (columns, system prompt, format)."""
+    given, warnings = locate_splits(train, validation, test)
+    names = {key: source_name(source) for key, source in given.items()}
+    parts = {key: read_conversations(source, names[key], data) for key, source in given.items()}
     # Leakage and duplicates are found on the conversation's text, through the same checks as for texts.
-    keyed = {key: Labelled(given[key].name, [json.dumps(c, sort_keys=True) for c in convs], ["-"] * len(convs),
+    keyed = {key: Labelled(names[key], [json.dumps(c, sort_keys=True) for c in convs], ["-"] * len(convs),
                            list(range(1, len(convs) + 1)), noun="example")
              for key, convs in parts.items()}
     by_key = {key: dict(zip(keyed[key].texts, parts[key], strict=True)) for key in parts}
-    keyed, warnings = remove_leakage(keyed, data.leakage)
+    keyed, found = remove_leakage(keyed, data.leakage)
+    warnings += found
     carve = {key: fraction for key, fraction in zip(SPLITS[1:], split[1:], strict=True) if key not in given}
     if carve:
         keyed["train"], found = drop_duplicate_texts(keyed["train"])
@@ -50,23 +53,24 @@ def load_instruction_splits(train: Path, validation: Path | None, test: Path | N
         n = len(keyed["train"].texts)
         picked = stratified_split(["-"] * n, carve, seed)
         if any(not picked[key] for key in carve) or not picked["train"]:
-            raise GraftError(f"{given['train']}: {n} examples are too few to carve "
+            raise GraftError(f"{names['train']}: {n} examples are too few to carve "
                              f"{', '.join(carve)} from; add examples or give data.validation / data.test")
         keyed = {**keyed, **{key: keyed["train"].select(indices) for key, indices in picked.items()}}
     out = {key: [by_key.get(key, by_key["train"])[text] for text in keyed[key].texts] for key in SPLITS}
-    sources = split_sources({key: path.name for key, path in given.items()}, given)
+    sources = split_sources(names, given)
     return InstructionSplits(out["train"], out["validation"], out["test"], sources, warnings)
 
 
-def read_conversations(path: Path, name: str, data: Any) -> list[Conversation]:
+def read_conversations(path: Source, name: str, data: Any) -> list[Conversation]:
     """The file's examples as conversations: its `messages` column when it has one, else prompt + response."""
-    table = read_table(path)
+    table, rows = read_rows(path, TableFormat.of(data))
     if len(table) == 0:
         raise GraftError(f"{name}: no data rows; add examples")
     columns = table.column_names
     if data.messages_column in columns:
-        rows = table.select_columns([data.messages_column]).to_dict()[data.messages_column]
-        conversations = [checked_messages(m, name, i + 1, data.messages_column) for i, m in enumerate(rows)]
+        messages = table.select_columns([data.messages_column]).to_dict()[data.messages_column]
+        conversations = [checked_messages(m, name, row, data.messages_column)
+                         for row, m in zip(rows, messages, strict=True)]
     else:
         for column, key in ((data.prompt_column, "data.prompt_column"), (data.response_column, "data.response_column")):
             if column not in columns:
@@ -74,7 +78,8 @@ def read_conversations(path: Path, name: str, data: Any) -> list[Conversation]:
                                                       f"messages)")
         values = table.select_columns([data.prompt_column, data.response_column]).to_dict()
         pairs = zip(values[data.prompt_column], values[data.response_column], strict=True)
-        empty = [i + 1 for i, (p, r) in enumerate(pairs) if not str(p or "").strip() or not str(r or "").strip()]
+        blank = [not str(p or "").strip() or not str(r or "").strip() for p, r in pairs]
+        empty = [row for row, is_blank in zip(rows, blank, strict=True) if is_blank]
         if empty:
             raise GraftError(f"{name}: empty prompt or response in {format_rows(empty)}; fill or remove those rows")
         conversations = [[{"role": "user", "content": str(p)}, {"role": "assistant", "content": str(r)}]

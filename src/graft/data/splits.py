@@ -28,7 +28,8 @@ from graft.data.checks import (
     unify_labels,
 )
 from graft.data.review import apply_review
-from graft.data.tables import read_labelled
+from graft.data.sources import locate_splits
+from graft.data.tables import PLAIN, Source, TableFormat, read_labelled, source_name
 from graft.errors import GraftError
 
 SPLITS = ("train", "validation", "test")
@@ -51,9 +52,9 @@ class TextSplits:
 
 
 def load_text_splits(
-    train: Path,
-    validation: Path | None,
-    test: Path | None,
+    train: Path | str,
+    validation: Path | str | None,
+    test: Path | str | None,
     *,
     text_column: str,
     label_column: str,
@@ -61,14 +62,16 @@ def load_text_splits(
     seed: int,
     leakage: str,
     normalize_labels: bool,
+    fmt: TableFormat = PLAIN,
     review: Path | None = None,
 ) -> TextSplits:
-    """Read, check and split the user's files; `split` gives the (train, validation, test) fractions used
-    to carve the splits that are not given; `review` is a file of a person's decisions (see `graft.data.review`)."""
-    given = {key: Path(path) for key, path in zip(SPLITS, (train, validation, test), strict=True) if path is not None}
-    read, warnings = apply_review(read_text_files(given, text_column, label_column), review)
-    parts, found = check_labels(read, normalize_labels)
-    warnings += found + [line for part in parts.values() for line in label_noise(part)]
+    """Read, check and split the user's files (globs, DatasetDicts and hub datasets too, see `graft.data.sources`);
+    `split` gives the (train, validation, test) fractions used to carve the splits that are not given; `fmt` says
+    how to read text files; `review` is a file of a person's decisions (see `graft.data.review`)."""
+    given, warnings = locate_splits(train, validation, test)
+    read, found = apply_review(read_text_files(given, text_column, label_column, fmt), review)
+    parts, checked = check_labels(read, normalize_labels)
+    warnings += found + checked + [line for part in parts.values() for line in label_noise(part)]
     parts, found = remove_leakage(parts, leakage)
     warnings += found
     carve = {key: fraction for key, fraction in zip(SPLITS[1:], split[1:], strict=True) if key not in given}
@@ -85,19 +88,21 @@ def load_text_splits(
     )
 
 
-def read_text_files(given: dict[str, Path], text_column: str, label_column: str) -> dict[str, Labelled]:
-    """Each given file's texts and labels (split -> examples), before any check across files."""
+def read_text_files(given: dict[str, Source], text_column: str, label_column: str,
+                    fmt: TableFormat = PLAIN) -> dict[str, Labelled]:
+    """Each given source's texts and labels (split -> examples), before any check across sources."""
     names = _display_names(given)
-    return {key: read_labelled(path, names[key], text_column, label_column) for key, path in given.items()}
+    return {key: read_labelled(path, names[key], text_column, label_column, fmt=fmt) for key, path in given.items()}
 
 
 def load_labelled_file(
-    path: Path, *, text_column: str, label_column: str, labels: list[str], normalize_labels: bool
+    path: Path, *, text_column: str, label_column: str, labels: list[str], normalize_labels: bool,
+    fmt: TableFormat = PLAIN,
 ) -> datasets.Dataset:
-    """Read a labelled file to evaluate a trained model on, checked like a validation/test file against the
-    model's `labels`; columns `text`, `label` (id into `labels`) and `row`."""
+    """Read a labelled file (or glob) to evaluate a trained model on, checked like a validation/test file against
+    the model's `labels`; columns `text`, `label` (id into `labels`) and `row`."""
     path = Path(path)
-    part = read_labelled(path, path.name, text_column, label_column)
+    part = read_labelled(path, source_name(path), text_column, label_column, fmt=fmt)
     [part], _ = unify_labels([part], normalize=normalize_labels, known=labels)
     check_known_labels(part, labels, reference=MODEL_LABELS, fix="fix or remove those rows")
     return _to_dataset(part, {label: i for i, label in enumerate(labels)})
@@ -194,15 +199,15 @@ def remove_leakage(parts: dict[str, Labelled], mode: str) -> tuple[dict[str, Lab
     return parts, warnings
 
 
-def split_sources(names: dict[str, str], given: dict[str, Path]) -> dict[str, str]:
+def split_sources(names: dict[str, str], given: dict[str, Source]) -> dict[str, str]:
     """Where each split came from, for display: its own file's name, or `train.csv (split)` when carved."""
     return {key: names[key] if key in given else f"{names['train']} (split)" for key in SPLITS}
 
 
-def _display_names(paths: dict[str, Path]) -> dict[str, str]:
-    names = {key: path.name for key, path in paths.items()}
+def _display_names(sources: dict[str, Source]) -> dict[str, str]:
+    names = {key: source_name(source) for key, source in sources.items()}
     if len(set(names.values())) < len(names):  # e.g. train/data.csv and test/data.csv
-        return {key: str(path) for key, path in paths.items()}
+        return {key: str(source) if isinstance(source, Path) else names[key] for key, source in sources.items()}
     return names
 
 

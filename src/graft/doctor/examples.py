@@ -26,8 +26,8 @@ class Examples:
     """`text` or `image` (inputs are then image paths)."""
     parts: dict[str, Labelled]
     """Split -> its file's examples, in the file's order."""
-    paths: dict[str, Path]
-    """Split -> the file or folder it was read from."""
+    paths: dict[str, Any]
+    """Split -> where it was read from: a file, a folder, a glob (Path) or a DatasetDict's split."""
     reviewed: list[Decision] = field(default_factory=list)
     """The review's decisions, applied."""
     raw: dict[str, Labelled] = field(default_factory=dict)
@@ -87,17 +87,21 @@ def read_examples(recipe: Recipe) -> Examples:
     kind = get_task(recipe.task).input_kind
     if kind is None:
         raise GraftError(f"graft inspect: classification tasks only so far, not {recipe.task}")
+    from graft.data.tables import TableFormat
+
     d = recipe.data
-    given = {key: Path(getattr(d, key)) for key in SPLITS if getattr(d, key) is not None}
-    warnings: list[str] = []
+    fmt = TableFormat.of(d)
     if kind == "image":
         from graft.data.images import read_image_files
 
-        raw, given, warnings = read_image_files(given, d.image_column, d.label_column)
+        given = {key: Path(getattr(d, key)) for key in SPLITS if getattr(d, key) is not None}
+        raw, given, warnings = read_image_files(given, d.image_column, d.label_column, fmt)
     else:
+        from graft.data.sources import locate_splits
         from graft.data.splits import read_text_files
 
-        raw = read_text_files(given, d.text_column, d.label_column)
+        given, warnings = locate_splits(d.train, d.validation, d.test)
+        raw = read_text_files(given, d.text_column, d.label_column, fmt)
     decisions = read_review(d.review) if d.review is not None else []
     parts = apply_decisions(raw, decisions, d.review.name) if d.review is not None else raw
     if kind == "image":

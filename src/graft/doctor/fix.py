@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from graft.data.tables import PLAIN, WRITTEN, TableFormat
 from graft.doctor.duplicates import SAME_INPUT
 from graft.doctor.examples import Examples
 from graft.errors import GraftError
@@ -110,30 +111,33 @@ def _where(members: list[dict[str, Any]], ref: dict[str, Any]) -> str:
 
 
 def write_fix(examples: Examples, report: dict[str, Any], out: Path, label_policy: str, input_column: str,
-              label_column: str) -> dict[str, Any]:
-    """Cleaned copies of the split files in `out` (same format as each input where practical; image folders and
-    lists become CSV lists of absolute paths under `input_column`, saved datasets CSV) and LOG_FILE; returns what was
-    written and how many rows changed."""
+              label_column: str, fmt: TableFormat = PLAIN) -> dict[str, Any]:
+    """Cleaned copies of the split files in `out` and LOG_FILE; returns what was written, the data fields that read
+    them, and how many rows changed. A plain file is copied in its own format; image folders and lists become CSV
+    lists of absolute paths under `input_column`; globs, saved datasets, hub datasets and files read with a
+    `fmt` (headerless, another encoding or delimiter) become UTF-8 CSV files with a header."""
     plan = plan_fix(examples, report, label_policy)
-    files: dict[str, str] = {}
+    data: dict[str, Any] = {}
     with writing(out) as tmp:
         tmp.mkdir(parents=True)
         for key, source in examples.paths.items():
             mine = {row: action for (split, row), action in plan.items() if split == key}
-            written = _write_split(examples, key, source, mine, tmp, input_column, label_column)
-            files[key] = str(out / written.name)
+            written = _write_split(examples, key, source, mine, tmp, input_column, label_column, fmt)
+            data[key] = str(out / written.name)
         _write_log(tmp / LOG_FILE, examples, plan)
+    if fmt != PLAIN:
+        data.update(WRITTEN)
     actions = list(plan.values())
-    return {"dir": str(out), "files": files, "log": str(out / LOG_FILE),
+    return {"dir": str(out), "data": data, "log": str(out / LOG_FILE),
             "dropped": sum(a.action == "drop" for a in actions),
             "relabelled": sum(a.action == "relabel" for a in actions), "label_policy": label_policy}
 
 
-def _write_split(examples: Examples, key: str, source: Path, plan: dict[int, Action], folder: Path,
-                 input_column: str, label_column: str) -> Path:
+def _write_split(examples: Examples, key: str, source: Any, plan: dict[int, Action], folder: Path,
+                 input_column: str, label_column: str, fmt: TableFormat) -> Path:
     raw = examples.raw[key]
-    suffix = source.suffix.lower()
-    if examples.kind == "text" and source.is_file() and suffix in WRITERS:
+    suffix = source.suffix.lower() if isinstance(source, Path) else ""
+    if examples.kind == "text" and fmt == PLAIN and isinstance(source, Path) and source.is_file() and suffix in WRITERS:
         from graft.data.tables import read_table
 
         table = read_table(source).to_pandas()

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from graft.data.checks import plural
+from graft.data.tables import TableFormat
 from graft.doctor.duplicates import SAME_INPUT, Group, file_digests, image_duplicates, text_duplicates
 from graft.doctor.examples import SPLITS, Examples, read_examples
 from graft.doctor.profile import IMBALANCE, balance, image_profile, look_at_images, text_profile
@@ -62,7 +63,8 @@ def inspect(recipe: Recipe | str | Path | dict[str, Any], *, overrides: list[str
     if fix is not None:
         d = recipe.data
         column = d.text_column if examples.kind == "text" else d.image_column
-        report["fix"] = write_fix(examples, report, Path(fix), label_issues, column, d.label_column)
+        report["fix"] = write_fix(examples, report, Path(fix), label_issues, column, d.label_column,
+                                  TableFormat.of(d))
     report["files"] = {"json": str(out / REPORT_FILE), "page": str(out / PAGE_FILE)}
     write_json(out / REPORT_FILE, report)
     write_inspect_page(out)
@@ -207,9 +209,15 @@ def _data(recipe: Recipe, examples: Examples) -> dict[str, Any]:
     review = recipe.data.review
     counts = Counter(d.action for d in examples.reviewed)
     return {"kind": examples.kind, "labels": examples.classes,
-            "splits": {key: {"file": part.name, "path": str(examples.paths[key]), "n": len(part.texts)}
+            "splits": {key: {"file": part.name, "path": _shown(examples.paths[key]), "n": len(part.texts)}
                        for key, part in examples.parts.items()},
             "review": {"file": str(review), **counts} if review is not None else None}
+
+
+def _shown(source: Any) -> str:
+    from graft.data.tables import source_name
+
+    return str(source) if isinstance(source, Path) else source_name(source)
 
 
 def problems(report: dict[str, Any]) -> list[str]:

@@ -35,9 +35,9 @@ def load_recipe(source: Path | str | dict[str, Any], overrides: list[str] | tupl
     def folder(key: str) -> Path:
         return Path.cwd() if key in overridden else base
 
-    for name in DATA_PATHS:
+    for name in (*DATA_PATHS, "review"):
         value = getattr(recipe.data, name)
-        if value is not None:
+        if isinstance(value, Path):  # not a hub dataset (hf://owner/name)
             setattr(recipe.data, name, (folder(f"data.{name}") / value.expanduser()).absolute())
     if recipe.model.checkpoint is not None:
         recipe.model.checkpoint = (folder("model.checkpoint") / recipe.model.checkpoint.expanduser()).absolute()

@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import codecs
+import re
+from functools import reduce
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, field_validator, model_validator
 
 from graft.evaluation.metrics import SCALAR_METRICS, metric_mode
 from graft.tasks import TASKS
@@ -17,7 +20,26 @@ Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
 MetricName = Literal[SCALAR_METRICS]  # type: ignore[valid-type]  # the names metrics.py computes
 
 
-DATA_PATHS = ("train", "validation", "test", "review")
+DATA_PATHS = ("train", "validation", "test")
+HUB_PREFIX = "hf://"
+HUB_ID = re.compile(r"hf://(?P<repo>[\w.-]+(?:/[\w.-]+)?)(?::(?P<config>[\w.+-]+))?(?:@(?P<revision>[\w./-]+))?")
+"""A Hugging Face Hub dataset: `hf://owner/name`, then optionally `:config` and `@revision`."""
+
+
+def _data_source(value: Any) -> Path | str:
+    # A hub id stays a string: as a Path, `hf://imdb` would fold into `hf:/imdb`, a relative path.
+    if isinstance(value, str) and value.startswith(HUB_PREFIX):
+        if not HUB_ID.fullmatch(value):
+            raise ValueError("a Hugging Face dataset is hf://owner/name, optionally followed by :config and "
+                             "@revision (e.g. hf://stanfordnlp/imdb, hf://nyu-mll/glue:sst2)")
+        return value
+    if isinstance(value, str | Path):
+        return Path(value)
+    raise ValueError("expected a file, a folder, a glob such as reviews/*.csv, or hf://owner/name")
+
+
+DataSource = Annotated[Path | str, PlainValidator(_data_source), PlainSerializer(str, when_used="json")]
+"""Where a split's rows are: a file, a folder, a glob, or a Hugging Face Hub dataset (`hf://owner/name`)."""
 
 
 class Section(BaseModel):
@@ -81,12 +103,16 @@ class ModelSpec(Section):
 
 AUTO_CROP = (0.35, 1.0)
 SMALL_IMAGE = 64
-"""Inputs smaller than this (px) get no random crop from `crop_scale: auto`."""
+"""Inputs smaller than this (px) get no random crop from `crop_scale: auto`, and shifts from `translate: auto`."""
+AUTO_TRANSLATE = 1 / 8
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
 class AugmentSpec(Section):
-    """Train-time random augmentation of images, each part on or off (validation and test are never augmented).
-    Off for the whole run when the frozen-backbone feature cache is used: the cache needs fixed inputs."""
+    """Train-time random augmentation, each part on or off (validation and test are never augmented): of images
+    (crop_scale, crop_ratio, hflip, rotation, color_jitter; flips, and crops from 64 px, on by default) or of texts
+    (swap, delete, insert, synonym; all off by default). Off for the whole run when the frozen-backbone feature cache
+    is used: the cache needs fixed inputs."""
 
     crop_scale: (tuple[Annotated[float, Field(gt=0, le=1)], Annotated[float, Field(gt=0, le=1)]] | Literal["auto"]
                  | None) = "auto"
@@ -95,12 +121,33 @@ class AugmentSpec(Section):
     CIFAR-sized data it cost the ResNet-20 4 to 6 points)."""
     crop_ratio: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] = (0.75, 4 / 3)
     """The crop's aspect ratio range (width / height)."""
+    translate: Annotated[float, Field(ge=0, lt=0.5)] | Literal["auto"] = "auto"
+    """Shift each image by up to this share of its side, whole pixels either way, black filling in (padding and
+    cropping back at random, as CIFAR training does); 0: none; auto: 1/8 (4 pixels of 32) below 64 px, where random
+    resized crops are off, else none."""
     hflip: bool = True
     """Mirror half of the images left to right (turn off when left and right mean different things)."""
     rotation: Annotated[float, Field(ge=0, le=180)] = 0.0
     """Rotate by up to this many degrees either way; 0: no rotation."""
     color_jitter: Fraction = 0.0
     """Scale brightness, contrast and saturation each by a random factor in [1 - j, 1 + j]; 0: none."""
+    swap: Probability = 0.0
+    """Text: swap two words at random places, about this share of the word count times (EDA's random swap)."""
+    delete: Probability = 0.0
+    """Text: drop each word with this probability, always keeping one (EDA's random deletion)."""
+    insert: Probability = 0.0
+    """Text: insert about this share of the word count of words at random places, each a synonym of a random word
+    of the text, or a copy of it when it has none (EDA's random insertion)."""
+    synonym: Probability = 0.0
+    """Text: replace each word that has synonyms by one of them with this probability (EDA's synonym replacement).
+    Words are split at whitespace; only alphabetic ones that are whole words of the model's vocabulary and not
+    English stop-words have synonyms: their nearest whole words in the model's own input embeddings (no download).
+    WordPiece, byte-level BPE (Ġ) and SentencePiece (▁) vocabularies."""
+    synonym_neighbours: PositiveInt = 5
+    """Text: how many nearest words a word's synonyms are drawn from, at most."""
+    synonym_similarity: Annotated[float, Field(gt=0, le=1)] = 0.55
+    """Text: the least cosine similarity of a synonym's input embedding to the word's. In all-MiniLM-L6-v2 a floor
+    of 0.55 keeps movie -> film (0.71) and terrible -> awful (0.68) but not good -> bad (0.53)."""
 
     @field_validator("crop_scale", "crop_ratio")
     @classmethod
@@ -110,8 +157,13 @@ class AugmentSpec(Section):
         return v
 
     @property
-    def enabled(self) -> bool:
-        return self.crop_scale is not None or self.hflip or self.rotation > 0 or self.color_jitter > 0
+    def image_on(self) -> bool:
+        return (self.crop_scale is not None or self.hflip or self.rotation > 0 or self.color_jitter > 0
+                or self.translate != 0)
+
+    @property
+    def text_on(self) -> bool:
+        return self.swap > 0 or self.delete > 0 or self.insert > 0 or self.synonym > 0
 
     def crop_for(self, size: tuple[int, ...]) -> tuple[float, float] | None:
         """The crop scale for inputs of `size` (h, w): `auto` resolved."""
@@ -119,13 +171,32 @@ class AugmentSpec(Section):
             return self.crop_scale  # type: ignore[return-value]
         return AUTO_CROP if min(size) >= SMALL_IMAGE else None
 
+    def translate_for(self, size: tuple[int, ...]) -> float:
+        """The largest shift for inputs of `size` (h, w): `auto` resolved."""
+        if self.translate != "auto":
+            return float(self.translate)
+        return 0.0 if min(size) >= SMALL_IMAGE else AUTO_TRANSLATE
+
 
 class DataSpec(Section):
-    train: Path
-    validation: Path | None = None
-    test: Path | None = None
+    train: DataSource
+    """A data file (CSV, TSV, JSON, JSON lines, Parquet), a folder (of class folders for images, or made by
+    `save_to_disk`), a glob of files read as one (`reviews/*.csv`, sorted), or a Hugging Face Hub dataset
+    (`hf://owner/name[:config][@revision]`, through datasets.load_dataset). A DatasetDict (a saved folder holding
+    dataset_dict.json, or a hub dataset) gives its splits by name: train; validation, valid, val or dev; test; a
+    split the recipe also gives as a file is taken from the file."""
+    validation: DataSource | None = None
+    test: DataSource | None = None
     text_column: str = "text"
     label_column: str = "label"
+    columns: list[str] | None = None
+    """Headerless CSV/TSV files: the names of their columns in order (e.g. [text, label]); the first line is then a
+    row of data. null: the first line is the header. JSON, Parquet and saved datasets name their own columns."""
+    encoding: str = "utf-8"
+    """The text encoding of CSV, TSV, JSON and .txt files, e.g. latin-1 or cp1252; utf-8 also reads a leading
+    byte-order mark."""
+    delimiter: str | None = None
+    """CSV/TSV: the one character between fields, e.g. `;` or `|`; null: `,` for .csv files, a tab for .tsv."""
     split: tuple[float, float, float] = (0.7, 0.15, 0.15)
     """Fractions (train, validation, test) used to carve the splits that are not given as files."""
     leakage: Literal["error", "warn", "drop"] = "error"
@@ -161,6 +232,33 @@ class DataSpec(Section):
     inputs, class balance): print a few lines (warn), stop the run when they find anything (error), or skip them."""
     augment: AugmentSpec = AugmentSpec()
 
+    @field_validator("columns")
+    @classmethod
+    def _named_once(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None:
+            if not v or any(not name.strip() for name in v):
+                raise ValueError("must name every column of the headerless files, e.g. [text, label]")
+            repeated = next((name for name in v if v.count(name) > 1), None)
+            if repeated is not None:
+                raise ValueError(f"names {repeated!r} twice; give each column its own name")
+        return v
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, v: str) -> str:
+        try:
+            codecs.lookup(v)
+        except LookupError:
+            raise ValueError("not an encoding Python knows; e.g. utf-8, latin-1, cp1252") from None
+        return v
+
+    @field_validator("delimiter")
+    @classmethod
+    def _one_character(cls, v: str | None) -> str | None:
+        if v is not None and (len(v) != 1 or v in "\"\r\n"):
+            raise ValueError('must be one character other than a quote or a line break, e.g. ";", "|" or "\\t"')
+        return v
+
     @field_validator("split")
     @classmethod
     def _fractions_sum_to_one(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
@@ -169,10 +267,14 @@ class DataSpec(Section):
         return v
 
 
+def _data_field(data: DataSpec, path: str) -> Any:
+    """A data.* field by its dotted path (`augment.hflip`)."""
+    return reduce(getattr, path.split("."), data)
+
+
 _TASK_DATA_FIELDS = frozenset().union(*(t.data_fields for t in TASKS.values()))
 """data.* fields that some task reads and another does not."""
-_DATA_DEFAULTS = {name: DataSpec.model_fields[name].get_default(call_default_factory=True)
-                  for name in _TASK_DATA_FIELDS}
+_DATA_DEFAULTS = {name: _data_field(DataSpec.model_construct(), name) for name in _TASK_DATA_FIELDS}
 
 
 PEFT_METHODS = ("lora", "ia3", "prompt", "ptuning", "prefix", "adapter")
@@ -249,8 +351,11 @@ class StrategySpec(Section):
     """`two_phase`: epochs that train the head alone."""
     unfreeze_groups: PositiveInt | None = None
     """`two_phase`: how many backbone groups, from the top, join after the first phase; null: all."""
-    unfreeze_every: PositiveInt = 1
-    """`gradual_unfreeze`: epochs between unfreezing one more group."""
+    unfreeze_every: PositiveInt | Literal["auto"] = "auto"
+    """`gradual_unfreeze`: epochs between unfreezing one more group. auto: one when the run has an epoch for every
+    group to join before its last (a whole multiple in longer runs); in a shorter run the groups join in even
+    batches so that every group trains in the last epoch (3 epochs, 7 groups: the head alone, then the top 3 join,
+    then all)."""
     head_lr_mult: Annotated[float, Field(gt=0)] | None = None
     """The head's LR as a multiple of optim.lr; null: 10 for discriminative, two_phase, gradual_unfreeze, else 1."""
     lr_decay: Annotated[float, Field(ge=1)] | None = None
@@ -460,7 +565,7 @@ class Recipe(Section):
     def _check_task(self) -> None:
         """What the task takes: its own data fields, its metrics, the strategies and models it can train."""
         task = TASKS[self.task]
-        foreign = [f for f in _TASK_DATA_FIELDS - task.data_fields if getattr(self.data, f) != _DATA_DEFAULTS[f]]
+        foreign = [f for f in _TASK_DATA_FIELDS - task.data_fields if _data_field(self.data, f) != _DATA_DEFAULTS[f]]
         if foreign:
             owners = [t.name for t in TASKS.values() if foreign[0] in t.data_fields]
             raise ValueError(f"data.{foreign[0]}: {self.task} does not read it (it is for {' and '.join(owners)}); "

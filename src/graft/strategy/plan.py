@@ -8,6 +8,7 @@ very same state for its epoch.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,25 +23,36 @@ from graft.recipe import StrategySpec
 Starts = list[int | None]
 
 
-def _everything(n: int, spec: StrategySpec) -> Starts:
+def _everything(n: int, spec: StrategySpec, epochs: int) -> Starts:
     return [0] * n
 
 
-def _head_only(n: int, spec: StrategySpec) -> Starts:
+def _head_only(n: int, spec: StrategySpec, epochs: int) -> Starts:
     return [None] * n
 
 
-def _two_phase(n: int, spec: StrategySpec) -> Starts:
+def _two_phase(n: int, spec: StrategySpec, epochs: int) -> Starts:
     joining = n if spec.unfreeze_groups is None else min(n, spec.unfreeze_groups)
     return [None] * (n - joining) + [spec.phase_epochs] * joining
 
 
-def _gradual_unfreeze(n: int, spec: StrategySpec) -> Starts:
+def _gradual_unfreeze(n: int, spec: StrategySpec, epochs: int) -> Starts:
     # ULMFiT: the top backbone group joins after unfreeze_every epochs, the one below after twice that, ...
-    return [(n - i) * spec.unfreeze_every for i in range(n)]
+    every = spec.unfreeze_every if spec.unfreeze_every != "auto" else unfreeze_pace(n, epochs)
+    return [math.ceil((n - i) * every - 1e-9) for i in range(n)]
 
 
-STRATEGIES: dict[str, Callable[[int, StrategySpec], Starts]] = {
+def unfreeze_pace(n: int, epochs: int) -> float:
+    """`unfreeze_every: auto`: ULMFiT's one group per epoch when the run is long enough for every group to join
+    before its last epoch (and whole multiples of that when it is longer); in a shorter run the groups join in
+    even batches, so that all of them train in the last epoch. One group per epoch over MiniLM's 7 in a 3-epoch
+    run left the bottom 5 frozen."""
+    if epochs - 1 >= n:
+        return float((epochs - 1) // n)
+    return (epochs - 1) / n
+
+
+STRATEGIES: dict[str, Callable[[int, StrategySpec, int], Starts]] = {
     "full": _everything,
     "discriminative": _everything,
     "scratch": _everything,
@@ -65,6 +77,11 @@ class Plan:
 
     def ever_trains(self, name: str) -> bool:
         return self.start[name] is not None
+
+    @property
+    def all_joined(self) -> int:
+        """The first epoch at which everything that ever trains is training."""
+        return max((s for s in self.start.values() if s is not None), default=0)
 
     @property
     def backbone_frozen_throughout(self) -> bool:
@@ -94,7 +111,8 @@ def make_plan(root: nn.Module, groups: list[Group], head: list[str], spec: Strat
         assert trains is not None, "a PEFT strategy says which parameters it trains"
         start = {p: 0 if p in trains else None for g in groups for p in g.params}
     else:
-        starts = [s if s is not None and s < epochs else None for s in STRATEGIES[spec.name](len(backbone), spec)]
+        starts = [s if s is not None and s < epochs else None
+                  for s in STRATEGIES[spec.name](len(backbone), spec, epochs)]
         for group, first in zip(backbone, starts, strict=True):
             start.update(dict.fromkeys(group.params, first))
         start.update(dict.fromkeys((p for g in groups if g.is_head for p in g.params), 0))

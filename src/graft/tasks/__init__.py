@@ -38,7 +38,8 @@ class Task(Protocol):
     pipeline_tag: str
     """What the model does in the Hugging Face Hub's words (`text-classification`): its model card's tag."""
     data_fields: frozenset[str]
-    """The `data.*` fields only this task reads; another task's field set to a non-default value is refused."""
+    """The `data.*` fields only this task reads (a field of a section by its dotted path: `augment.hflip`); another
+    task's field set to a non-default value is refused."""
     metrics: tuple[str, ...]
     """What `eval.metric` may name."""
     default_metric: str

@@ -1,5 +1,5 @@
-"""Train-time image augmentation on batches of uint8 tensors: random resized crop, horizontal flip, rotation and
-colour jitter, each on or off.
+"""Train-time image augmentation on batches of uint8 tensors: random resized crop, horizontal flip, rotation, colour
+jitter and translation (pad-and-crop), each on or off.
 
 Written here because torchvision cannot be installed beside this torch build, and no other maintained pure-PyTorch
 library covers these four. Every random draw of an image is a pure function of (seed, epoch, image index), never
@@ -35,6 +35,9 @@ class Augment:
     color_jitter: float = 0.0
     """Brightness, contrast and saturation each scaled by a factor in [1 - j, 1 + j]; 0: none."""
     seed: int = 0
+    translate: float = 0.0
+    """Largest shift as a share of each side, in whole pixels either way, the space left black: what padding by
+    that many pixels and cropping back at random does; 0: none."""
 
     @property
     def resamples(self) -> bool:
@@ -53,6 +56,9 @@ class Augment:
                 out[flipped] = out[flipped].flip(-1)
         if self.color_jitter > 0:
             out = _jitter(out, torch.tensor([[d.brightness, d.contrast, d.saturation] for d in draws]))
+        for i, d in enumerate(draws):
+            if d.shift != (0, 0):
+                out[i] = _shifted(out[i], *d.shift)
         return out
 
     def draw(self, rng: np.random.Generator, source: tuple[int, int] | torch.Size) -> Draw:
@@ -65,8 +71,10 @@ class Augment:
         angle = float(rng.uniform(-self.rotation, self.rotation))
         j = self.color_jitter
         factors = rng.uniform(1 - j, 1 + j, size=3)
+        reach = [round(self.translate * side) for side in self.size]
+        shift = (int(rng.integers(-reach[0], reach[0] + 1)), int(rng.integers(-reach[1], reach[1] + 1)))
         return Draw(box, flip and self.hflip, angle if self.rotation > 0 else 0.0,
-                    *(float(f) if j > 0 else 1.0 for f in factors))
+                    *(float(f) if j > 0 else 1.0 for f in factors), shift)
 
 
 @dataclass(frozen=True)
@@ -78,6 +86,8 @@ class Draw:
     brightness: float
     contrast: float
     saturation: float
+    shift: tuple[int, int] = (0, 0)
+    """Pixels down and right the image moves."""
 
 
 def _crop_box(rng: np.random.Generator, height: int, width: int, scale: tuple[float, float] | None,
@@ -133,6 +143,15 @@ def _warp(images: torch.Tensor, draws: list[Draw], size: tuple[int, int]) -> tor
                                     (top + h / 2) / (height / 2) - 1])
     grid = F.affine_grid(theta, [len(draws), images.shape[1], *size], align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False).clamp_(0, 1)
+
+
+def _shifted(image: torch.Tensor, down: int, right: int) -> torch.Tensor:
+    """[C, h, w] moved by whole pixels, black where nothing moved in."""
+    out = torch.zeros_like(image)
+    h, w = image.shape[-2:]
+    out[..., max(down, 0):h + min(down, 0), max(right, 0):w + min(right, 0)] = \
+        image[..., max(-down, 0):h + min(-down, 0), max(-right, 0):w + min(-right, 0)]
+    return out
 
 
 def _jitter(images: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:

@@ -49,8 +49,9 @@ class CausalLM:
 
     def read_labelled(self, recipe: Recipe, path: Path, labels: list[str]) -> Any:
         from graft.data.instructions import read_conversations
+        from graft.data.tables import source_name
 
-        return read_conversations(path, path.name, recipe.data)
+        return read_conversations(path, source_name(path), recipe.data)
 
     def read_examples(self, recipe: Recipe) -> list[tuple[str, str]]:
         raise NotImplementedError("conversations have no single label to fold by")
@@ -182,16 +183,17 @@ def _conversation(given: Any, i: int) -> list[dict[str, str]]:
 def _prompts(d: DataSpec, source: str) -> list[list[dict[str, str]]]:
     from graft.data.checks import require_column, text_values
     from graft.data.instructions import checked_messages, with_system
-    from graft.data.tables import read_table, read_unlabelled_texts
+    from graft.data.tables import TableFormat, read_table, read_unlabelled_texts
 
-    table = None if source == "-" or Path(source).suffix.lower() in (".txt", "") else read_table(Path(source))
+    fmt = TableFormat.of(d)
+    table = None if source == "-" or Path(source).suffix.lower() in (".txt", "") else read_table(Path(source), fmt)
     if table is not None and d.messages_column in table.column_names:
         rows = table.select_columns([d.messages_column]).to_dict()[d.messages_column]
         conversations = [checked_messages(m, source, i + 1, d.messages_column, need_answer=False)
                          for i, m in enumerate(rows)]
     else:
         if table is None:
-            prompts = read_unlabelled_texts(source, text_column=d.prompt_column)
+            prompts = read_unlabelled_texts(source, text_column=d.prompt_column, fmt=fmt)
         else:
             require_column(table.column_names, d.prompt_column, Path(source).name, "data.prompt_column")
             prompts = text_values(table.select_columns([d.prompt_column]).to_dict()[d.prompt_column],

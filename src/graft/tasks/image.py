@@ -3,14 +3,14 @@ shuffling."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from graft.tasks.augment import Augment
-from graft.tasks.text import EpochShuffle
+from graft.tasks.text import EpochShuffle, KeyedShuffle
 
 
 class ImageTensors(Dataset):
@@ -40,14 +40,6 @@ class ImageTensors(Dataset):
         if isinstance(key, tuple):
             item["key"] = key
         return item
-
-
-class KeyedShuffle(EpochShuffle):
-    """EpochShuffle that yields `(index, epoch)`: each image's augmentation is then a function of its own key."""
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
-        epoch = self.epoch
-        return ((index, epoch) for index in super().__iter__())
 
 
 class Normalize:

@@ -21,8 +21,9 @@ VIRTUAL_TOKENS = "virtual tokens are for text transformers; use lora or adapter 
 class ImageClassification(Classification):
     name = "image_classification"
     pipeline_tag = "image-classification"
-    data_fields = frozenset({"image_column", "label_column", "image_size", "mean", "std", "bad_images", "augment",
-                             "review", "inspect"})
+    data_fields = frozenset({"image_column", "label_column", "image_size", "mean", "std", "bad_images",
+                             "augment.crop_scale", "augment.crop_ratio", "augment.hflip", "augment.rotation",
+                             "augment.color_jitter", "augment.translate", "review", "inspect"})
     refused_strategies: ClassVar[dict[str, str]] = dict.fromkeys(("prompt", "ptuning", "prefix"), VIRTUAL_TOKENS)
     input_kind = "image"
     takes_plain_modules = True
@@ -34,6 +35,11 @@ class ImageClassification(Classification):
             raise ValueError("model.pooling: for text classifiers; an image model pools its own feature maps")
         if recipe.model.is_factory and recipe.data.image_size is None:
             raise ValueError("data.image_size: a plain module needs its input size (e.g. data.image_size: 32)")
+        # hub ids are the only data sources the recipe keeps as strings
+        hub = next((key for key in ("train", "validation", "test") if isinstance(getattr(recipe.data, key), str)), None)
+        if hub:
+            raise ValueError(f"data.{hub}: hf:// datasets are read for text tasks (an image task reads image files); "
+                             f"give a folder of class folders or a table of image paths")
 
     def load_model(self, spec: ModelSpec, labels: list[str], data: DataSpec, scratch: bool) -> LoadedModel:
         from graft.models.build import image_input
@@ -51,29 +57,35 @@ class ImageClassification(Classification):
 
     def load_splits(self, recipe: Recipe) -> Any:
         from graft.data.images import load_image_splits
+        from graft.data.tables import TableFormat
 
         d = recipe.data
         return load_image_splits(d.train, d.validation, d.test, split=d.split, seed=recipe.train.seed,
                                  image_column=d.image_column, label_column=d.label_column, leakage=d.leakage,
-                                 review=d.review)
+                                 fmt=TableFormat.of(d), review=d.review)
 
     def read_labelled(self, recipe: Recipe, path: Path, labels: list[str]) -> Any:
         from graft.data.images import labelled_images
+        from graft.data.tables import TableFormat
 
-        return labelled_images(path, labels, recipe.data.image_column, recipe.data.label_column)
+        d = recipe.data
+        return labelled_images(path, labels, d.image_column, d.label_column, TableFormat.of(d))
 
     def read_examples(self, recipe: Recipe) -> list[tuple[str, str]]:
         from graft.data.images import load_image_splits
+        from graft.data.tables import TableFormat
 
         d = recipe.data
         splits = load_image_splits(d.train, None, None, split=(1.0, 0.0, 0.0), seed=recipe.train.seed,
-                                   image_column=d.image_column, label_column=d.label_column, leakage=d.leakage)
+                                   image_column=d.image_column, label_column=d.label_column, leakage=d.leakage,
+                                   fmt=TableFormat.of(d))
         return self.rows(splits.train, splits.labels)
 
     def read_unlabelled(self, recipe: Recipe, source: str) -> tuple[list[str], Any]:
         from graft.data.images import ImageSet, unlabelled_images
+        from graft.data.tables import TableFormat
 
-        paths = unlabelled_images(source, image_column=recipe.data.image_column)
+        paths = unlabelled_images(source, image_column=recipe.data.image_column, fmt=TableFormat.of(recipe.data))
         return [str(p) for p in paths], ImageSet(paths, None)
 
     def memory_loader(self, run: Any, inputs: list[Any]) -> tuple[list[Any], DataLoader]:
@@ -97,11 +109,11 @@ class ImageClassification(Classification):
 
         t, aug = recipe.train, recipe.data.augment
         size = tuple(loaded.input["image_size"])
-        if not augment and aug.enabled:
+        if not augment and aug.image_on:
             notes.append("augmentation: off, the feature cache needs fixed inputs (strategy.feature_cache: false to "
                          "augment)")
         augmenter = Augment(size, aug.crop_for(size), aug.crop_ratio, aug.hflip, aug.rotation, aug.color_jitter,
-                            t.seed) if augment and aug.enabled else None
+                            t.seed, aug.translate_for(size)) if augment and aug.image_on else None
         images = _decoded(split, size, recipe.data.bad_images, "train", notes, square_source=augmenter is not None)
         return image.train_loader(images, t.batch_size, t.seed, loaded.input["mean"], loaded.input["std"],
                                   t.num_workers, augmenter)

@@ -1,4 +1,5 @@
-"""Text classification: one label per text; tokenised once, padded per batch, batches grouped by length."""
+"""Text classification: one label per text; tokenised once (or, augmented, per batch), padded per batch, batches
+grouped by length."""
 
 from __future__ import annotations
 
@@ -11,13 +12,16 @@ if TYPE_CHECKING:
     from torch.utils.data import DataLoader
 
     from graft.models.build import LoadedModel, TrainedModel
-    from graft.recipe import DataSpec, ModelSpec, Recipe
+    from graft.recipe import AugmentSpec, DataSpec, ModelSpec, Recipe
+    from graft.tasks.text_augment import TextAugment
 
 
 class TextClassification(Classification):
     name = "text_classification"
     pipeline_tag = "text-classification"
-    data_fields = frozenset({"text_column", "label_column", "normalize_labels", "group_by_length", "review", "inspect"})
+    data_fields = frozenset({"text_column", "label_column", "normalize_labels", "group_by_length", "augment.swap",
+                             "augment.delete", "augment.insert", "augment.synonym", "augment.synonym_neighbours",
+                             "augment.synonym_similarity", "review", "inspect"})
     peft_task_type = "SEQ_CLS"
     input_kind = "text"
     hf_auto_class = "AutoModelForSequenceClassification"
@@ -43,25 +47,29 @@ class TextClassification(Classification):
 
     def load_splits(self, recipe: Recipe) -> Any:
         from graft.data import load_text_splits
+        from graft.data.tables import TableFormat
 
         d = recipe.data
         return load_text_splits(d.train, d.validation, d.test, text_column=d.text_column, label_column=d.label_column,
                                 split=d.split, seed=recipe.train.seed, leakage=d.leakage,
-                                normalize_labels=d.normalize_labels, review=d.review)
+                                normalize_labels=d.normalize_labels, fmt=TableFormat.of(d), review=d.review)
 
     def read_labelled(self, recipe: Recipe, path: Path, labels: list[str]) -> Any:
         from graft.data import load_labelled_file
+        from graft.data.tables import TableFormat
 
         d = recipe.data
         return load_labelled_file(path, text_column=d.text_column, label_column=d.label_column, labels=labels,
-                                  normalize_labels=d.normalize_labels)
+                                  normalize_labels=d.normalize_labels, fmt=TableFormat.of(d))
 
     def read_examples(self, recipe: Recipe) -> list[tuple[str, str]]:
         from graft.data.checks import drop_duplicate_texts
-        from graft.data.tables import read_labelled
+        from graft.data.sources import locate_splits
+        from graft.data.tables import TableFormat, read_labelled, source_name
 
         d = recipe.data
-        part = read_labelled(Path(d.train), Path(d.train).name, d.text_column, d.label_column)
+        train = locate_splits(d.train, None, None)[0]["train"]
+        part = read_labelled(train, source_name(train), d.text_column, d.label_column, fmt=TableFormat.of(d))
         part, _ = drop_duplicate_texts(part)  # a text in two folds would be leakage
         return list(zip(part.texts, part.labels, strict=True))
 
@@ -69,8 +77,9 @@ class TextClassification(Classification):
         import datasets
 
         from graft.data import read_unlabelled_texts
+        from graft.data.tables import TableFormat
 
-        texts = read_unlabelled_texts(source, text_column=recipe.data.text_column)
+        texts = read_unlabelled_texts(source, text_column=recipe.data.text_column, fmt=TableFormat.of(recipe.data))
         return texts, datasets.Dataset.from_dict({"text": texts})
 
     def memory_loader(self, run: Any, inputs: list[Any]) -> tuple[list[Any], DataLoader]:
@@ -92,7 +101,14 @@ class TextClassification(Classification):
                      notes: list[str]) -> DataLoader:
         from graft.tasks import text
 
-        t = recipe.train
+        t, aug = recipe.train, recipe.data.augment
+        if aug.text_on and not augment:
+            notes.append("text augmentation: off, the feature cache needs fixed inputs (strategy.feature_cache: false "
+                         "to augment)")
+        if aug.text_on and augment:
+            augmenter = _augmenter(aug, split["text"], loaded, t.seed, notes)
+            return text.augmented_train_loader(split, loaded.processor, recipe.model.max_length, t.batch_size, t.seed,
+                                               recipe.data.group_by_length, augmenter, t.num_workers)
         tokenized = text.tokenize(split, loaded.processor, recipe.model.max_length)
         return text.train_loader(tokenized, loaded.processor, t.batch_size, t.seed, recipe.data.group_by_length,
                                  t.num_workers)
@@ -109,3 +125,21 @@ class TextClassification(Classification):
 
     def label_ids(self, split: Any) -> list[int]:
         return list(split["label"])
+
+
+def _augmenter(aug: AugmentSpec, texts: list[str], loaded: LoadedModel, seed: int, notes: list[str]) -> TextAugment:
+    """data.augment's text operations, with synonyms (for synonym and insert) from the model's input embeddings for
+    the words of the training texts."""
+    from graft.tasks.text_augment import TextAugment, synonym_table, whole_words
+
+    synonyms: dict[str, tuple[str, ...]] = {}
+    if aug.synonym > 0 or aug.insert > 0:
+        words = (word for text in texts for word in text.split())
+        embeddings = loaded.model.get_input_embeddings().weight
+        synonyms = synonym_table(words, whole_words(loaded.processor), embeddings, aug.synonym_neighbours,
+                                 aug.synonym_similarity)
+    if aug.synonym > 0 and not synonyms:
+        notes.append(f"data.augment.synonym: no training word has a whole-word neighbour in the model's input "
+                     f"embeddings at cosine {aug.synonym_similarity} or more, so no word is replaced; lower "
+                     f"data.augment.synonym_similarity, or set synonym: 0")
+    return TextAugment(aug.swap, aug.delete, aug.insert, aug.synonym, synonyms, seed)

@@ -55,12 +55,13 @@ class Sweep:
 
 def lr_range_test(accelerator: Accelerator, parts: Parts, base_lr: float, max_grad_norm: float | None, *,
                   start: float = 1e-7, end: float = 10.0, steps: int = 100, beta: float = 0.95,
-                  diverge: float = 4.0, from_scratch: bool = False) -> Sweep:
-    """Sweep the base LR from `start` to `end` over at most `steps` optimiser steps; `base_lr` is the LR the
-    optimiser's groups were built with (their scales are their LR over it). Everything is restored afterwards."""
+                  diverge: float = 4.0, from_scratch: bool = False, epoch: int = 0) -> Sweep:
+    """Sweep the base LR from `start` to `end` over at most `steps` optimiser steps, with what trains at `epoch`
+    training; `base_lr` is the LR the optimiser's groups were built with (their scales are their LR over it).
+    Everything is restored afterwards."""
     saved = _snapshot(accelerator, parts)
     try:
-        sweep = _sweep(accelerator, parts, base_lr, max_grad_norm, start, end, steps, beta, diverge)
+        sweep = _sweep(accelerator, parts, base_lr, max_grad_norm, start, end, steps, beta, diverge, epoch)
         sweep.suggestion, sweep.why = suggest(sweep.lrs, sweep.smoothed, from_scratch=from_scratch)
         return sweep
     finally:
@@ -68,12 +69,12 @@ def lr_range_test(accelerator: Accelerator, parts: Parts, base_lr: float, max_gr
 
 
 def _sweep(accelerator: Accelerator, parts: Parts, base_lr: float, max_grad_norm: float | None, start: float,
-           end: float, steps: int, beta: float, diverge: float) -> Sweep:
+           end: float, steps: int, beta: float, diverge: float, epoch: int) -> Sweep:
     from graft.training.loop import compute_loss
 
     scales = [group["lr"] / base_lr for group in parts.optimizer.param_groups]
     sweep, average, best = Sweep(), 0.0, math.inf
-    parts.train_mode(0)
+    parts.train_mode(epoch)
     for i, batch in enumerate(_batches(parts.train_loader, steps)):
         lr = start * (end / start) ** (i / max(1, steps - 1))
         for group, scale in zip(parts.optimizer.param_groups, scales, strict=True):
