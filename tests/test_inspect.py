@@ -403,3 +403,40 @@ def test_inspect_cli_prints_the_summary_and_refuses_in_one_line(tiny_bert: Path,
         main()
     err = capsys.readouterr().err
     assert exited.value.code == 2 and len(err.splitlines()) == 1 and err.startswith("error: --fix ")
+
+
+def test_fix_drops_train_s_near_copy_of_a_test_sentence_and_keeps_near_copies_within_train(tiny_bert: Path,
+                                                                                          tmp_path: Path) -> None:
+    rows = make_texts(60, seed=1)
+    rows[5] = (SENTENCE, "login")
+    rows[6] = (SENTENCE.replace("dawn", "noon"), "login")  # near-copies within train: both stay
+    test = [*make_texts(20, seed=7), (SENTENCE.replace("town", "village"), "login")]
+    tree = tiny_recipe(tiny_bert, write_csv(tmp_path / "train.csv", rows), tmp_path / "runs" / "r",
+                       data={"test": str(write_csv(tmp_path / "test.csv", test)), "split": [0.8, 0.2, 0.0]})
+    report = graft.inspect(tree, probe=False, fix=tmp_path / "clean", say=lambda line: None)
+    [near] = report["duplicates"]
+    assert near["kind"] == "near" and [(m["split"], m["row"]) for m in near["members"]] == [
+        ("train", 6), ("train", 7), ("test", 21)]
+    log = read_rows(tmp_path / "clean" / "fix_log.csv")
+    assert [(r["row"], r["reason"].split(" (")[0]) for r in log] == [("6", "near-copy"), ("7", "near-copy")]
+    assert all(r["reason"].endswith("of test.csv row 21") for r in log)
+
+
+def test_fix_of_a_headerless_latin_1_file_writes_plain_csv_and_says_how_to_read_it(tiny_bert: Path,
+                                                                                  tmp_path: Path) -> None:
+    rows = make_texts(60, seed=1)
+    rows[9] = ("why is my invoice from the café still wrong", "billing")
+    rows[10] = (rows[9][0].upper(), rows[9][1])
+    with (tmp_path / "train.csv").open("w", newline="", encoding="latin-1") as f:
+        csv.writer(f).writerows(rows)
+    tree = tiny_recipe(tiny_bert, tmp_path / "train.csv", tmp_path / "runs" / "r",
+                       data={"columns": ["text", "label"], "encoding": "latin-1"})
+    report = graft.inspect(tree, probe=False, fix=tmp_path / "clean", say=lambda line: None)
+    fixed = report["fix"]["data"]
+    assert fixed == {"train": str(tmp_path / "clean" / "train.csv"), "columns": None, "encoding": "utf-8",
+                     "delimiter": None}
+    cleaned = read_rows(tmp_path / "clean" / "train.csv")
+    assert len(cleaned) == 59 and cleaned[9]["text"] == rows[9][0]  # row 11, the re-cased copy, is gone
+    again = graft.inspect({**tree, "data": {**tree["data"], **fixed}}, probe=False, output=tmp_path / "again",
+                          say=lambda line: None)
+    assert again["duplicates"] == []

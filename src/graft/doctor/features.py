@@ -1,5 +1,6 @@
 """The model's frozen features for every example: what the new head of a `head_only` run reads (the feature cache's
-`feature_fn`), computed once in evaluation mode. Texts go through shortest first, so a batch pads little."""
+`feature_fn`), computed once in evaluation mode. Texts go through shortest first, so a batch pads little and can be
+large."""
 
 from __future__ import annotations
 
@@ -13,6 +14,10 @@ from graft.doctor.examples import Examples
 from graft.recipe import Recipe
 from graft.tasks import get_task
 
+TEXT_BATCH = 128
+"""At least this many texts a batch: sorted by length they pad little, and on 2 CPU cores MiniLM took 0.6 of the CPU
+time over rt-polarity's sentences that batches of 32 took (256 gained nothing more)."""
+
 
 def frozen_features(recipe: Recipe, examples: Examples) -> tuple[np.ndarray, dict[str, Any]]:
     """Features [n, d] in the examples' flat order, and what was run (model, device, seconds)."""
@@ -22,6 +27,9 @@ def frozen_features(recipe: Recipe, examples: Examples) -> tuple[np.ndarray, dic
 
     started = time.perf_counter()
     task = get_task(recipe.task)
+    if examples.kind == "text":
+        batch = max(TEXT_BATCH, recipe.train.eval_batch)
+        recipe = recipe.model_copy(update={"train": recipe.train.model_copy(update={"eval_batch_size": batch})})
     loaded = task.load_model(recipe.model, examples.classes, recipe.data, False)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     loaded.model.to(device).eval()

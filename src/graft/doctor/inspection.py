@@ -259,8 +259,8 @@ def summarise(report: dict[str, Any]) -> list[str]:
     data = report["data"]
     noun = data["kind"]
     sizes = " / ".join(f"{s['n']:,} {key}" for key, s in data["splits"].items())
-    lines = [f"{plural(sum(s['n'] for s in data['splits'].values()), noun)} ({sizes}), "
-             f"{len(data['labels'])} classes"]
+    total = sum(s["n"] for s in data["splits"].values())
+    lines = [f"{total:,} {noun}{'' if total == 1 else 's'} ({sizes}), {len(data['labels'])} classes"]
     groups = report["duplicates"]
     if groups:
         kinds = ", ".join(f"{n} {kind}" for kind, n in Counter(g["kind"] for g in groups).items())
