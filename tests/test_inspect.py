@@ -440,3 +440,13 @@ def test_fix_of_a_headerless_latin_1_file_writes_plain_csv_and_says_how_to_read_
     again = graft.inspect({**tree, "data": {**tree["data"], **fixed}}, probe=False, output=tmp_path / "again",
                           say=lambda line: None)
     assert again["duplicates"] == []
+
+
+def test_class_imbalance_is_said_at_train_start_but_never_blocks(tiny_bert: Path, tmp_path: Path) -> None:
+    from graft.doctor import check_data
+
+    rows = [r for r in make_texts(240, seed=1) if r[1] != "login"][:150] + make_texts(30, seed=5, labels=("login",))[:6]
+    tree = tiny_recipe(tiny_bert, write_csv(tmp_path / "train.csv", rows), tmp_path / "r", data={"inspect": "error"})
+    lines: list[str] = []
+    check_data(graft.load_recipe(tree), lines.append)
+    assert lines == ["inspect: class imbalance 12:1 in train (rows: graft inspect RECIPE)"]  # 75 / 6

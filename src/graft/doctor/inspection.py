@@ -91,18 +91,20 @@ def inspect_dir(recipe: Recipe, output: Path | None) -> Path:
 
 def check_data(recipe: Recipe, say: Callable[[str], None]) -> None:
     """The quick checks at the start of a run, as data.inspect says: one line (warn), a refusal (error) or nothing
-    (off). Only what needs no model: duplicates, conflicting labels, near-empty inputs, class balance."""
+    (off). Only what needs no model: duplicates, conflicting labels, near-empty inputs, class balance (said, never
+    a refusal)."""
     if recipe.data.inspect == "off" or get_task(recipe.task).input_kind is None:
         return
     report, _ = examine(recipe, read_examples(recipe), deep=False)
     found = problems(report)
-    if not found:
-        return
-    said = "; ".join(found)
-    if recipe.data.inspect == "error":
-        raise GraftError(f"data.inspect: {said}; `graft inspect RECIPE` lists the rows (--fix writes cleaned "
-                         f"copies), or set data.inspect: warn")
-    say(f"inspect: {said} (rows: graft inspect RECIPE)")
+    if found and recipe.data.inspect == "error":
+        raise GraftError(f"data.inspect: {'; '.join(found)}; `graft inspect RECIPE` lists the rows (--fix writes "
+                         f"cleaned copies), or set data.inspect: warn")
+    imbalance = report["balance"]["imbalance"]
+    if imbalance >= IMBALANCE:  # a property of the data, not a fault: said, never blocking
+        found.append(f"class imbalance {imbalance:.0f}:1 in train")
+    if found:
+        say(f"inspect: {'; '.join(found)} (rows: graft inspect RECIPE)")
 
 
 def examine(recipe: Recipe, examples: Examples, *, deep: bool,
@@ -221,7 +223,7 @@ def _shown(source: Any) -> str:
 
 
 def problems(report: dict[str, Any]) -> list[str]:
-    """The quick findings as short phrases (empty: nothing found)."""
+    """What is wrong, as short phrases (empty: nothing found)."""
     out = []
     groups = report["duplicates"]
     if groups:
@@ -239,9 +241,6 @@ def problems(report: dict[str, Any]) -> list[str]:
                    f"{near_empty[0]['input']!r})")
     if report["unreadable"]:
         out.append(f"{plural(len(report['unreadable']), 'unreadable image')} (e.g. {_at(report['unreadable'][0])})")
-    imbalance = report["balance"]["imbalance"]
-    if imbalance >= IMBALANCE:
-        out.append(f"class imbalance {imbalance:.0f}:1 in train")
     return out
 
 

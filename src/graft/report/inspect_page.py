@@ -20,7 +20,7 @@ SHOWN = 300
 MEMBERS_SHOWN = 6
 
 EXTRA_CSS = """
-td.x{max-width:460px;word-break:break-word} select{font:inherit} .tag{color:#6b7280;font-size:12px}
+td.x{max-width:460px;word-break:break-word} select{font:inherit;max-width:190px} .tag{color:#6b7280;font-size:12px}
 button{font:inherit;padding:6px 14px;border-radius:6px;border:1px solid #2563eb;background:#2563eb;color:#fff;
 cursor:pointer} .bar{position:sticky;top:0;background:#f3f4f6;padding:8px 0;z-index:1}
 tr.group td{border-top:2px solid #d1d5db}
