@@ -313,6 +313,7 @@ def test_review_decisions_apply_in_training_and_in_inspect(tiny_bert: Path, tmp_
     assert log["train", 13]["reason"] == "review (data.review row 1)"
     assert log["train", 30]["action"] == "relabel" and log["train", 30]["new_label"] == "billing"
     assert ("test", 2) not in log
+    assert report["fix"]["data"]["review"] is None  # the cleaned rows are the reviewed ones
     splits = load_splits(graft.load_recipe(tree))
     rows = list(splits.train["row"]) + list(splits.validation["row"])
     assert 13 not in rows and len(rows) == 90 - 2  # row 13 by the review, row 11 (row 4 re-cased) before carving
@@ -434,7 +435,7 @@ def test_fix_of_a_headerless_latin_1_file_writes_plain_csv_and_says_how_to_read_
     report = graft.inspect(tree, probe=False, fix=tmp_path / "clean", say=lambda line: None)
     fixed = report["fix"]["data"]
     assert fixed == {"train": str(tmp_path / "clean" / "train.csv"), "columns": None, "encoding": "utf-8",
-                     "delimiter": None}
+                     "delimiter": None, "review": None}
     cleaned = read_rows(tmp_path / "clean" / "train.csv")
     assert len(cleaned) == 59 and cleaned[9]["text"] == rows[9][0]  # row 11, the re-cased copy, is gone
     again = graft.inspect({**tree, "data": {**tree["data"], **fixed}}, probe=False, output=tmp_path / "again",
@@ -450,3 +451,18 @@ def test_class_imbalance_is_said_at_train_start_but_never_blocks(tiny_bert: Path
     lines: list[str] = []
     check_data(graft.load_recipe(tree), lines.append)
     assert lines == ["inspect: class imbalance 12:1 in train (rows: graft inspect RECIPE)"]  # 75 / 6
+
+
+def test_cross_validation_and_compare_read_the_reviewed_rows_once(tiny_bert: Path, tmp_path: Path) -> None:
+    from graft.compare import _write_splits
+    from graft.tasks import get_task
+
+    rows = make_texts(60, seed=1)
+    (tmp_path / "review.csv").write_text("split,row,action,label\ntrain,3,drop,\ntrain,4,relabel,login\n")
+    tree = tiny_recipe(tiny_bert, write_csv(tmp_path / "train.csv", rows), tmp_path / "r",
+                       data={"review": str(tmp_path / "review.csv")})
+    recipe = graft.load_recipe(tree)
+    examples = get_task(recipe.task).read_examples(recipe)  # what --cv folds
+    assert len(examples) == 59 and rows[2] not in examples and (rows[3][0], "login") in examples
+    data = _write_splits(recipe, tmp_path / "splits")  # what every compared strategy reads
+    assert data["review"] is None

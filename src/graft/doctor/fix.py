@@ -125,8 +125,8 @@ def write_fix(examples: Examples, report: dict[str, Any], out: Path, label_polic
             written = _write_split(examples, key, source, mine, tmp, input_column, label_column, fmt)
             data[key] = str(out / written.name)
         _write_log(tmp / LOG_FILE, examples, plan)
-    if fmt != PLAIN:
-        data.update(WRITTEN)
+    if fmt != PLAIN or examples.reviewed:
+        data.update(WRITTEN)  # plain UTF-8 CSV (or the file's own format), and the review is applied already
     actions = list(plan.values())
     return {"dir": str(out), "data": data, "log": str(out / LOG_FILE),
             "dropped": sum(a.action == "drop" for a in actions),

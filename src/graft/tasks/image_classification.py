@@ -78,7 +78,7 @@ class ImageClassification(Classification):
         d = recipe.data
         splits = load_image_splits(d.train, None, None, split=(1.0, 0.0, 0.0), seed=recipe.train.seed,
                                    image_column=d.image_column, label_column=d.label_column, leakage=d.leakage,
-                                   fmt=TableFormat.of(d))
+                                   fmt=TableFormat.of(d), review=d.review)
         return self.rows(splits.train, splits.labels)
 
     def read_unlabelled(self, recipe: Recipe, source: str) -> tuple[list[str], Any]:

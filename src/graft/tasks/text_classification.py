@@ -64,12 +64,14 @@ class TextClassification(Classification):
 
     def read_examples(self, recipe: Recipe) -> list[tuple[str, str]]:
         from graft.data.checks import drop_duplicate_texts
+        from graft.data.review import apply_review
         from graft.data.sources import locate_splits
         from graft.data.tables import TableFormat, read_labelled, source_name
 
         d = recipe.data
         train = locate_splits(d.train, None, None)[0]["train"]
         part = read_labelled(train, source_name(train), d.text_column, d.label_column, fmt=TableFormat.of(d))
+        part = apply_review({"train": part}, d.review)[0]["train"]
         part, _ = drop_duplicate_texts(part)  # a text in two folds would be leakage
         return list(zip(part.texts, part.labels, strict=True))
 
