@@ -287,6 +287,38 @@ def test_verify_compares_the_advice_with_its_runner_up_and_scratch(tiny_bert_no_
     assert saved["verify"]["held"] == verify["held"]
 
 
+
+@pytest.mark.parametrize("leader, ties, held, words", [
+    ("full", [], True, "the advice held: full won on test f1_macro (0.8000)"),
+    ("discriminative", ["full"], True, "the advice held: full tied with discriminative on test f1_macro (0.8000)"),
+    ("scratch", [], False, "the advice did not hold: scratch beat full on test f1_macro (0.9000 vs 0.8000)"),
+])
+def test_verify_judges_the_advice_by_compares_verdict(leader, ties, held, words, tmp_path, monkeypatch):
+    import importlib
+
+    from graft.advise.advisor import verify_advice
+
+    seen = {}
+
+    def fake_compare(recipe, strategies, say=None):
+        seen.update(recipe=recipe, strategies=strategies)
+        scores = {"full": 0.8, "discriminative": 0.81 if leader == "discriminative" else 0.7, "scratch": 0.9
+                  if leader == "scratch" else 0.5}
+        return {"metric": "f1_macro", "leader": leader, "ties": ties, "verdict": [],
+                "strategies": [{"label": k, "strategy": k, "f1_macro": v, "accuracy": v, "cost_s": 1.0,
+                                "trainable": 10} for k, v in scores.items()]}
+
+    # the module: `graft.compare` as an attribute is the function graft exports
+    monkeypatch.setattr(importlib.import_module("graft.compare"), "compare", fake_compare)
+    recipe = load_recipe({"data": {"train": str(tmp_path / "x.csv")}, "output": {"dir": str(tmp_path / "run")}})
+    recommendation = {"strategy": "full", "fragment": {"strategy": {"name": "full"}, "optim": {"lr": "auto"}},
+                      "runner_up": {"strategy": "discriminative", "fragment": {"strategy": {"name": "discriminative"}}}}
+    verdict = verify_advice(recipe, recommendation, tmp_path / "advice", print)
+    assert (verdict["held"], verdict["words"]) == (held, words)
+    assert seen["strategies"] == [{"label": "full", "strategy": {"name": "full"}, "optim": {"lr": "auto"}},
+                                  {"label": "discriminative", "strategy": {"name": "discriminative"}}, "scratch"]
+    assert seen["recipe"].output.dir == tmp_path / "advice" / "verify"  # never the recipe's run directory
+
 def test_the_command_prints_the_table_and_the_recommendation(tiny_bert, texts, tmp_path):
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(tiny_recipe(tiny_bert, texts, tmp_path / "run")))
     done = CliRunner().invoke(app, ["advise", str(tmp_path / "recipe.yaml"), "--sample", "60"])
@@ -317,6 +349,22 @@ def test_user_errors_are_one_line(case, message, tiny_bert, texts, tmp_path):
         sample = 5
     assert message in error_of(graft.advise, tree, output=output, sample=sample)
 
+
+
+def test_the_command_says_a_user_error_in_one_line(tiny_bert, texts, tmp_path, monkeypatch, capsys):
+    import sys
+
+    from graft.cli import main
+
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(tiny_recipe(tiny_bert, texts, tmp_path / "run")))
+    (tmp_path / "taken").write_text("a file")
+    monkeypatch.setattr(sys, "argv", ["graft", "advise", str(tmp_path / "recipe.yaml"), "--output",
+                                      str(tmp_path / "taken")])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: --output {tmp_path / 'taken'}: is a file; name a folder for advise.json and advise.html"]
 
 def test_verify_declines_a_language_model_in_one_line(tmp_path):
     from graft.advise.advisor import verify_advice

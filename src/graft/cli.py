@@ -205,8 +205,8 @@ def advise(
                                          "runner-up and scratch, and say whether the advice held.")] = False,
     output: Annotated[Path | None, typer.Option(help="The folder for advise.json and advise.html; default "
                                                 "advise-<name> beside output.dir.")] = None,
-    sample: Annotated[int, typer.Option(help="Training examples whose features are scored (validation: half "
-                                        "as many).")] = 1000,
+    sample: Annotated[int | None, typer.Option(help="Training examples whose features are scored (validation: "
+                                               "half as many); default 1,000.")] = None,
     set_: SetOption = None,
 ) -> None:
     """Recommend a strategy before training, with its reasons: data facts, frozen-feature evidence per layer

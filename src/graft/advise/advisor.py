@@ -32,10 +32,11 @@ this; the forward passes (pretrained and random) are what a minute pays for."""
 
 
 def advise(recipe: Recipe | str | Path | dict[str, Any], *, overrides: tuple[str, ...] | list[str] = (),
-           output: str | Path | None = None, verify: bool = False, sample: int = SAMPLE,
+           output: str | Path | None = None, verify: bool = False, sample: int | None = None,
            say: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Recommend a strategy for the recipe's data and model, with its reasons and a runner-up; write advise.json
     and advise.html to `output` (default: `advise-<name>` beside output.dir) and return what advise.json holds.
+    `sample`: training examples whose features are scored (default SAMPLE; validation: half as many).
     `verify`: also compare the recommendation, the runner-up and scratch (real runs, under `output`/verify)."""
     from accelerate.utils import set_seed
 
@@ -44,6 +45,7 @@ def advise(recipe: Recipe | str | Path | dict[str, Any], *, overrides: tuple[str
 
     started = time.perf_counter()
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
+    sample = SAMPLE if sample is None else sample
     if sample < 10:
         raise GraftError(f"--sample {sample}: at least 10 training examples")
     out = Path(output) if output is not None else default_folder(recipe)
@@ -100,6 +102,7 @@ def check_folder(out: Path, recipe: Recipe) -> None:
 def advise_classifier(run: Setup, facts: dict[str, Any], sample: int, say: Callable[[str], None]) -> dict[str, Any]:
     """Frozen-feature evidence per source, pretrained and random, and the recommendation it leads to."""
     import torch
+    from threadpoolctl import threadpool_limits
 
     from graft.advise.features import collect, sample_loader
     from graft.advise.recommend import Signals, recommend
@@ -125,8 +128,11 @@ def advise_classifier(run: Setup, facts: dict[str, Any], sample: int, say: Calla
     started = time.perf_counter()
     candidates = head_candidates(pretrained.sources, run)
     weights = run.loss_record.get("class_weights")
-    rows = score_sources(pretrained, random, len(run.splits.labels), {s.name for s in candidates},
-                         list(weights.values()) if weights else None)
+    # One BLAS thread: on matrices this small (1,000 x 384) threads cost more than they give, and far more on a
+    # busy machine (a probe took 0.72 s on 2 threads of a loaded 2-core machine, 0.03 s on one).
+    with threadpool_limits(1):
+        rows = score_sources(pretrained, random, len(run.splits.labels), {s.name for s in candidates},
+                             list(weights.values()) if weights else None)
     scoring_s = time.perf_counter() - started
     by_name = {r["source"]: r for r in rows}
     best = max(candidates, key=lambda s: by_name[s.name]["probe"])

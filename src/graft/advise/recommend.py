@@ -100,8 +100,9 @@ def recommend(s: Signals) -> Advice:
              f"class (accuracy {s.baseline:.3f}); from {STRONG_PROBE:.0%} the frozen features count as solving the "
              f"task already")
     warnings = [] if similar else [
-        f"negative transfer is likely: random features do as well as the pretrained ones (probe {s.random_probe:.3f} "
-        f"vs {s.probe:.3f}); compare with scratch before trusting the pretrained model"]
+        f"negative transfer is possible: random features do about as well as the pretrained ones (probe "
+        f"{s.random_probe:.3f} vs {s.probe:.3f}, within noise ±{noise:.3f}); compare with scratch before trusting the "
+        f"pretrained model"]
     if similar and strong:
         cell = ("head_only", "full") if not much else ("full", "head_only")
         why = ("the frozen features already separate the classes and there is little data to move the layers with: "
@@ -151,7 +152,7 @@ def _runner_up_why(runner_up: str, strategy: str) -> str:
     return {
         "full": "every layer fine-tuned: what the advice would be with more data or a closer domain",
         "head_only": "the frozen features with a new head: nearly free, and strong on these features",
-        "discriminative": "every layer fine-tuned, the lower ones slower: the safer choice when the data is not much",
+        "discriminative": "every layer fine-tuned, the lower groups at lower LRs (the bottom at a tenth of the top's)",
         "lora": "low-rank updates: most of a fine-tune's gain in a fraction of its memory",
         "prompt": "virtual tokens only: the lightest method, close to LoRA on large models",
     }.get(runner_up, f"the next best after {strategy}")
