@@ -66,8 +66,10 @@ def _evidence(rows: list[dict[str, Any]]) -> list[str]:
                 xs.append(r["depth"])
                 ys.append(value)
         if series:
+            caption = (f"{label[0].upper()}{label[1:]} of each layer group's frozen features, pretrained and at "
+                       f"random initialisation, one line per pooling.")
             charts.append(figure(line_chart(series, xlabel="layer group (0: nearest the input)", ylabel=label),
-                                 f"{label.capitalize()} of each layer group's frozen features."))
+                                 caption))
     groups = sorted({(r["depth"], r["group"]) for r in rows})
     body = "".join(
         f"<tr><td>{escape(r['source'])}{' <b>(the head reads it)</b>' if r['reads_head'] else ''}</td>"
