@@ -126,7 +126,7 @@ QUADRANTS = [
     (signals(300, 0.96, 0.70), "head_only", "full", "little data, similar domain"),
     (signals(300, 0.75, 0.60), "discriminative", "full", "little data, similar domain"),
     (signals(5000, 0.96, 0.70), "full", "head_only", "much data, similar domain"),
-    (signals(5000, 0.75, 0.60), "full", "discriminative", "much data, similar domain"),
+    (signals(5000, 0.75, 0.60), "discriminative", "full", "much data, similar domain"),
     (signals(300, 0.71, 0.70), "freeze", "full", "little data, different domain"),
     (signals(5000, 0.71, 0.70), "scratch", "full", "much data, different domain"),
     (signals(300, 0.60, 0.70), "freeze", "full", "little data, different domain"),  # random beats pretrained

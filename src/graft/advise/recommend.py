@@ -112,10 +112,11 @@ def recommend(s: Signals) -> Advice:
                "much data and a similar domain: fine-tune every layer; the frozen features are already strong, so "
                "head_only is the cheap runner-up")
     elif similar:
-        cell = ("discriminative", "full") if not much else ("full", "discriminative")
-        why = ("the features are relevant but leave much of the task unsolved: the top layers must move, and with "
-               "little data they should move most (discriminative LRs: the bottom group at a tenth of the top's)"
-               if not much else "much data and a similar domain: fine-tune every layer")
+        # With much data too: on MiniLM/rt-polarity sentences held out from every rule, discriminative LRs beat one
+        # LR for every layer in 3 of 4 runs (mean +1.5 points; README, "Discriminative learning rates").
+        cell = ("discriminative", "full")
+        why = ("the features are relevant but leave much of the task unsolved: every layer must move, the top ones "
+               "most (discriminative LRs: the bottom group at a tenth of the top's)")
     elif not much:
         cell = ("freeze", "full")
         why = (f"little data and a different domain: keep the early layers frozen and train the rest; "
