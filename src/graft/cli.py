@@ -197,6 +197,29 @@ def _strategies(names: str, variants: Path | None) -> list:
             if n]
 
 
+@app.command()
+def advise(
+    recipe: Annotated[Path, typer.Argument(help="The recipe YAML (its strategy section is not read).",
+                                           metavar="RECIPE.yaml")],
+    verify: Annotated[bool, typer.Option("--verify", help="Then run graft compare on the recommendation, the "
+                                         "runner-up and scratch, and say whether the advice held.")] = False,
+    output: Annotated[Path | None, typer.Option(help="The folder for advise.json and advise.html; default "
+                                                "advise-<name> beside output.dir.")] = None,
+    sample: Annotated[int | None, typer.Option(help="Training examples whose features are scored (validation: "
+                                               "half as many); default 1,000.")] = None,
+    set_: SetOption = None,
+) -> None:
+    """Recommend a strategy before training, with its reasons: data facts, frozen-feature evidence per layer
+    (LogME, an exact probe) against a random initialisation, and the quadrant it falls in."""
+    from graft.advise import advise as run
+    from graft.advise import format_advice
+
+    result = run(recipe, overrides=set_ or [], output=output, verify=verify, sample=sample,
+                 say=lambda line: print(line, file=sys.stderr))
+    print(format_advice(result))
+    print(f"advice: {Path(result['folder']) / 'advise.html'}")
+
+
 @app.command("lr-find")
 def lr_find(
     recipe: Annotated[Path, typer.Argument(help="The recipe YAML.", metavar="RECIPE.yaml")],
