@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from graft.errors import GraftError
 from graft.recipe import Recipe, load_recipe
+from graft.tasks import TASKS
 
 if TYPE_CHECKING:
     import torch
@@ -78,7 +79,8 @@ def reading_recipe(recipe: Recipe) -> Recipe:
     settings stay (a language model's LoRA is sized from them)."""
     tree = recipe.dump()
     kept = {k: v for k, v in tree["strategy"].items() if k in ("lora", "prompt")}
-    tree["strategy"] = {"name": "full" if recipe.task == "causal_lm" else "head_only", **kept}
+    frozen = "head_only" not in TASKS[recipe.task].refused_strategies
+    tree["strategy"] = {"name": "head_only" if frozen else "full", **kept}
     tree["output"]["trackers"] = []
     return load_recipe(tree)
 
