@@ -725,6 +725,7 @@ def serving(size: Size) -> dict[str, Any]:
                 "onnxruntime_int8": test_scores["onnx_int8"]["accuracy"]}
     for name in rows:
         rows[name]["test_accuracy"] = accuracy[name]
+    rows["onnxruntime_int8"]["same_labels_as_pytorch"] = test_scores["onnx_int8"]["same_labels_as_pytorch"]
 
     def speedup(name: str, n: int) -> float:
         return (rows[name][f"batch_{n}"]["examples_per_s"]["median"]

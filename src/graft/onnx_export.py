@@ -39,7 +39,7 @@ def export_onnx(run_dir: Path | str, output: Path | str, quantize: str | None = 
     get int8 weights (onnxruntime's dynamic quantization) and the test accuracy before and after is recorded. A LoRA
     or IA³ run is merged into its base first. Written beside `output`, then renamed."""
     from graft.evaluation.calibration import TEMPERATURE_FILE
-    from graft.models.onnx_graph import MODEL_FILE, OnnxModel, conv_share, model_bytes, quantize_int8, write_onnx
+    from graft.models.onnx_graph import MODEL_FILE, conv_share, write_onnx
     from graft.models.save import write_model_card
     from graft.rundir import MODEL_DIR, read_record, run_recipe
     from graft.tasks import get_task
@@ -67,19 +67,7 @@ def export_onnx(run_dir: Path | str, output: Path | str, quantize: str | None = 
         tmp.mkdir()
         graph = tmp / MODEL_FILE
         inputs = write_onnx(model, next(iter(loader)), graph)
-        reference, truth = _logits(model, loader)
-        fp32 = _logits(OnnxModel(graph), loader)[0]
-        check = _check(reference, fp32)
-        test = {"pytorch": _scores(reference, truth, run.labels), "onnx_fp32": _scores(fp32, truth, run.labels)}
-        megabytes = {"onnx_fp32": model_bytes(graph) / 2**20}
-        if quantize:
-            quantize_int8(graph, tmp / "int8.onnx")
-            (tmp / "int8.onnx").replace(graph)
-            int8 = _logits(OnnxModel(graph), loader)[0]
-            test["onnx_int8"] = {**_scores(int8, truth, run.labels),
-                                 "same_labels_as_pytorch": float((int8.argmax(1) == reference.argmax(1)).mean())}
-            test["accuracy_change"] = test["onnx_int8"]["accuracy"] - test["pytorch"]["accuracy"]
-            megabytes["onnx_int8"] = model_bytes(graph) / 2**20
+        measured = _measure(model, graph, loader, run.labels, quantize)
         if run.task.input_kind == "text":
             run.processor.save_pretrained(tmp)
         if (run_dir / MODEL_DIR / TEMPERATURE_FILE).is_file():
@@ -87,8 +75,7 @@ def export_onnx(run_dir: Path | str, output: Path | str, quantize: str | None = 
         write_json(tmp / EXPORT_FILE, {
             "format": "onnx", "precision": quantize or "fp32", "task": recipe.task, "labels": run.labels,
             "inputs": inputs, "outputs": ["logits"], "temperature": _temperature(run_dir),
-            "preprocessing": _preprocessing(run), "check": check, "test": test, "megabytes": megabytes,
-            "run": run_dir.resolve().name,
+            "preprocessing": _preprocessing(run), **measured, "run": run_dir.resolve().name,
             "recipe": record["recipe"]})
         write_model_card(tmp, record, output.resolve().name)
     return output
@@ -104,6 +91,42 @@ def _servable(run_dir: Path, run: TrainedRun) -> nn.Module:
     if is_peft_run(folder) and run.recipe.strategy.name in MERGEABLE:
         return merged_model(load_peft_run(folder), run_dir)
     return run.model
+
+
+def _measure(model: nn.Module, graph: Path, loader: DataLoader, labels: list[str],
+             quantize: str | None) -> dict[str, Any]:
+    """The graph against PyTorch on the test split (`check`: an error if it strays), each one's test scores (`test`),
+    and its size; with `quantize`, the graph is replaced by its int8 version and that is measured too."""
+    from graft.models.onnx_graph import OnnxModel, model_bytes
+
+    reference, truth = _logits(model, loader)
+    fp32 = _logits(OnnxModel(graph), loader)[0]
+    check = _check(reference, fp32)
+    test = {"pytorch": _scores(reference, truth, labels), "onnx_fp32": _scores(fp32, truth, labels)}
+    megabytes = {"onnx_fp32": model_bytes(graph) / 2**20}
+    if quantize:
+        _quantize_in_place(graph)
+        int8 = _logits(OnnxModel(graph), loader)[0]
+        test["onnx_int8"] = {**_scores(int8, truth, labels),
+                             "same_labels_as_pytorch": float((int8.argmax(1) == reference.argmax(1)).mean())}
+        test["accuracy_change"] = test["onnx_int8"]["accuracy"] - test["pytorch"]["accuracy"]
+        megabytes["onnx_int8"] = model_bytes(graph) / 2**20
+    return {"check": check, "test": test, "megabytes": megabytes}
+
+
+def _quantize_in_place(graph: Path) -> None:
+    """The int8 graph in the place of the fp32 one, built in a folder of its own: a graph names its weights file
+    (`model.onnx.data`, over 1.5 GB) by the name it was saved under."""
+    from graft.models.onnx_graph import quantize_int8
+
+    built = graph.parent / "int8"
+    built.mkdir()
+    quantize_int8(graph, built / graph.name)
+    for old in graph.parent.glob(f"{graph.name}*"):
+        old.unlink()
+    for new in built.iterdir():
+        new.replace(graph.parent / new.name)
+    built.rmdir()
 
 
 def _test_loader(run: TrainedRun) -> DataLoader:

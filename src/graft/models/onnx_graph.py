@@ -71,15 +71,16 @@ def conv_share(model: nn.Module) -> float:
 
 
 def quantize_int8(source: Path, target: Path) -> None:
-    """onnxruntime's dynamic quantization of the matrix products (MatMul, Gemm): int8 weights, activations scaled to
-    int8 per batch as they come; everything else stays fp32. Convolutions are left alone: onnxruntime's int8
-    convolution (ConvInteger) is slower than its fp32 one on CPU (measured 8× slower on a ResNet-20), and static
-    quantization needs calibration data."""
+    """onnxruntime's dynamic quantization of the matrix products (MatMul, Gemm): int8 weights, one scale per output
+    channel, activations scaled to int8 per batch as they come; everything else stays fp32. Per channel rather than
+    per tensor: on MiniLM fine-tuned on rt-polarity it changed 1.6% of the test labels against 4.4%, and ran about a
+    tenth slower. Convolutions are left alone: onnxruntime's int8 convolution (ConvInteger) is slower than its
+    fp32 one on a CPU (measured 8× slower on a ResNet-20), and static quantization needs calibration data."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with _quiet():
         quantize_dynamic(source, target, weight_type=QuantType.QInt8, op_types_to_quantize=list(QUANTIZED_OPS),
-                         use_external_data_format=(source.parent / f"{source.name}.data").exists())
+                         per_channel=True, use_external_data_format=(source.parent / f"{source.name}.data").exists())
 
 
 class OnnxModel(nn.Module):
