@@ -190,7 +190,11 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # the body is not read, so the connection cannot carry another request
             return self._send(413, {"error": f"request body: {length} bytes, at most {MAX_BODY}; send fewer inputs "
                                              f"per request"})
-        self._send(*self.server.answer(self.rfile.read(length)))
+        try:
+            status, body = self.server.answer(self.rfile.read(length))
+        except Exception as error:  # a bug must not leave the caller without an answer
+            status, body = 500, {"error": f"prediction failed: {_one_line(error)}"}
+        self._send(status, body)
 
     def _not_found(self) -> None:
         self._send(404, {"error": f"no {self.command} {self.path}; POST /predict {{\"inputs\": [...]}} or GET /health"})
@@ -257,7 +261,7 @@ def _data_url(url: str, i: int) -> Any:
         image = Image.open(io.BytesIO(base64.b64decode(payload, validate=True)))
         image.load()
         return image
-    except (ValueError, binascii.Error, UnidentifiedImageError, OSError) as error:
+    except (ValueError, binascii.Error, UnidentifiedImageError, Image.DecompressionBombError, OSError) as error:
         raise GraftError(f"input {i + 1}: a data: URL that is not a base64 image ({_one_line(error)}); send "
                          f"data:image/png;base64,... or a file path") from None
 
