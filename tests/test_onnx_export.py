@@ -20,7 +20,17 @@ from typer.testing import CliRunner
 
 import graft
 from graft.cli import app
-from tests.conftest import FILLER, PLAIN_NETS, error_of, image_recipe, make_images, make_texts, tiny_recipe, write_csv
+from tests.conftest import (
+    FILLER,
+    PLAIN_NETS,
+    error_of,
+    image_recipe,
+    make_images,
+    make_texts,
+    tiny_recipe,
+    trained_text_run,
+    write_csv,
+)
 
 TEXTS = [text for text, _ in make_texts(9, seed=31)]
 
@@ -47,11 +57,7 @@ def run_snippet(folder: Path, monkeypatch) -> str:
 
 @pytest.fixture(scope="module")
 def text_run(tiny_bert, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("onnx-text")
-    train = write_csv(root / "train.csv", make_texts(90, seed=1))
-    record = graft.train(tiny_recipe(tiny_bert, train, root / "run", train={"epochs": 2}))
-    assert record["status"] == "completed"
-    return root / "run"
+    return trained_text_run(tiny_bert, tmp_path_factory.mktemp("onnx-text"))
 
 
 @pytest.fixture(scope="module")

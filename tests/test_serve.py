@@ -25,7 +25,7 @@ from PIL import Image
 import graft
 from graft.errors import GraftError
 from graft.serve import Batcher, make_server
-from tests.conftest import PLAIN_NETS, error_of, image_recipe, make_texts, tiny_recipe, write_csv
+from tests.conftest import PLAIN_NETS, error_of, image_recipe, make_texts, trained_text_run
 
 TEXTS = [text for text, _ in make_texts(24, seed=41)]
 
@@ -81,11 +81,7 @@ def same_rows(got: list[dict], expected: list[dict], key: str) -> None:
 
 @pytest.fixture(scope="module")
 def text_run(tiny_bert, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("serve-text")
-    train = write_csv(root / "train.csv", make_texts(90, seed=1))
-    record = graft.train(tiny_recipe(tiny_bert, train, root / "run", train={"epochs": 2}))
-    assert record["status"] == "completed"
-    return root / "run"
+    return trained_text_run(tiny_bert, tmp_path_factory.mktemp("serve-text"))
 
 
 @pytest.fixture(scope="module")
