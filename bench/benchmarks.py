@@ -7,10 +7,12 @@ import contextlib
 import cProfile
 import csv
 import io
+import json
 import math
 import os
 import pstats
 import random
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -678,6 +680,88 @@ def mc_dropout(size: Size) -> dict[str, Any]:
             "passes": rows, "target": "MC time <= 1.1x N single passes"}
 
 
+def serving(size: Size) -> dict[str, Any]:
+    """Prediction on the CPU at batch 1 and batch 32: the fine-tuned run's PyTorch model (fp32), its ONNX export run
+    by onnxruntime (fp32), and the int8 export, with each one's test accuracy beside it (from the exports' own
+    records: the run's test split, rt-polarity where present). The same tokenised batches for each, timed in turn
+    within each repeat so load on the machine falls on all three; throughput is examples per second over all the
+    batches, latency the median time of one batch."""
+    import graft
+    from graft.models.onnx_graph import MODEL_FILE, OnnxModel
+    from graft.tasks import text
+    from graft.trained import open_run
+
+    with tempfile.TemporaryDirectory() as tmp:
+        train, test, real = _real_or_synthetic(size, Path(tmp))
+        run = Path(tmp) / "run"
+        record = graft.train(_recipe(size, train, test, run))
+        exports = {q: graft.export(run, Path(tmp) / f"onnx-{q}", format="onnx", quantize=q) for q in (None, "int8")}
+        trained = open_run(run)
+        models = {"pytorch_fp32": trained.model.eval(), "onnxruntime_fp32": OnnxModel(exports[None] / MODEL_FILE),
+                  "onnxruntime_int8": OnnxModel(exports["int8"] / MODEL_FILE)}
+        meta = {q: json.loads((path / "export.json").read_text()) for q, path in exports.items()}
+        with open(test, newline="", encoding="utf-8") as f:
+            texts = [row["text"] for row in csv.DictReader(f)]
+        tokenized = text.tokenize(_dataset(texts), trained.processor, size.max_length)
+        batches = {n: list(text.eval_loader(tokenized, trained.processor, n))[: 4 * size.steps if n == 1 else None]
+                   for n in (1, 32)}
+        load = [os.getloadavg()[0]]
+        times: dict[str, dict[int, list[list[float]]]] = {m: {1: [], 32: []} for m in models}
+        with torch.inference_mode():
+            for model in models.values():  # warm each: thread pools, allocators, onnxruntime's first-run planning
+                model(**batches[32][0])
+            for _ in range(size.repeats):
+                for n, chunk in batches.items():
+                    for name, model in models.items():
+                        times[name][n].append(_batch_times(model, chunk))
+        load.append(os.getloadavg()[0])
+    examples = {n: sum(len(b["input_ids"]) for b in chunk) for n, chunk in batches.items()}
+    rows = {name: {f"batch_{n}": {"examples_per_s": spread([examples[n] / sum(t) for t in per]),
+                                  "latency_ms": spread([1000 * statistics.median(t) for t in per])}
+                   for n, per in by_batch.items()} for name, by_batch in times.items()}
+    test_scores = meta["int8"]["test"]
+    accuracy = {"pytorch_fp32": test_scores["pytorch"]["accuracy"],
+                "onnxruntime_fp32": test_scores["onnx_fp32"]["accuracy"],
+                "onnxruntime_int8": test_scores["onnx_int8"]["accuracy"]}
+    for name in rows:
+        rows[name]["test_accuracy"] = accuracy[name]
+    rows["onnxruntime_int8"]["same_labels_as_pytorch"] = test_scores["onnx_int8"]["same_labels_as_pytorch"]
+
+    def speedup(name: str, n: int) -> float:
+        return (rows[name][f"batch_{n}"]["examples_per_s"]["median"]
+                / rows["pytorch_fp32"][f"batch_{n}"]["examples_per_s"]["median"])
+
+    return {"setup": {"model": size.model, "data": "rt-polarity" if real else "synthetic", "n_train": size.n_train,
+                      "n_test": len(texts), "epochs": 1, "max_length": size.max_length,
+                      "examples_timed": {f"batch_{n}": e for n, e in examples.items()},
+                      "torch_threads": torch.get_num_threads(), "repeats": size.repeats,
+                      "train_s": record["timings"]["train_s"], "max_abs_diff_fp32": meta[None]["check"]["max_abs_diff"],
+                      "megabytes": meta["int8"]["megabytes"],
+                      "load_average_1min": {"before": load[0], "after": load[1]}},
+            **rows,
+            "speedup_vs_pytorch": {name: {f"batch_{n}": speedup(name, n) for n in (1, 32)} for name in rows
+                                   if name != "pytorch_fp32"},
+            "int8_accuracy_change": test_scores["accuracy_change"],
+            "target": "int8 ONNX >= 2x PyTorch fp32 throughput at batch 1, accuracy within one point"}
+
+
+def _batch_times(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]]) -> list[float]:
+    """Seconds for each batch's forward pass."""
+    out = []
+    for batch in batches:
+        started = time.perf_counter()
+        model(**batch)
+        out.append(time.perf_counter() - started)
+    return out
+
+
+def _dataset(texts: list[str]) -> Any:
+    import datasets
+
+    datasets.disable_progress_bars()
+    return datasets.Dataset.from_dict({"text": texts})
+
+
 BENCHMARKS: dict[str, Callable[[Size], dict[str, Any]]] = {
     "loop_overhead": loop_overhead,
     "mixed_precision": mixed_precision,
@@ -691,4 +775,5 @@ BENCHMARKS: dict[str, Callable[[Size], dict[str, Any]]] = {
     "matmul_limit": matmul_limit,
     "profile": profile,
     "mc_dropout": mc_dropout,
+    "serving": serving,
 }

@@ -119,6 +119,16 @@ def table() -> str:
         cells = "; ".join(f"N={n}: {s(v['ratio_mc_over_n_single'], '.2f')}×" for n, v in x["passes"].items())
         lines += [f"| MC dropout | prediction time, N batched passes ÷ N × one deterministic pass, "
                   f"{x['setup']['model']}, {x['setup']['examples']} sentences (target ≤ 1.1×) | {cells} |"]
+    if "serving" in r:
+        x = r["serving"]
+        cells = "; ".join(f"{k.replace('_', ' ')}: {x[k]['batch_1']['examples_per_s']['median']:.1f} / "
+                          f"{x[k]['batch_32']['examples_per_s']['median']:.1f}, accuracy {x[k]['test_accuracy']:.3f}"
+                          for k in ("pytorch_fp32", "onnxruntime_fp32", "onnxruntime_int8"))
+        int8 = x["onnxruntime_int8"]
+        lines += [f"| serving | CPU prediction, {x['setup']['model']}, examples/s at batch 1 / batch 32, test accuracy "
+                  f"(target: int8 ≥ 2× PyTorch fp32 at batch 1, within one point) | {cells}; int8 "
+                  f"{x['speedup_vs_pytorch']['onnxruntime_int8']['batch_1']:.1f}× at batch 1, "
+                  f"{1 - int8.get('same_labels_as_pytorch', 1):.1%} of labels changed |"]
     return "\n".join(lines) + "\n"
 
 

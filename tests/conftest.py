@@ -111,6 +111,16 @@ def tiny_recipe(model_dir: Path, train_file: Path, run_dir: Path, **sections: di
     return tree
 
 
+def trained_text_run(model_dir: Path, root: Path, **sections: dict) -> Path:
+    """`root`/run: the tiny BERT trained for 2 epochs on 90 texts (`sections` merge over the recipe)."""
+    import graft
+
+    train = write_csv(root / "train.csv", make_texts(90, seed=1))
+    record = graft.train(tiny_recipe(model_dir, train, root / "run", **{"train": {"epochs": 2}, **sections}))
+    assert record["status"] == "completed"
+    return root / "run"
+
+
 # Images: each class is a dominant colour under seeded noise, learnable by a tiny CNN in a few steps.
 COLOURS = {"blue": (40, 60, 200), "green": (50, 190, 60), "red": (200, 50, 40)}
 IMAGE_MEAN, IMAGE_STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]

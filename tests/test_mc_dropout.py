@@ -14,7 +14,6 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-import graft
 from graft.evaluation.mc_dropout import (
     ABSTAIN,
     abstain_rows,
@@ -30,7 +29,14 @@ from graft.evaluation.mc_dropout import (
 from graft.models.build import load_model
 from graft.models.plain import PlainClassifier
 from graft.recipe import DataSpec, HeadSpec, ModelSpec
-from tests.conftest import IMAGE_MEAN, IMAGE_STD, PLAIN_NETS, error_of, make_texts, tiny_recipe, write_csv
+from tests.conftest import (
+    IMAGE_MEAN,
+    IMAGE_STD,
+    PLAIN_NETS,
+    error_of,
+    make_texts,
+    trained_text_run,
+)
 
 
 class MaskEcho(nn.Module):
@@ -267,12 +273,7 @@ def test_gather_sees_each_batch_passes():
 
 @pytest.fixture(scope="module")
 def text_run(tiny_bert, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("mc-run")
-    train = write_csv(root / "train.csv", make_texts(90, seed=1))
-    record = graft.train(tiny_recipe(tiny_bert, train, root / "run", train={"epochs": 2},
-                                     model={"head": {"dropout": 0.2}}))
-    assert record["status"] == "completed"
-    return root / "run"
+    return trained_text_run(tiny_bert, tmp_path_factory.mktemp("mc-run"), model={"head": {"dropout": 0.2}})
 
 
 def test_rows_of_a_trained_run(text_run):

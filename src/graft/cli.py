@@ -142,11 +142,52 @@ def export(
     output: Annotated[Path, typer.Option(help="The folder to write (must not exist, or be empty).")],
     merge: Annotated[bool, typer.Option("--merge", help="Fold a LoRA / IA3 update into the base weights: a "
                                         "standalone model that plain transformers loads.")] = False,
+    format: Annotated[str | None, typer.Option(
+        "--format", help="onnx: an ONNX graph for onnxruntime (a LoRA / IA3 update merged), with its tokenizer or "
+        "image preprocessing, checked against PyTorch on the run's test split.", metavar="onnx")] = None,
+    quantize: Annotated[str | None, typer.Option(
+        "--quantize", help="With --format onnx: int8 weights for the matrix products; the test accuracy before and "
+        "after goes in export.json.", metavar="int8")] = None,
 ) -> None:
-    """A standalone copy of a run's final model, for serving elsewhere."""
+    """A standalone copy of a run's final model, or an ONNX graph of it, for serving elsewhere."""
     from graft.trained import export_run
 
-    print(f"exported to {export_run(run_dir, output, merge=merge)}", file=sys.stderr)
+    out = export_run(run_dir, output, merge=merge, format=format, quantize=quantize)
+    if format == "onnx":
+        _print_onnx_export(out)
+    print(f"exported to {out}", file=sys.stderr)
+
+
+def _print_onnx_export(folder: Path) -> None:
+    record = json.loads((folder / "export.json").read_text())
+    check, test = record["check"], record["test"]
+    print(f"checked on {check['examples']} test examples: ONNX Runtime fp32 within {check['max_abs_diff']:.2g} of "
+          f"PyTorch's logits", file=sys.stderr)
+    print("test accuracy: " + ", ".join(f"{name} {v['accuracy']:.4f}" for name, v in test.items()
+                                        if isinstance(v, dict)), file=sys.stderr)
+
+
+@app.command()
+def serve(
+    source: Annotated[Path, typer.Argument(help="A run directory (served with PyTorch), or an ONNX export from "
+                                                "`graft export --format onnx` (served with onnxruntime).",
+                                           metavar="RUN_DIR|EXPORT_DIR")],
+    port: Annotated[int, typer.Option(help="The port to listen on; 0 picks a free one.", min=0, max=65535)] = 8000,
+    host: Annotated[str, typer.Option(help="The address to listen on; 127.0.0.1 answers this machine only.")
+                    ] = "127.0.0.1",
+    max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="Inputs of concurrent requests run "
+                                           "together, up to this many per forward pass.")] = 32,
+    wait_ms: Annotated[float, typer.Option("--wait-ms", min=0.0, help="How long a request waits for others to "
+                                           "batch with, in milliseconds.")] = 5.0,
+    max_inputs: Annotated[int, typer.Option("--max-inputs", min=1, help="Inputs one request may send; more is "
+                                            "refused (413).")] = 256,
+) -> None:
+    """HTTP on localhost: POST /predict {"inputs": [...]} gives each input's label and probabilities, as
+    `graft predict` writes them; GET /health. Ctrl-C stops."""
+    from graft.serve import serve as run
+
+    run(source, host=host, port=port, max_batch=max_batch, wait_ms=wait_ms, max_inputs=max_inputs,
+        say=lambda line: print(line, file=sys.stderr, flush=True))
 
 
 @app.command()
@@ -197,6 +238,29 @@ def _strategies(names: str, variants: Path | None) -> list:
             if n]
 
 
+@app.command()
+def advise(
+    recipe: Annotated[Path, typer.Argument(help="The recipe YAML (its strategy section is not read).",
+                                           metavar="RECIPE.yaml")],
+    verify: Annotated[bool, typer.Option("--verify", help="Then run graft compare on the recommendation, the "
+                                         "runner-up and scratch, and say whether the advice held.")] = False,
+    output: Annotated[Path | None, typer.Option(help="The folder for advise.json and advise.html; default "
+                                                "advise-<name> beside output.dir.")] = None,
+    sample: Annotated[int | None, typer.Option(help="Training examples whose features are scored (validation: "
+                                               "half as many); default 1,000.")] = None,
+    set_: SetOption = None,
+) -> None:
+    """Recommend a strategy before training, with its reasons: data facts, frozen-feature evidence per layer
+    (LogME, an exact probe) against a random initialisation, and the quadrant it falls in."""
+    from graft.advise import advise as run
+    from graft.advise import format_advice
+
+    result = run(recipe, overrides=set_ or [], output=output, verify=verify, sample=sample,
+                 say=lambda line: print(line, file=sys.stderr))
+    print(format_advice(result))
+    print(f"advice: {Path(result['folder']) / 'advise.html'}")
+
+
 @app.command("lr-find")
 def lr_find(
     recipe: Annotated[Path, typer.Argument(help="The recipe YAML.", metavar="RECIPE.yaml")],
@@ -218,6 +282,36 @@ def lr_find(
     pick = found["suggestion"]
     print(f"pick: {pick:.3g} ({found['why']})" if pick is not None else f"no pick: {found['why']}")
     print(f"page: {write_lr_page(output, found, f'{recipe.name}: learning rate')}")
+
+
+@app.command()
+def inspect(
+    recipe: Annotated[Path, typer.Argument(help="The recipe YAML.", metavar="RECIPE.yaml")],
+    set_: SetOption = None,
+    fix: Annotated[Path | None, typer.Option(help="Write cleaned copies of the split files and fix_log.csv here "
+                                             "(a new or empty folder; the originals are never touched).",
+                                             metavar="OUT_DIR")] = None,
+    output: Annotated[Path | None, typer.Option(help="Where inspect.json and inspect.html go; default: "
+                                                "inspect-<name> beside output.dir.", metavar="DIR")] = None,
+    label_issues: Annotated[str, typer.Option(help="With --fix, likely mislabeled train/validation rows: relabel "
+                                              "(where the probe is at least 0.9 sure, else drop), drop, or keep.")
+                            ] = "relabel",
+    probe: Annotated[bool, typer.Option("--probe/--no-probe", help="Load the model for its frozen features: "
+                                        "label issues, semantic duplicates, outliers.")] = True,
+) -> None:
+    """Duplicates, conflicting labels, likely label errors, balance and odd inputs, each with its file and row."""
+    from graft.doctor import inspect as run
+
+    report = run(recipe, overrides=set_ or [], output=output, fix=fix, label_issues=label_issues, probe=probe)
+    for line in report["summary"]:
+        print(line)
+    print(f"report: {report['files']['json']}\npage: {report['files']['page']}")
+    if report.get("fix"):
+        done = report["fix"]
+        print(f"fix: dropped {done['dropped']} rows, relabelled {done['relabelled']} (why: {done['log']}); point "
+              f"the recipe at the cleaned files:")
+        for key, value in done["data"].items():
+            print(f"  data.{key}: {'null' if value is None else value}")
 
 
 @app.command()

@@ -16,6 +16,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from graft.doctor import check_data
 from graft.errors import GraftError
 from graft.recipe import Recipe, load_recipe
 from graft.rundir import (
@@ -75,6 +76,7 @@ def _train(accelerator: Accelerator, recipe: Recipe, resume: bool, overwrite: bo
     say = printer(accelerator)
     set_seed(recipe.train.seed)
     run = setup(recipe, say)
+    check_data(recipe, say)
     if prepare is not None:
         prepare(run)
     previous = claim_run_dir(accelerator, recipe, overwrite and not resume, resume)

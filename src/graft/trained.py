@@ -40,10 +40,13 @@ class TrainedRun:
 
 def open_run(run_dir: Path, raw: bool = False) -> TrainedRun:
     """A finished run's recipe, task, model, tokenizer or image input, class names and temperature (`raw`: 1, the
-    model's own probabilities; a run saved without one has 1 too)."""
+    model's own probabilities; a run saved without one has 1 too). An ONNX export opens as a run too."""
     from graft.evaluation.calibration import read_temperature
+    from graft.onnx_export import is_onnx_export, open_export
     from graft.strategy.peft import is_peft_run, load_peft_run
 
+    if is_onnx_export(run_dir):
+        return open_export(run_dir, raw)
     recipe = run_recipe(run_dir)
     task = get_task(recipe.task)
     check_model_files(run_dir)
@@ -115,7 +118,7 @@ def predict_run(run_dir: Path | str, source: str, output: Path | str | None = No
     if output is not None:
         check_output_file(Path(output))
     run = open_run(Path(run_dir), raw)
-    run.mc_passes = mc_dropout
+    _set_passes(run, mc_dropout)
     rows, columns = run.task.predict(run, source, lambda split: batches(run, split))
     rows = _abstain(rows, min_confidence)
     if output is not None:
@@ -149,7 +152,7 @@ class Predictor:
         _check_options(mc_dropout, min_confidence)
         self.run_dir = Path(run_dir)
         self._run = open_run(self.run_dir, raw)
-        self._run.mc_passes = mc_dropout
+        _set_passes(self._run, mc_dropout)
         self.min_confidence = min_confidence
         if batch_size is not None:
             self._run.recipe.train.eval_batch_size = batch_size
@@ -260,6 +263,15 @@ def _check_options(mc_dropout: int | None, min_confidence: float | None) -> None
         check_min_confidence(min_confidence)
 
 
+def _set_passes(run: TrainedRun, mc_dropout: int | None) -> None:
+    from graft.models.onnx_graph import OnnxModel
+
+    if mc_dropout is not None and isinstance(run.model, OnnxModel):
+        raise GraftError("--mc-dropout: an ONNX export's graph has no dropout to switch on; predict with the run "
+                         "directory it came from")
+    run.mc_passes = mc_dropout
+
+
 def _abstain(rows: list[dict[str, Any]], min_confidence: float | None) -> list[dict[str, Any]]:
     from graft.evaluation.mc_dropout import abstain_rows
 
@@ -271,7 +283,8 @@ def _abstain(rows: list[dict[str, Any]], min_confidence: float | None) -> list[d
     return abstain_rows(rows, min_confidence)
 
 
-def export_run(run_dir: Path | str, output: Path | str, *, merge: bool = False) -> Path:
+def export_run(run_dir: Path | str, output: Path | str, *, merge: bool = False, format: str | None = None,
+               quantize: str | None = None) -> Path:
     """A standalone copy of a run's final model at `output`: with `merge`, a PEFT run's update folded into the
     base weights (LoRA, IA³), so plain transformers (or graft's plain-module loader) serves it without peft.
     A full fine-tune's model is standalone already and is copied. Written beside `output`, then renamed.
@@ -279,17 +292,27 @@ def export_run(run_dir: Path | str, output: Path | str, *, merge: bool = False) 
     The folder holds no path of this machine: a plain module's factory file travels inside it as a copy, and a
     local base model, checkpoint or data file is named by its file name. Its files get the permissions the umask
     gives, and its model card (README.md) says what the folder holds and how to load it. A calibrated classifier's
-    temperature (calibration.json) travels with it."""
+    temperature (calibration.json) travels with it.
+
+    `format="onnx"`: an ONNX graph for onnxruntime instead, checked against PyTorch on the run's test split
+    (`graft.onnx_export`); `quantize="int8"` gives its matrix products int8 weights."""
     from graft.evaluation.calibration import TEMPERATURE_FILE
     from graft.models.save import write_model_card
     from graft.strategy.peft import is_peft_run
 
+    if format == "onnx":
+        from graft.onnx_export import export_onnx
+
+        return export_onnx(run_dir, output, quantize)
+    if format is not None or quantize is not None:
+        flag = f"--format {format}" if format is not None else f"--quantize {quantize}"
+        raise GraftError(f"{flag}: graft exports the model as it trained (no --format) or as ONNX (--format onnx, "
+                         f"which --quantize int8 takes)")
     run_dir, output = Path(run_dir), Path(output)
     source = run_dir / MODEL_DIR
     recipe = run_recipe(run_dir)  # a run directory, with its recipe
     check_model_files(run_dir)
-    if output.exists() and (not output.is_dir() or any(output.iterdir())):
-        raise GraftError(f"--output {output}: already exists and is not empty; choose another folder or remove it")
+    check_export_folder(output)
     record = {**read_record(run_dir), "recipe": recipe.dump()}
     with writing(output) as tmp:
         if merge and is_peft_run(source):
@@ -301,6 +324,12 @@ def export_run(run_dir: Path | str, output: Path | str, *, merge: bool = False) 
         _make_portable(tmp)
         write_model_card(tmp, record, output.resolve().name)
     return output
+
+
+def check_export_folder(output: Path) -> None:
+    """An export goes to a new folder, or an empty one: never over files."""
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise GraftError(f"--output {output}: already exists and is not empty; choose another folder or remove it")
 
 
 def _make_portable(folder: Path) -> None:
@@ -316,7 +345,7 @@ def _make_portable(folder: Path) -> None:
     if (folder / PEFT_META).is_file():
         meta = json.loads((folder / PEFT_META).read_text())
         meta["model"]["name"] = _carry_factory(meta["model"]["name"], folder)
-        write_json(folder / PEFT_META, _portable(meta))
+        write_json(folder / PEFT_META, portable(meta))
     adapter = folder / "adapter_config.json"  # peft's; it names the base model as it was loaded
     if adapter.is_file():
         config = json.loads(adapter.read_text())
@@ -339,14 +368,14 @@ def _carry_factory(name: str, folder: Path) -> str:
     return f"{source.name}:{function}"
 
 
-def _portable(value: Any) -> Any:
+def portable(value: Any) -> Any:
     """JSON data with every absolute path in it reduced to its name."""
     from graft.models.save import portable_name
 
     if isinstance(value, dict):
-        return {k: _portable(v) for k, v in value.items()}
+        return {k: portable(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_portable(v) for v in value]
+        return [portable(v) for v in value]
     if isinstance(value, str) and value.startswith(("/", "~")):
         return portable_name(value)
     return value

@@ -20,6 +20,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from graft.data.checks import Labelled, drop_duplicate_texts, format_rows, plural, require_column, shown, text_values
+from graft.data.review import apply_review
 from graft.data.splits import (
     SPLITS,
     check_class_sizes,
@@ -123,17 +124,18 @@ def _is_image(path: Path) -> bool:
 def load_image_splits(
     train: Path, validation: Path | None, test: Path | None, *, split: tuple[float, float, float], seed: int,
     image_column: str = "image", label_column: str = "label", leakage: str = "error", fmt: TableFormat = PLAIN,
+    review: Path | None = None,
 ) -> ImageSplits:
     """Find, check and split the user's image folders or lists (a glob reads several lists as one); `split` gives
     the (train, validation, test) fractions used to carve the splits that are neither given nor found next to
     `train`; an image file listed in two splits is leakage, handled as `leakage` says; `fmt` says how to read the
-    lists."""
+    lists; `review` is a file of a person's decisions (see `graft.data.review`)."""
     given = {key: Path(path) for key, path in zip(SPLITS, (train, validation, test), strict=True) if path is not None}
-    given, warnings = _find_siblings(given)
-    names = _display_names(given)
-    parts = {key: _labelled(path, names[key], f"data.{key}", image_column, label_column, fmt)
-             for key, path in given.items()}
-    _check_classes(parts, given)
+    read, given, warnings = read_image_files(given, image_column, label_column, fmt)
+    names = {key: part.name for key, part in read.items()}
+    parts, found = apply_review(read, review)
+    warnings += found
+    check_classes(parts, given)
     parts, found = remove_leakage(parts, leakage)
     warnings += found
     carve = {key: fraction for key, fraction in zip(SPLITS[1:], split[1:], strict=True) if key not in given}
@@ -151,6 +153,17 @@ def load_image_splits(
         sources=split_sources(names, given),
         warnings=warnings,
     )
+
+
+def read_image_files(given: dict[str, Path], image_column: str, label_column: str, fmt: TableFormat = PLAIN
+                     ) -> tuple[dict[str, Labelled], dict[str, Path], list[str]]:
+    """Each split's images and labels (split -> examples), the splits' folders or lists with those found next to a
+    `train` folder added, and what to say about the ones found."""
+    given, warnings = _find_siblings(given)
+    names = _display_names(given)
+    parts = {key: _labelled(path, names[key], f"data.{key}", image_column, label_column, fmt)
+             for key, path in given.items()}
+    return parts, given, warnings
 
 
 def labelled_images(source: Path, labels: list[str], image_column: str = "image",
@@ -273,7 +286,8 @@ def _resolve_listed(table: Path, name: str, listed: list[str], rows: list[int]) 
     return paths
 
 
-def _check_classes(parts: dict[str, Labelled], folders: dict[str, Path]) -> None:
+def check_classes(parts: dict[str, Labelled], folders: dict[str, Path]) -> None:
+    """Refuse a train split with one class, and validation/test classes that train lacks."""
     known = class_order(parts["train"].labels)
     if len(known) < 2:
         raise GraftError(

@@ -27,6 +27,7 @@ from graft.data.checks import (
     shown,
     unify_labels,
 )
+from graft.data.review import apply_review
 from graft.data.sources import locate_splits
 from graft.data.tables import PLAIN, Source, TableFormat, read_labelled, source_name
 from graft.errors import GraftError
@@ -62,15 +63,15 @@ def load_text_splits(
     leakage: str,
     normalize_labels: bool,
     fmt: TableFormat = PLAIN,
+    review: Path | None = None,
 ) -> TextSplits:
     """Read, check and split the user's files (globs, DatasetDicts and hub datasets too, see `graft.data.sources`);
     `split` gives the (train, validation, test) fractions used to carve the splits that are not given; `fmt` says
-    how to read text files."""
+    how to read text files; `review` is a file of a person's decisions (see `graft.data.review`)."""
     given, warnings = locate_splits(train, validation, test)
-    names = _display_names(given)
-    read = {key: read_labelled(path, names[key], text_column, label_column, fmt=fmt) for key, path in given.items()}
-    parts, found = _check_labels(read, normalize_labels)
-    warnings += found
+    read, found = apply_review(read_text_files(given, text_column, label_column, fmt), review)
+    parts, checked = check_labels(read, normalize_labels)
+    warnings += found + checked + [line for part in parts.values() for line in label_noise(part)]
     parts, found = remove_leakage(parts, leakage)
     warnings += found
     carve = {key: fraction for key, fraction in zip(SPLITS[1:], split[1:], strict=True) if key not in given}
@@ -82,9 +83,16 @@ def load_text_splits(
     return TextSplits(
         **{key: _to_dataset(parts[key], ids) for key in SPLITS},
         labels=labels,
-        sources=split_sources(names, given),
+        sources=split_sources({key: part.name for key, part in read.items()}, given),
         warnings=warnings,
     )
+
+
+def read_text_files(given: dict[str, Source], text_column: str, label_column: str,
+                    fmt: TableFormat = PLAIN) -> dict[str, Labelled]:
+    """Each given source's texts and labels (split -> examples), before any check across sources."""
+    names = _display_names(given)
+    return {key: read_labelled(path, names[key], text_column, label_column, fmt=fmt) for key, path in given.items()}
 
 
 def load_labelled_file(
@@ -162,11 +170,10 @@ def _percent(fraction: float) -> str:
     return f"{round(fraction * 100, 1):g}"
 
 
-def _check_labels(parts: dict[str, Labelled], normalize: bool) -> tuple[dict[str, Labelled], list[str]]:
+def check_labels(parts: dict[str, Labelled], normalize: bool) -> tuple[dict[str, Labelled], list[str]]:
+    """Labels spelt several ways unified (or refused), and validation/test labels that train lacks refused."""
     unified, warnings = unify_labels(list(parts.values()), normalize=normalize)
     parts = dict(zip(parts, unified, strict=True))
-    for part in parts.values():
-        warnings += label_noise(part)
     train = parts["train"]
     fix = f"fix or remove those rows, or add examples of the label to {train.name}"
     for key in (key for key in SPLITS[1:] if key in parts):

@@ -65,9 +65,9 @@ class TableFormat:
 
 PLAIN = TableFormat()
 """UTF-8 files whose first line is the header, separated as their suffix says."""
-WRITTEN = {"columns": None, "encoding": "utf-8", "delimiter": None}
-"""The data fields that read back the CSV files `write_csv` writes (runs that read them must not inherit a recipe's
-headerless or latin-1 format)."""
+WRITTEN = {"columns": None, "encoding": "utf-8", "delimiter": None, "review": None}
+"""The data fields that read back the CSV files graft writes (runs that read them must not inherit a recipe's
+headerless or latin-1 format, nor apply its data.review again: the rows written are the reviewed ones)."""
 
 
 class FileRow(int):

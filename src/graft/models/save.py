@@ -87,12 +87,12 @@ def model_card(folder: Path, record: dict[str, Any], where: str, run: str | None
     recipe, task = record["recipe"], get_task(record["recipe"]["task"])
     kind = model_kind(folder)
     base = hub_id(recipe["model"]["name"])
-    front: dict[str, Any] = {"library_name": {"plain": "graft", "peft": "peft"}.get(kind, "transformers"),
-                             "pipeline_tag": task.pipeline_tag}
+    library = {"plain": "graft", "peft": "peft", "onnx": "onnx"}.get(kind, "transformers")
+    front: dict[str, Any] = {"library_name": library, "pipeline_tag": task.pipeline_tag}
     if base is not None:
         front["base_model"] = base
     strategy = recipe["strategy"]["name"]
-    front["tags"] = ["graft", task.pipeline_tag, strategy, *(["peft"] if kind == "peft" else [])]
+    front["tags"] = ["graft", task.pipeline_tag, strategy, *([kind] if kind in ("peft", "onnx") else [])]
     title = Path(run or where).name
     parts = [f"---\n{yaml.safe_dump(front, sort_keys=False)}---", f"# {title}",
              f"{_what(record, task.input_kind)} Trained with graft (`strategy: {strategy}`).",
@@ -102,10 +102,14 @@ def model_card(folder: Path, record: dict[str, Any], where: str, run: str | None
 
 
 def model_kind(folder: Path) -> str:
-    """`peft` (graft_peft.json), `plain` (a factory-built module) or `transformers`."""
+    """`peft` (graft_peft.json), `plain` (a factory-built module), `onnx` (graft export --format onnx) or
+    `transformers`."""
     from graft.models.plain import is_plain_dir
+    from graft.onnx_export import is_onnx_export
     from graft.strategy.peft import is_peft_run
 
+    if is_onnx_export(folder):
+        return "onnx"
     return "peft" if is_peft_run(folder) else "plain" if is_plain_dir(folder) else "transformers"
 
 
@@ -231,6 +235,10 @@ def _outside_graft(folder: Path, record: dict[str, Any], task: Task, kind: str, 
     from graft.strategy.peft import MERGEABLE
 
     loads = f"`graft.models.build.load_trained(\"{where}\", \"{task.name}\", None)`"
+    if kind == "onnx":
+        from graft.onnx_export import onnx_usage
+
+        return onnx_usage(folder, task, where)
     if kind == "plain":
         factory = portable_name(record["recipe"]["model"]["name"])
         return [f"The network is built by `{factory}` with its head replaced (see `graft_model.json`); "

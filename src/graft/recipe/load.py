@@ -35,7 +35,7 @@ def load_recipe(source: Path | str | dict[str, Any], overrides: list[str] | tupl
     def folder(key: str) -> Path:
         return Path.cwd() if key in overridden else base
 
-    for name in DATA_PATHS:
+    for name in (*DATA_PATHS, "review"):
         value = getattr(recipe.data, name)
         if isinstance(value, Path):  # not a hub dataset (hf://owner/name)
             setattr(recipe.data, name, (folder(f"data.{name}") / value.expanduser()).absolute())

@@ -224,6 +224,12 @@ class DataSpec(Section):
     """Images listed in a CSV/JSON/Parquet file: the column of image paths (relative to that file's folder)."""
     bad_images: Literal["error", "skip"] = "error"
     """An unreadable or truncated image file: stop and list them, or leave them out and say how many."""
+    review: Path | None = None
+    """A CSV of a person's decisions on single examples (columns split, row, action: keep, drop or relabel, and
+    label), applied as the data is read; the page of `graft inspect` exports one."""
+    inspect: Literal["warn", "error", "off"] = "warn"
+    """The data doctor's quick checks at the start of `graft train` (duplicates, conflicting labels, near-empty
+    inputs, class balance): print a few lines (warn), stop the run when they find anything (error), or skip them."""
     augment: AugmentSpec = AugmentSpec()
 
     @field_validator("columns")

@@ -428,7 +428,7 @@ def _per_class(test: dict[str, Any]) -> str:
 def _mistakes(mistakes: list[dict[str, Any]], images: bool) -> str:
     rows = []
     for m in mistakes:
-        what = _thumbnail(m["input"]) if images else escape(_clip(m["input"], 300))
+        what = thumbnail(m["input"]) if images else escape(_clip(m["input"], 300))
         rows.append(f"<tr class='mistake'><td>{what}</td><td>{escape(m['label'])}</td><td>{escape(m['predicted'])}</td>"
                     f"<td class='n'>{m['confidence']:.3f}</td><td class='n'>{m['p_label']:.3f}</td></tr>")
     return ("<h2>Most confident mistakes on test</h2><p class='sub'>Up to three per true class, surest first: "
@@ -440,7 +440,7 @@ def _clip(text: str, n: int) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
-def _thumbnail(path: str) -> str:
+def thumbnail(path: str) -> str:
     """The image inline (64 px, PNG), so the report stays one file; its path when it cannot be read."""
     try:
         from PIL import Image

@@ -23,7 +23,7 @@ class ImageClassification(Classification):
     pipeline_tag = "image-classification"
     data_fields = frozenset({"image_column", "label_column", "image_size", "mean", "std", "bad_images",
                              "augment.crop_scale", "augment.crop_ratio", "augment.hflip", "augment.rotation",
-                             "augment.color_jitter", "augment.translate"})
+                             "augment.color_jitter", "augment.translate", "review", "inspect"})
     refused_strategies: ClassVar[dict[str, str]] = dict.fromkeys(("prompt", "ptuning", "prefix"), VIRTUAL_TOKENS)
     input_kind = "image"
     takes_plain_modules = True
@@ -62,7 +62,7 @@ class ImageClassification(Classification):
         d = recipe.data
         return load_image_splits(d.train, d.validation, d.test, split=d.split, seed=recipe.train.seed,
                                  image_column=d.image_column, label_column=d.label_column, leakage=d.leakage,
-                                 fmt=TableFormat.of(d))
+                                 fmt=TableFormat.of(d), review=d.review)
 
     def read_labelled(self, recipe: Recipe, path: Path, labels: list[str]) -> Any:
         from graft.data.images import labelled_images
@@ -78,7 +78,7 @@ class ImageClassification(Classification):
         d = recipe.data
         splits = load_image_splits(d.train, None, None, split=(1.0, 0.0, 0.0), seed=recipe.train.seed,
                                    image_column=d.image_column, label_column=d.label_column, leakage=d.leakage,
-                                   fmt=TableFormat.of(d))
+                                   fmt=TableFormat.of(d), review=d.review)
         return self.rows(splits.train, splits.labels)
 
     def read_unlabelled(self, recipe: Recipe, source: str) -> tuple[list[str], Any]:

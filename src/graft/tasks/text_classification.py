@@ -21,7 +21,7 @@ class TextClassification(Classification):
     pipeline_tag = "text-classification"
     data_fields = frozenset({"text_column", "label_column", "normalize_labels", "group_by_length", "augment.swap",
                              "augment.delete", "augment.insert", "augment.synonym", "augment.synonym_neighbours",
-                             "augment.synonym_similarity"})
+                             "augment.synonym_similarity", "review", "inspect"})
     peft_task_type = "SEQ_CLS"
     input_kind = "text"
     hf_auto_class = "AutoModelForSequenceClassification"
@@ -52,7 +52,7 @@ class TextClassification(Classification):
         d = recipe.data
         return load_text_splits(d.train, d.validation, d.test, text_column=d.text_column, label_column=d.label_column,
                                 split=d.split, seed=recipe.train.seed, leakage=d.leakage,
-                                normalize_labels=d.normalize_labels, fmt=TableFormat.of(d))
+                                normalize_labels=d.normalize_labels, fmt=TableFormat.of(d), review=d.review)
 
     def read_labelled(self, recipe: Recipe, path: Path, labels: list[str]) -> Any:
         from graft.data import load_labelled_file
@@ -64,12 +64,14 @@ class TextClassification(Classification):
 
     def read_examples(self, recipe: Recipe) -> list[tuple[str, str]]:
         from graft.data.checks import drop_duplicate_texts
+        from graft.data.review import apply_review
         from graft.data.sources import locate_splits
         from graft.data.tables import TableFormat, read_labelled, source_name
 
         d = recipe.data
         train = locate_splits(d.train, None, None)[0]["train"]
         part = read_labelled(train, source_name(train), d.text_column, d.label_column, fmt=TableFormat.of(d))
+        part = apply_review({"train": part}, d.review)[0]["train"]
         part, _ = drop_duplicate_texts(part)  # a text in two folds would be leakage
         return list(zip(part.texts, part.labels, strict=True))
 
