@@ -693,7 +693,7 @@ class Recipe(Section):
         if self.retention.guard and self.strategy.name == "head_only":
             raise ValueError("retention.guard: strategy head_only trains no pretrained weight, so nothing can be "
                              "forgotten; set retention.guard: none (retention is still measured)")
-        if "ewc" in self.retention.guard and self.task == "causal_lm":
+        if "ewc" in self.retention.guard and TASKS[self.task].input_kind is None:  # a language model
             raise ValueError("retention.guard: ewc's Fisher information is exact over a classifier's classes; over a "
                              "language model's vocabulary it is out of reach: use l2sp, distill or replay")
         if "replay" in self.retention.guard and self.train.batch_size < 2:
