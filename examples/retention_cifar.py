@@ -19,17 +19,17 @@ and retention side by side.
 
 from __future__ import annotations
 
-import csv
 import statistics
 import sys
 from pathlib import Path
+
+from strategies_cifar_transfer import write_list  # beside this script
 
 import graft
 from graft.compare import format_table
 
 HERE = Path(__file__).resolve().parent
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-VEHICLES = {"airplane", "automobile", "ship", "truck"}
 STRATEGIES = [
     {"label": "full", "strategy": {"name": "full"}},
     # The head at the base LR (two_phase's default 10x would put it at 1.0), the body joining after one epoch.
@@ -39,14 +39,6 @@ STRATEGIES = [
       for guard in ("distill", "replay", "l2sp", "ewc")),
     {"label": "full+freeze_bn", "strategy": {"name": "full"}, "retention": {"freeze_bn": True}},
 ]
-
-
-def write_list(folder: Path, path: Path) -> Path:
-    rows = [(str(image.resolve()), "vehicle" if image.parent.name in VEHICLES else "animal")
-            for image in sorted(folder.glob("*/*.jpg"))]
-    with path.open("w", newline="", encoding="utf-8") as f:
-        csv.writer(f).writerows([("image", "label"), *rows])
-    return path
 
 
 def main(shared: Path, out: Path, seeds: int = 3, only: list[str] | None = None, epochs: int = 5) -> dict:
