@@ -95,10 +95,16 @@ def test_defaults_example_reproduces_the_vehicle_table_at_a_small_size(tmp_path)
 
 
 def load_example(name: str):
-    """An example script under examples/, imported as a module (its `main` is what a user runs)."""
+    """An example script under examples/, imported as a module (its `main` is what a user runs), with its folder on
+    the path as `python examples/NAME.py` has it, so the scripts beside it import."""
     import importlib.util
+    import sys
 
     spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
     example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        spec.loader.exec_module(example)
+    finally:
+        sys.path.remove(str(EXAMPLES))
     return example
