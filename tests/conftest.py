@@ -202,3 +202,13 @@ def image_recipe(model: dict, train_dir: Path, run_dir: Path, **sections: dict) 
     for key, value in sections.items():
         tree[key] = {**tree.get(key, {}), **value}
     return tree
+
+
+def trained_image_run(image_folder: Path, checkpoint: Path, root: Path, epochs: int) -> Path:
+    """`root`/run: the plain small CNN fine-tuned on the colour folders for `epochs` epochs."""
+    import graft
+
+    model = {"name": f"{PLAIN_NETS}:small_cnn", "checkpoint": str(checkpoint)}
+    record = graft.train(image_recipe(model, image_folder, root / "run", train={"epochs": epochs}))
+    assert record["status"] == "completed"
+    return root / "run"

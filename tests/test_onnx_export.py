@@ -22,12 +22,11 @@ import graft
 from graft.cli import app
 from tests.conftest import (
     FILLER,
-    PLAIN_NETS,
     error_of,
-    image_recipe,
     make_images,
     make_texts,
     tiny_recipe,
+    trained_image_run,
     trained_text_run,
     write_csv,
 )
@@ -157,11 +156,7 @@ def test_a_lora_run_is_merged_into_its_base(tiny_bert, tmp_path):
 
 @pytest.fixture(scope="module")
 def image_run(tmp_path_factory, image_folder, plain_checkpoint) -> Path:
-    root = tmp_path_factory.mktemp("onnx-image")
-    model = {"name": f"{PLAIN_NETS}:small_cnn", "checkpoint": str(plain_checkpoint)}
-    record = graft.train(image_recipe(model, image_folder, root / "run", train={"epochs": 1}))
-    assert record["status"] == "completed"
-    return root / "run"
+    return trained_image_run(image_folder, plain_checkpoint, tmp_path_factory.mktemp("onnx-image"), epochs=1)
 
 
 def test_an_image_export_carries_its_preprocessing(image_run, tmp_path, monkeypatch):

@@ -14,7 +14,14 @@ from typer.testing import CliRunner
 
 import graft
 from graft.cli import app
-from tests.conftest import PLAIN_NETS, error_of, image_recipe, make_images, make_texts, tiny_recipe, write_csv
+from tests.conftest import (
+    error_of,
+    make_images,
+    make_texts,
+    tiny_recipe,
+    trained_image_run,
+    write_csv,
+)
 
 TEXTS = [text for text, _ in make_texts(13, seed=21)]
 
@@ -97,11 +104,7 @@ def test_a_string_that_is_no_file_says_to_pass_a_list(text_runs):
 
 @pytest.fixture(scope="module")
 def image_run(tmp_path_factory, image_folder, plain_checkpoint) -> Path:
-    root = tmp_path_factory.mktemp("predictor-image")
-    model = {"name": f"{PLAIN_NETS}:small_cnn", "checkpoint": str(plain_checkpoint)}
-    record = graft.train(image_recipe(model, image_folder, root / "run", train={"epochs": 2}))
-    assert record["status"] == "completed"
-    return root / "run"
+    return trained_image_run(image_folder, plain_checkpoint, tmp_path_factory.mktemp("predictor-image"), epochs=2)
 
 
 def test_image_predictions_equal_graft_predict_on_a_folder(image_run, tmp_path):

@@ -25,7 +25,7 @@ from PIL import Image
 import graft
 from graft.errors import GraftError
 from graft.serve import Batcher, make_server
-from tests.conftest import PLAIN_NETS, error_of, image_recipe, make_texts, trained_text_run
+from tests.conftest import error_of, make_texts, trained_image_run, trained_text_run
 
 TEXTS = [text for text, _ in make_texts(24, seed=41)]
 
@@ -206,11 +206,7 @@ def test_errors_are_one_line_of_json(sources, monkeypatch):
 
 @pytest.fixture(scope="module")
 def image_run(tmp_path_factory, image_folder, plain_checkpoint) -> Path:
-    root = tmp_path_factory.mktemp("serve-image")
-    model = {"name": f"{PLAIN_NETS}:small_cnn", "checkpoint": str(plain_checkpoint)}
-    record = graft.train(image_recipe(model, image_folder, root / "run", train={"epochs": 1}))
-    assert record["status"] == "completed"
-    return root / "run"
+    return trained_image_run(image_folder, plain_checkpoint, tmp_path_factory.mktemp("serve-image"), epochs=1)
 
 
 def test_images_come_as_paths_or_data_urls(image_run, image_folder):
