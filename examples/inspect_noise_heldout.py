@@ -1,6 +1,6 @@
 """How well does `graft inspect` find wrong labels? A corpus with a share of its training labels flipped.
 
-    .venv/bin/python examples/inspect_noise_heldout.py [SHARED_DATA_DIR] [OUTPUT_DIR] [ROWS] [detect|train]
+    .venv/bin/python examples/inspect_noise_heldout.py [SHARED_DATA_DIR] [OUTPUT_DIR] [ROWS] [detect|train|ceiling]
                                                        [rt-polarity|intents] [SEEDS]
 
 rt-polarity (the default): its first ROWS sentences (shuffled with seed 0, as the other held-out scripts cut them;
@@ -11,7 +11,9 @@ train and test; 10% and then 20% of the train labels are flipped to another clas
 the recall and precision of the rows confident learning flags, precision and recall at k = the number flipped (the
 top k of the ranking by self-confidence), and points of the precision-recall curve along the ranking. `train`
 (slow) also trains `head_only` and `full` on the noisy file, on `graft inspect --fix`'s cleaned copy, and on the
-clean labels, and prints their test accuracy: does cleaning pay?
+clean labels, and prints their test accuracy: does cleaning pay? `ceiling` asks what these features could find at
+best: the same probe fitted (out of fold) on the CLEAN labels ranks the noisy ones by the probability it gives them,
+so no noise is learned; its precision at k bounds what any probe on these features reaches.
 """
 
 from __future__ import annotations
@@ -96,6 +98,9 @@ def main(shared: Path, out: Path, rows: int = 10_000, parts: str = "detect", cor
         result = {"rate": rate, "seed": seed, "rows": len(train), "seconds": round(time.perf_counter() - started, 1),
                   **detection(report, flips)}
         print(json.dumps(result), flush=True)
+        if "ceiling" in parts:
+            result["ceiling_at_k"] = ceiling(recipe(noisy_file, test_file, out, name), train, noisy, flips)
+            print(json.dumps({"rate": rate, "seed": seed, "ceiling_at_k": result["ceiling_at_k"]}), flush=True)
         if "train" in parts:
             result["accuracy"] = {}
             for strategy in ("head_only", "full"):
@@ -110,6 +115,26 @@ def main(shared: Path, out: Path, rows: int = 10_000, parts: str = "detect", cor
     return results
 
 
+def ceiling(noisy_recipe: dict, clean: list[tuple[str, str]], noisy: list[tuple[str, str]], flips: set[int]) -> float:
+    """Precision at k = #flipped of the noisy labels ranked by a probe fitted out of fold on the clean ones: the
+    ranking's bound on these features (see the module's docstring)."""
+    import numpy as np
+
+    from graft.doctor.examples import read_examples
+    from graft.doctor.features import frozen_features
+    from graft.doctor.labels import probe_probabilities
+    from graft.recipe import load_recipe
+
+    examples = read_examples(load_recipe(noisy_recipe))
+    features, _ = frozen_features(load_recipe(noisy_recipe), examples)
+    ids = {c: i for i, c in enumerate(examples.classes)}
+    truth = np.array([ids[label] for _, label in clean])
+    given = np.array([ids[label] for _, label in noisy])
+    probs = probe_probabilities({"train": features[:len(clean)]}, {"train": truth}, len(ids)).probs["train"]
+    ranking = np.argsort(probs[np.arange(len(given)), given], kind="stable")[:len(flips)] + 1
+    return round(len(set(ranking.tolist()) & flips) / len(flips), 3)
+
+
 def summary(corpus_name: str, rate: float, results: list[dict]) -> str:
     """One line: the means over seeds."""
     def mean(get: Callable[[dict], float]) -> float:
@@ -119,7 +144,9 @@ def summary(corpus_name: str, rate: float, results: list[dict]) -> str:
             f"{len(results)} seed(s): flagged {mean(lambda r: r['flagged']):.0f} at precision "
             f"{mean(lambda r: r['flagged_precision']):.3f}, recall {mean(lambda r: r['flagged_recall']):.3f}; at k = "
             f"flipped: precision {mean(lambda r: r['at_k']['precision']):.3f}; probe agreement "
-            f"{mean(lambda r: r['probe']['agreement']['train']):.3f}; inspect took "
+            f"{mean(lambda r: r['probe']['agreement']['train']):.3f}"
+            + (f"; ceiling at k {mean(lambda r: r['ceiling_at_k']):.3f}" if "ceiling_at_k" in results[0] else "")
+            + f"; inspect took "
             f"{mean(lambda r: r['seconds']):.0f} s")
 
 
