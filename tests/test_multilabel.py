@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import random
 from pathlib import Path
 
 import numpy as np
@@ -16,26 +15,9 @@ import graft
 from graft.data.multilabel import LabelFormat, load_multilabel_splits, read_label_sets
 from graft.evaluation.multilabel import multilabel_metrics, read_thresholds, tune_thresholds
 from graft.recipe import load_recipe
-from tests.conftest import FILLER, KEYWORDS, error_of, tiny_recipe
+from tests.conftest import KEYWORDS, error_of, make_label_sets, tiny_recipe
 
 LABELS = tuple(KEYWORDS)
-
-
-def make_sets(n: int, seed: int) -> list[tuple[str, str]]:
-    """`n` distinct texts, each with every label's keywords at 40% (so some have none, some two or three), and
-    their label sets joined by commas."""
-    rng = random.Random(seed)
-    rows, seen = [], set()
-    while len(rows) < n:
-        labels = [label for label in LABELS if rng.random() < 0.4]
-        words = rng.choices(FILLER, k=rng.randint(2, 8))
-        words += [word for label in labels for word in rng.sample(KEYWORDS[label], 2)]
-        rng.shuffle(words)
-        text = " ".join(words)
-        if text not in seen:
-            seen.add(text)
-            rows.append((text, ",".join(labels)))
-    return rows
 
 
 def write(path: Path, header: tuple[str, ...], rows: list[tuple]) -> Path:
@@ -78,7 +60,7 @@ def test_a_zero_one_column_holding_something_else_is_one_line_with_row(tmp_path)
 
 
 def test_an_unknown_label_in_test_is_one_line_with_file_and_row(tmp_path):
-    train = write(tmp_path / "train.csv", ("text", "label"), make_sets(30, seed=1))
+    train = write(tmp_path / "train.csv", ("text", "label"), make_label_sets(30, seed=1))
     test = write(tmp_path / "test.csv", ("text", "label"), [("invoice", "billing"), ("parcel", "delivery,refunds")])
     message = error_of(load_multilabel_splits, train, None, test, text_column="text", labels=LabelFormat(),
                        split=(0.7, 0.15, 0.15), seed=0, leakage="error")
@@ -86,19 +68,19 @@ def test_an_unknown_label_in_test_is_one_line_with_file_and_row(tmp_path):
 
 
 def test_splits_hold_multi_hot_rows_in_label_order(tmp_path):
-    train = write(tmp_path / "train.csv", ("text", "label"), make_sets(60, seed=2))
+    train = write(tmp_path / "train.csv", ("text", "label"), make_label_sets(60, seed=2))
     splits = load_multilabel_splits(train, None, None, text_column="text", labels=LabelFormat(),
                                     split=(0.7, 0.15, 0.15), seed=0, leakage="error")
     assert splits.labels == sorted(LABELS)
     assert (len(splits.train), len(splits.validation), len(splits.test)) == (42, 9, 9)
-    rows = {text: labels for text, labels in make_sets(60, seed=2)}
+    rows = {text: labels for text, labels in make_label_sets(60, seed=2)}
     for text, hot in zip(splits.test["text"], splits.test["label"], strict=True):
         assert [name for name, bit in zip(splits.labels, hot, strict=True) if bit] == sorted(
             filter(None, rows[text].split(",")))
 
 
 def test_recipe_fields_belong_to_the_task(tmp_path):
-    train = write(tmp_path / "train.csv", ("text", "label"), make_sets(20, seed=3))
+    train = write(tmp_path / "train.csv", ("text", "label"), make_label_sets(20, seed=3))
     tree = tiny_recipe(tmp_path, train, tmp_path / "run", data={"label_columns": ["a"]})
     with pytest.raises(Exception, match="label_columns"):
         load_recipe(tree)
@@ -152,7 +134,7 @@ def test_a_damaged_thresholds_file_is_one_line(tmp_path):
 @pytest.fixture(scope="module")
 def trained(tiny_bert, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("multilabel")
-    train = write(root / "train.csv", ("text", "label"), make_sets(90, seed=4))
+    train = write(root / "train.csv", ("text", "label"), make_label_sets(90, seed=4))
     record = graft.train(multilabel_recipe(tiny_bert, train, root / "run", optim={"lr": 5e-3}))
     assert record["status"] == "completed"
     return root
@@ -177,7 +159,7 @@ def test_run_record_holds_metrics_at_half_and_tuned_and_the_thresholds(trained):
 
 
 def test_eval_uses_the_stored_thresholds(trained):
-    data = write(trained / "eval.csv", ("text", "label"), make_sets(30, seed=9))
+    data = write(trained / "eval.csv", ("text", "label"), make_label_sets(30, seed=9))
     metrics = graft.evaluate(trained / "run", data)
     assert metrics["thresholds"] == read_thresholds(trained / "run" / "model")
     assert metrics["per_label"]["billing"]["threshold"] == metrics["thresholds"]["billing"]
@@ -213,7 +195,8 @@ def test_compare_and_cross_validation_run_it(tiny_bert, tmp_path):
     from graft.compare import compare
     from graft.crossval import cross_validate
 
-    train = write(tmp_path / "train.csv", ("text", "tags"), [(t, s.replace(",", "|")) for t, s in make_sets(48, 6)])
+    piped = [(text, labels.replace(",", "|")) for text, labels in make_label_sets(48, 6)]
+    train = write(tmp_path / "train.csv", ("text", "tags"), piped)
     tree = multilabel_recipe(tiny_bert, train, tmp_path / "cmp", data={"label_column": "tags",
                                                                        "label_delimiter": "|"},
                              train={"epochs": 1}, eval={"metric": "hamming_loss"})

@@ -136,7 +136,7 @@ def predict_run(run_dir: Path | str, source: str, output: Path | str | None = No
 class Predictor:
     """A finished run, loaded once, that predicts on inputs held in memory:
 
-    - text classifiers: strings;
+    - text classifiers: strings (a multi-label run's rows give `labels`, the set, instead of `label` and `score`);
     - image classifiers: PIL images, uint8 arrays (height, width, 3) (a 4-d array is a batch) or image file paths;
     - language models: prompts (strings) or conversations (lists of {role, content}); answers are greedy.
 
