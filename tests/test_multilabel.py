@@ -207,3 +207,14 @@ def test_compare_and_cross_validation_run_it(tiny_bert, tmp_path):
     assert len(folds["cv"]["folds"]) == 2 and "f1_micro" in folds["cv"]["mean"]
     written = (tmp_path / "cv" / "folds" / "fold-0" / "test.csv").read_text()
     assert "|" not in written.split("\n", 1)[1]  # label sets written back joined by commas
+
+
+def test_cli_eval_prints_the_label_metrics_at_the_tuned_thresholds(trained):
+    from tests.e2e.test_cli import graft_cli
+
+    done = graft_cli("eval", str(trained / "run"), cwd=trained)
+    assert done.returncode == 0, done.stderr
+    first, header, *labels = done.stdout.strip().splitlines()
+    test = json.loads((trained / "run" / "run.json").read_text())["metrics"]["test"]
+    assert first.startswith(f"test: f1_micro {test['f1_micro']:.4f}") and "tuned thresholds" in first
+    assert "threshold" in header and sorted(line.split()[0] for line in labels) == sorted(LABELS)
