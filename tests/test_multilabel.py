@@ -218,3 +218,24 @@ def test_cli_eval_prints_the_label_metrics_at_the_tuned_thresholds(trained):
     test = json.loads((trained / "run" / "run.json").read_text())["metrics"]["test"]
     assert first.startswith(f"test: f1_micro {test['f1_micro']:.4f}") and "tuned thresholds" in first
     assert "threshold" in header and sorted(line.split()[0] for line in labels) == sorted(LABELS)
+
+
+def test_the_rt_example_labels_real_sentences_by_its_documented_rule():
+    """Reads ../shared/data/rt-polarity (real review sentences); skipped where it is absent."""
+    from tests.conftest import SHARED_DATA
+    from tests.e2e.test_real_resnet20 import load_example
+
+    if not (SHARED_DATA / "rt-polarity").is_dir():
+        pytest.skip(f"{SHARED_DATA / 'rt-polarity'} is absent here")
+    example = load_example("multilabel_rt")
+    rows = example.sentences(SHARED_DATA)
+    built = example.examples(rows[:200], 1)
+    polarity = dict(rows[:200])
+    assert sum(len(text) for text, _ in built) + len(built) > sum(len(s) for s, _ in rows[:200])  # pairs were joined
+    sizes = {len(labels.split(",")) for _, labels in built}
+    assert {1, 2} <= sizes
+    for text, labels in built:
+        found = set(labels.split(","))
+        assert ("question" in found) == ("?" in text) and ("exclaims" in found) == ("!" in text)
+        if text in polarity:  # one sentence: its own file's label only
+            assert found & {"pos", "neg"} == {polarity[text]}
