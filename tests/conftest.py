@@ -44,6 +44,23 @@ def make_texts(n: int, seed: int, labels: tuple[str, ...] = tuple(KEYWORDS)) -> 
     return rows
 
 
+def make_label_sets(n: int, seed: int) -> list[tuple[str, str]]:
+    """`n` distinct (text, label set) pairs for multi-label classification: each class of KEYWORDS is a label, its
+    keywords in the text at 40% (so some texts have none, some two or three); the set joined by commas."""
+    rng = random.Random(seed)
+    rows, seen = [], set()
+    while len(rows) < n:
+        labels = [label for label in KEYWORDS if rng.random() < 0.4]
+        words = rng.choices(FILLER, k=rng.randint(2, 8))
+        words += [word for label in labels for word in rng.sample(KEYWORDS[label], 2)]
+        rng.shuffle(words)
+        text = " ".join(words)
+        if text not in seen:
+            seen.add(text)
+            rows.append((text, ",".join(labels)))
+    return rows
+
+
 def write_csv(path: Path, rows: list[tuple[str, str]], header: tuple[str, str] = ("text", "label")) -> Path:
     with path.open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)

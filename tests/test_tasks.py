@@ -40,7 +40,7 @@ def test_no_module_outside_the_tasks_names_a_task():
             continue
         for i, line in enumerate(path.read_text().splitlines(), 1):
             default = "Literal[tuple(TASKS)]" in line  # the recipe's default task: a name it must say
-            if re.search(r"\btask (==|!=|in) |\"(text_classification|image_classification|causal_lm)\"", line) \
+            if re.search(rf"\btask (==|!=|in) |\"({'|'.join(TASKS)})\"", line) \
                     and not default:
                 found.append(f"{path.relative_to(SRC)}:{i}: {line.strip()}")
     assert found == []
@@ -63,13 +63,20 @@ def recipe(task: str, **sections: dict) -> dict:
     ("text_classification", {"data": {"augment": {"hflip": False}}}, "data.augment.hflip: text_classification does "
                                                                      "not read it (it is for image_classification)"),
     ("image_classification", {"data": {"augment": {"swap": 0.1}}}, "data.augment.swap: image_classification does "
-                                                                   "not read it (it is for text_classification)"),
+                                                                   "not read it (it is for text_classification"),
+    ("text_classification", {"data": {"label_delimiter": "|"}}, "data.label_delimiter: text_classification does not "
+                                                                "read it (it is for multilabel_classification)"),
+    ("multilabel_classification", {"data": {"normalize_labels": True}}, "data.normalize_labels: "
+                                                                        "multilabel_classification does not read it"),
+    ("multilabel_classification", {"eval": {"metric": "accuracy"}}, "eval.metric = 'accuracy': "
+                                                                    "multilabel_classification is scored by loss, "
+                                                                    "f1_micro"),
     ("causal_lm", {"data": {"augment": {"synonym": 0.1}}}, "data.augment.synonym: causal_lm does not read it"),
     ("text_classification", {"data": {"augment": {"delete": 0.1, "synonym_similarity": 0.7}}}, None),
     ("causal_lm", {"data": {"normalize_labels": True}}, "data.normalize_labels: causal_lm does not read it (it is for "
                                                         "text_classification)"),
     ("causal_lm", {"data": {"label_column": "y"}}, "data.label_column: causal_lm does not read it (it is for "
-                                                   "text_classification and image_classification)"),
+                                                   "text_classification and image_classification"),
     ("image_classification", {"strategy": {"name": "prompt"}}, "strategy.name = 'prompt': virtual tokens are for "
                                                                "text transformers"),
     ("causal_lm", {"strategy": {"name": "head_only"}}, "strategy.name = 'head_only': a causal LM keeps its "

@@ -363,6 +363,9 @@ def _print_metrics(m: dict, title: str = "test") -> None:
               f"{m['token_accuracy']:.4f}  (n={m['n']} examples, {m['tokens']} response tokens)")
         return
     auc = f"{m['roc_auc']:.4f}" if m.get("roc_auc") is not None else "n/a"
+    if "per_label" in m:  # a multi-label classifier, each label decided at its threshold
+        _print_label_metrics(m, title, auc)
+        return
     print(f"{title}: accuracy {m['accuracy']:.4f}  f1_macro {m['f1_macro']:.4f}  f1_weighted {m['f1_weighted']:.4f}  "
           f"roc_auc {auc}  loss {m['loss']:.4f}  (n={m['n']})")
     if m.get("ece") is not None:
@@ -376,6 +379,18 @@ def _print_metrics(m: dict, title: str = "test") -> None:
     print(f"  {'class':<{width}}  precision  recall  f1      support")
     for name, c in sorted(m["per_class"].items(), key=lambda kv: kv[1]["f1"]):
         print(f"  {name:<{width}}  {c['precision']:.4f}     {c['recall']:.4f}  {c['f1']:.4f}  {c['support']}")
+
+
+def _print_label_metrics(m: dict, title: str, auc: str) -> None:
+    ap = f"{m['average_precision']:.4f}" if m.get("average_precision") is not None else "n/a"
+    print(f"{title}: f1_micro {m['f1_micro']:.4f}  f1_macro {m['f1_macro']:.4f}  subset_accuracy "
+          f"{m['subset_accuracy']:.4f}  hamming_loss {m['hamming_loss']:.4f}  roc_auc {auc}  average_precision {ap}  "
+          f"loss {m['loss']:.4f}  (n={m['n']}; {'tuned' if m.get('thresholds') else '0.5'} thresholds)")
+    width = max(len(name) for name in m["per_label"])
+    print(f"  {'label':<{width}}  threshold  precision  recall  f1      support")
+    for name, c in sorted(m["per_label"].items(), key=lambda kv: kv[1]["f1"]):
+        print(f"  {name:<{width}}  {c['threshold']:.4f}     {c['precision']:.4f}     {c['recall']:.4f}  "
+              f"{c['f1']:.4f}  {c['support']}")
 
 
 def main() -> None:

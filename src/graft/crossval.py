@@ -24,8 +24,9 @@ from graft.tasks import get_task
 def cross_validate(recipe: Recipe | str | Path | dict[str, Any], k: int, *, overrides: list[str] | tuple = (),
                    overwrite: bool = False, hooks: list | None = None,
                    train: Callable[..., dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Train `recipe` on `k` stratified folds (with `train`, by default graft.train); write OUTPUT/run.json and
-    OUTPUT/report.html with mean ± std over the folds, and return that summary."""
+    """Train `recipe` on `k` folds (stratified by label for single-label tasks) with `train`, by default
+    graft.train; write OUTPUT/run.json and OUTPUT/report.html with mean ± std over the folds, and return that
+    summary."""
     from graft.recipe import load_recipe
 
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
@@ -44,7 +45,9 @@ def cross_validate(recipe: Recipe | str | Path | dict[str, Any], k: int, *, over
         raise GraftError(f"output.dir {out} already holds files that are not a cross-validation; choose another "
                          f"output.dir or pass --overwrite")
     examples, column = task.read_examples(recipe), task.input_kind
-    folds = _stratified_folds([label for _, label in examples], k, recipe.train.seed, recipe.data.train)
+    labels = [label for _, label in examples]
+    folds = (_stratified_folds(labels, k, recipe.train.seed, recipe.data.train) if task.single_label else
+             _plain_folds(len(labels), k, recipe.train.seed))
     records = []
     for i, test_rows in enumerate(folds):
         held_out = set(test_rows)
@@ -89,6 +92,17 @@ def _stratified_folds(labels: list[str], k: int, seed: int, source: Path) -> lis
     splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
     return [sorted(test.tolist()) for _, test in splitter.split(labels, labels)]
 
+
+
+def _plain_folds(n: int, k: int, seed: int) -> list[list[int]]:
+    """Shuffled folds that ignore the labels: a multi-label example's label set is too rare a class to stratify
+    by."""
+    from sklearn.model_selection import KFold
+
+    if n < k:
+        raise GraftError(f"--cv {k}: data.train has {n} examples; give fewer folds or more examples")
+    splitter = KFold(n_splits=k, shuffle=True, random_state=seed)
+    return [sorted(test.tolist()) for _, test in splitter.split(range(n))]
 
 
 def _summary(recipe: Recipe, k: int, records: list[dict[str, Any]]) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from graft.doctor import check_data
 from graft.errors import GraftError
+from graft.files import write_json
 from graft.recipe import Recipe, load_recipe
 from graft.rundir import (
     CKPT_DIR,
@@ -221,7 +222,7 @@ def prepare_run(accelerator: Accelerator, run: Setup, say: Callable[[str], None]
                   run.task.evaluate, run.task_loss, run.loss_terms, run.evaluations, None if head is None else model,
                   left_out)
     probe = None
-    if head is not None and recipe.strategy.probe == "exact" and not run.loss_terms:
+    if head is not None and recipe.strategy.probe == "exact" and not run.loss_terms and run.task.single_label:
         from graft.training.probe import probe_layer
 
         probe = probe_layer(list(head.head))
@@ -364,12 +365,16 @@ def finish(accelerator: Accelerator, run: Setup, fitted: Fitted, started: float)
     test_metrics, extras = run.task.test(accelerator, fitted.model, fitted.test_loader, run.splits, run.loaded,
                                          recipe)
     test_s = time.perf_counter() - test_started
+    beside = extras.pop("model_files", {})  # what the task keeps beside the weights (a multi-label run's thresholds)
     for hook in fitted.watchers:  # the trackers log the test metrics
         hook(event_for_test(state, test_metrics))
     save_final_model(accelerator, fitted.model, run.loaded, recipe, run.splits.labels, recipe.output.dir / MODEL_DIR,
                      run.attached)
     if "calibration" in extras and accelerator.is_main_process:  # a classifier's temperature, beside its weights
         write_temperature(recipe.output.dir / MODEL_DIR, extras["calibration"])
+    if accelerator.is_main_process:
+        for name, content in beside.items():
+            write_json(recipe.output.dir / MODEL_DIR / name, content)
     record.update(status="completed", stopped=state.stopped, best=best)
     record["metrics"] = {"test": test_metrics, "validation": _best_validation(state), "history": state.history,
                          **{e.name: e.final(accelerator, fitted.model, state.history) for e in run.evaluations}}

@@ -36,12 +36,15 @@ class TrainedRun:
     """What the logits are divided by before the softmax: the run's fitted temperature, 1 when raw or uncalibrated."""
     mc_passes: int | None = None
     """Predict with this many dropout passes (graft.evaluation.mc_dropout) rather than one deterministic pass."""
+    thresholds: dict[str, float] | None = None
+    """A multi-label run's decision threshold per label (tuned on validation, kept beside the weights); None: 0.5."""
 
 
 def open_run(run_dir: Path, raw: bool = False) -> TrainedRun:
     """A finished run's recipe, task, model, tokenizer or image input, class names and temperature (`raw`: 1, the
     model's own probabilities; a run saved without one has 1 too). An ONNX export opens as a run too."""
     from graft.evaluation.calibration import read_temperature
+    from graft.evaluation.multilabel import read_thresholds
     from graft.onnx_export import is_onnx_export, open_export
     from graft.strategy.peft import is_peft_run, load_peft_run
 
@@ -51,12 +54,14 @@ def open_run(run_dir: Path, raw: bool = False) -> TrainedRun:
     task = get_task(recipe.task)
     check_model_files(run_dir)
     temperature = 1.0 if raw else read_temperature(run_dir / MODEL_DIR)
+    thresholds = read_thresholds(run_dir / MODEL_DIR)
     if is_peft_run(run_dir / MODEL_DIR):
         rebuilt = load_peft_run(run_dir / MODEL_DIR)
         return TrainedRun(recipe, task, rebuilt.attached.model, rebuilt.processor, rebuilt.labels, rebuilt.input,
-                          temperature)
+                          temperature, thresholds=thresholds)
     trained = task.load_trained(run_dir / MODEL_DIR, recipe.data)
-    return TrainedRun(recipe, task, trained.model, trained.processor, trained.labels, trained.input, temperature)
+    return TrainedRun(recipe, task, trained.model, trained.processor, trained.labels, trained.input, temperature,
+                      thresholds=thresholds)
 
 
 def check_model_files(run_dir: Path) -> None:
@@ -99,7 +104,9 @@ def evaluate_run(run_dir: Path | str, data: Path | str | None = None, *, raw: bo
         split = run.task.load_splits(run.recipe).test
     else:
         split = run.task.read_labelled(run.recipe, Path(data), run.labels)
-    scaled = {"temperature": run.temperature} if run.temperature != 1.0 else {}  # only a classifier has one
+    scaled: dict[str, Any] = {"temperature": run.temperature} if run.temperature != 1.0 else {}  # a classifier's
+    if run.thresholds is not None:  # a multi-label run's
+        scaled["thresholds"] = run.thresholds
     return {**run.task.evaluate(*batches(run, split), run.labels, **scaled), **scaled}
 
 
@@ -129,7 +136,7 @@ def predict_run(run_dir: Path | str, source: str, output: Path | str | None = No
 class Predictor:
     """A finished run, loaded once, that predicts on inputs held in memory:
 
-    - text classifiers: strings;
+    - text classifiers: strings (a multi-label run's rows give `labels`, the set, instead of `label` and `score`);
     - image classifiers: PIL images, uint8 arrays (height, width, 3) (a 4-d array is a batch) or image file paths;
     - language models: prompts (strings) or conversations (lists of {role, content}); answers are greedy.
 
@@ -246,9 +253,10 @@ def write_rows(rows: list[dict[str, Any]], path: Path, columns: list[str]) -> No
 
 
 def _flat(row: dict[str, Any]) -> dict[str, Any]:
-    """A row for a CSV: `probabilities` and (MC dropout) `std` spread out as p_<label> and std_<label>."""
+    """A row for a CSV: `probabilities` and (MC dropout) `std` spread out as p_<label> and std_<label>; a list (a
+    multi-label row's `labels`) joined by commas."""
     spread = {"probabilities": "p_", "std": "std_"}
-    out = {k: v for k, v in row.items() if k not in spread}
+    out = {k: ",".join(map(str, v)) if isinstance(v, list) else v for k, v in row.items() if k not in spread}
     for key, prefix in spread.items():
         out.update({f"{prefix}{n}": v for n, v in row.get(key, {}).items()})
     return out
@@ -280,6 +288,9 @@ def _abstain(rows: list[dict[str, Any]], min_confidence: float | None) -> list[d
     if "probabilities" not in rows[0]:
         raise GraftError("--min-confidence: a language model's answers have no class probabilities to hold back; "
                          "leave it out")
+    if "label" not in rows[0]:
+        raise GraftError("--min-confidence: holds back a single answer below it; a multi-label run's labels are each "
+                         "decided at their own threshold (thresholds.json beside the weights): leave it out")
     return abstain_rows(rows, min_confidence)
 
 
@@ -297,6 +308,7 @@ def export_run(run_dir: Path | str, output: Path | str, *, merge: bool = False, 
     `format="onnx"`: an ONNX graph for onnxruntime instead, checked against PyTorch on the run's test split
     (`graft.onnx_export`); `quantize="int8"` gives its matrix products int8 weights."""
     from graft.evaluation.calibration import TEMPERATURE_FILE
+    from graft.evaluation.multilabel import THRESHOLDS_FILE
     from graft.models.save import write_model_card
     from graft.strategy.peft import is_peft_run
 
@@ -317,8 +329,9 @@ def export_run(run_dir: Path | str, output: Path | str, *, merge: bool = False, 
     with writing(output) as tmp:
         if merge and is_peft_run(source):
             _save_merged(source, run_dir, recipe, tmp)
-            if (source / TEMPERATURE_FILE).is_file():  # the probabilities' temperature travels with the weights
-                shutil.copyfile(source / TEMPERATURE_FILE, tmp / TEMPERATURE_FILE)
+            for beside in (TEMPERATURE_FILE, THRESHOLDS_FILE):  # how the outputs are read travels with the weights
+                if (source / beside).is_file():
+                    shutil.copyfile(source / beside, tmp / beside)
         else:
             shutil.copytree(source, tmp)
         _make_portable(tmp)

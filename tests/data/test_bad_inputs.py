@@ -58,7 +58,7 @@ def test_label_column_of_lists_is_refused(tmp_path: Path, write, shown: str) -> 
     path = write(tmp_path)
     message = error_of(read_labelled, path, path.name, "text", "tags")
     assert message.startswith(f"{path.name}: column 'tags' (data.label_column) holds lists ({shown})"), message
-    assert "one label" in message and "multi-label classification is not supported yet" in message
+    assert "one label" in message and "several labels per row: task: multilabel_classification" in message
 
 
 def test_label_column_of_structs_is_refused(tmp_path: Path) -> None:

@@ -10,16 +10,18 @@ from safetensors.torch import load_file
 
 import graft
 from graft.recipe import load_recipe
-from tests.conftest import PLAIN_NETS, image_recipe, make_texts, tiny_recipe, write_csv
+from tests.conftest import PLAIN_NETS, image_recipe, make_label_sets, make_texts, tiny_recipe, write_csv
 from tests.strategy.test_matrix import initial_state
 
 
 @pytest.fixture(scope="module")
 def recipes(tmp_path_factory, tiny_bert, tiny_resnet, image_folder, plain_checkpoint):
     texts = write_csv(tmp_path_factory.mktemp("text") / "train.csv", make_texts(60, seed=5))
+    sets = write_csv(tmp_path_factory.mktemp("sets") / "train.csv", make_label_sets(60, seed=5))
     cnn = {"name": f"{PLAIN_NETS}:small_cnn", "checkpoint": str(plain_checkpoint)}
     return {
         "tiny_bert": lambda run: tiny_recipe(tiny_bert, texts, run),  # its head has dropout: same RNG draws
+        "tiny_bert_multilabel": lambda run: {**tiny_recipe(tiny_bert, sets, run), "task": "multilabel_classification"},
         "hf_resnet": lambda run: image_recipe({"name": str(tiny_resnet)}, image_folder, run),
         "plain_cnn": lambda run: image_recipe(cnn, image_folder, run),
         "plain_cnn_declared_head": lambda run: image_recipe(
@@ -33,7 +35,8 @@ def _final_weights(run_dir) -> dict[str, torch.Tensor]:
     return load_file(str(model_dir / "model.safetensors"))
 
 
-@pytest.mark.parametrize("family", ["tiny_bert", "hf_resnet", "plain_cnn", "plain_cnn_declared_head"])
+@pytest.mark.parametrize("family", ["tiny_bert", "tiny_bert_multilabel", "hf_resnet", "plain_cnn",
+                                    "plain_cnn_declared_head"])
 def test_cached_and_uncached_head_training_agree(family, recipes, tmp_path):
     records, weights = {}, {}
     for cache in (True, False):
@@ -54,7 +57,8 @@ def test_cached_and_uncached_head_training_agree(family, recipes, tmp_path):
         torch.testing.assert_close(weights[True][key], weights[False][key], rtol=1e-4, atol=1e-5, msg=key)
     moved = [k for k in weights[True] if not torch.equal(weights[True][k], initial[k])]
     assert moved and all(k.startswith(("classifier", "fc")) for k in moved)  # the head trained, nothing else
-    for name in ("loss", "accuracy"):
+    scored = "f1_micro" if records[True]["recipe"]["task"] == "multilabel_classification" else "accuracy"
+    for name in ("loss", scored):
         assert records[True]["metrics"]["test"][name] == pytest.approx(records[False]["metrics"]["test"][name],
                                                                      rel=1e-4, abs=1e-5)
     train_loss = [[h["loss"] for h in r["metrics"]["history"] if h["split"] == "train"] for r in records.values()]

@@ -23,7 +23,16 @@ from graft.setup import load_splits
 from graft.strategy.peft import MERGEABLE, attach
 from graft.trained import batches, open_run
 from graft.training.checkpoint import weights_digest
-from tests.conftest import PLAIN_NETS, SPECIALS, build_tiny_bert, image_recipe, make_texts, tiny_recipe, write_csv
+from tests.conftest import (
+    PLAIN_NETS,
+    SPECIALS,
+    build_tiny_bert,
+    image_recipe,
+    make_label_sets,
+    make_texts,
+    tiny_recipe,
+    write_csv,
+)
 
 LOGIT_TOL = 1e-5
 """fp32 logits of the same weights computed through two code paths."""
@@ -32,6 +41,7 @@ MERGE_TOL = 1e-4
 
 CASES = {
     "lora-bert": ("bert", {"name": "lora", "lora": {"r": 4}}),
+    "lora-bert-multilabel": ("bert_multilabel", {"name": "lora", "lora": {"r": 4}}),
     "dora-bert": ("bert", {"name": "lora", "lora": {"r": 4, "use_dora": True}}),
     "rslora-bert": ("bert", {"name": "lora", "lora": {"r": 4, "use_rslora": True}}),
     "ia3-bert": ("bert", {"name": "ia3"}),
@@ -69,9 +79,12 @@ def recipes(tmp_path_factory, tiny_resnet, image_folder, plain_checkpoint):
     bert = build_tiny_bert(root / "bert", dropout=0.0)
     llama = build_tiny_llama(root / "llama", bert)
     texts = write_csv(root / "train.csv", make_texts(90, seed=7))
+    sets = write_csv(root / "sets.csv", make_label_sets(90, seed=7))
     cnn = {"name": f"{PLAIN_NETS}:small_cnn", "checkpoint": str(plain_checkpoint)}
     return {
         "bert": lambda run: tiny_recipe(bert, texts, run, optim={"lr": 5e-2}, train={"epochs": 6}),
+        "bert_multilabel": lambda run: {**tiny_recipe(bert, sets, run, optim={"lr": 5e-2}, train={"epochs": 6}),
+                                        "task": "multilabel_classification"},
         "llama": lambda run: tiny_recipe(llama, texts, run, optim={"lr": 5e-2}, train={"epochs": 6}),
         "resnet": lambda run: image_recipe({"name": str(tiny_resnet)}, image_folder, run, train={"epochs": 4}),
         "cnn": lambda run: image_recipe(cnn, image_folder, run, train={"epochs": 4}),

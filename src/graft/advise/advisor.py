@@ -46,6 +46,10 @@ def advise(recipe: Recipe | str | Path | dict[str, Any], *, overrides: tuple[str
 
     started = time.perf_counter()
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
+    task = TASKS[recipe.task]
+    if task.input_kind is not None and not task.single_label:
+        raise GraftError(f"graft advise: its probes score single-label classifiers and language models, not "
+                         f"{recipe.task}; compare strategies on it with graft compare")
     sample = SAMPLE if sample is None else sample
     if sample < 10:
         raise GraftError(f"--sample {sample}: at least 10 training examples")

@@ -65,9 +65,11 @@ class TableFormat:
 
 PLAIN = TableFormat()
 """UTF-8 files whose first line is the header, separated as their suffix says."""
-WRITTEN = {"columns": None, "encoding": "utf-8", "delimiter": None, "review": None}
+WRITTEN = {"columns": None, "encoding": "utf-8", "delimiter": None, "review": None, "label_columns": None,
+           "label_delimiter": ","}
 """The data fields that read back the CSV files graft writes (runs that read them must not inherit a recipe's
-headerless or latin-1 format, nor apply its data.review again: the rows written are the reviewed ones)."""
+headerless or latin-1 format, nor apply its data.review again: the rows written are the reviewed ones; a multi-label
+row's label set is written in one column, joined by commas)."""
 
 
 class FileRow(int):
@@ -438,7 +440,7 @@ def scalar_values(table: datasets.Dataset, column: str, name: str, field: str,
         what = f"{kind} (row {where}: {example if len(example) <= 60 else example[:60] + '…'})"
     fix = SCALAR_FIXES.get(field, f"set {field} to a column with one string per row, or write this one as strings")
     if kind == "lists" and field == "data.label_column":
-        fix += " (multi-label classification is not supported yet)"
+        fix += " (several labels per row: task: multilabel_classification)"
     raise GraftError(f"{name}: column {column!r} ({field}) holds {what}; {fix}")
 
 

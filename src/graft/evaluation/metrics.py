@@ -19,11 +19,23 @@ SCALAR_METRICS: tuple[str, ...] = (
     "ece",
     "nll",
     "brier",
+    "f1_micro",
+    "precision_micro",
+    "recall_micro",
+    "subset_accuracy",
+    "hamming_loss",
+    "average_precision",
 )
 LM_METRICS = ("loss", "perplexity", "token_accuracy")
 """What a causal language model is scored on (on response tokens)."""
 LM_ONLY_METRICS = ("perplexity", "token_accuracy")
-LOWER_IS_BETTER = ("loss", "perplexity", "ece", "nll", "brier")
+MULTILABEL_METRICS = ("loss", "f1_micro", "f1_macro", "f1_weighted", "precision_micro", "recall_micro",
+                      "precision_macro", "recall_macro", "precision_weighted", "recall_weighted", "subset_accuracy",
+                      "hamming_loss", "roc_auc", "average_precision")
+"""What a multi-label classifier is scored on (graft.evaluation.multilabel)."""
+MULTILABEL_ONLY_METRICS = ("f1_micro", "precision_micro", "recall_micro", "subset_accuracy", "hamming_loss",
+                           "average_precision")
+LOWER_IS_BETTER = ("loss", "perplexity", "ece", "nll", "brier", "hamming_loss")
 
 
 def metric_mode(name: str) -> str:

@@ -152,6 +152,8 @@ def _what(record: dict[str, Any], input_kind: str | None) -> str:
     if input_kind is None or not labels:
         return f"`{base}` fine-tuned to answer instructions."
     shown = ", ".join(f"`{n}`" for n in labels[:20]) + (f" and {len(labels) - 20} more" if len(labels) > 20 else "")
+    if "label_counts" in record["data"]:  # a multi-label run: any number of labels each
+        return f"`{base}` fine-tuned to tag {input_kind}s with any of {len(labels)} labels: {shown}."
     return f"`{base}` fine-tuned to classify {input_kind}s into {len(labels)} classes: {shown}."
 
 

@@ -189,6 +189,11 @@ class DataSpec(Section):
     test: DataSource | None = None
     text_column: str = "text"
     label_column: str = "label"
+    label_delimiter: str = ","
+    """Multi-label: what separates the labels of one row in data.label_column (`a,b` is two labels; an empty cell,
+    none)."""
+    label_columns: list[str] | None = None
+    """Multi-label: one 0/1 column per label (the column names are the labels), instead of data.label_column."""
     columns: list[str] | None = None
     """Headerless CSV/TSV files: the names of their columns in order (e.g. [text, label]); the first line is then a
     row of data. null: the first line is the header. JSON, Parquet and saved datasets name their own columns."""
@@ -241,6 +246,24 @@ class DataSpec(Section):
             repeated = next((name for name in v if v.count(name) > 1), None)
             if repeated is not None:
                 raise ValueError(f"names {repeated!r} twice; give each column its own name")
+        return v
+
+    @field_validator("label_columns")
+    @classmethod
+    def _labels_once(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None:
+            if not v or any(not name.strip() for name in v):
+                raise ValueError("must name the 0/1 column of every label, e.g. [sports, politics]")
+            repeated = next((name for name in v if v.count(name) > 1), None)
+            if repeated is not None:
+                raise ValueError(f"names {repeated!r} twice; give each label column once")
+        return v
+
+    @field_validator("label_delimiter")
+    @classmethod
+    def _some_delimiter(cls, v: str) -> str:
+        if not v or "\n" in v or "\r" in v:
+            raise ValueError('must be one or more characters other than a line break, e.g. "," or "|"')
         return v
 
     @field_validator("encoding")

@@ -58,6 +58,8 @@ def render(record: dict[str, Any], run_dir: Path) -> str:
         parts += _retention(metrics["retention"], history, record["recipe"]["eval"]["metric"])
     if test.get("confusion_matrix"):
         parts += _test_set(test, record["data"]["labels"])
+    if test.get("per_label"):
+        parts.append(_per_label(test["per_label"], record.get("thresholds") or {}))
     if record.get("calibration"):
         parts += _calibration(record["calibration"])
     if record.get("mistakes"):
@@ -100,7 +102,8 @@ def escape(value: Any) -> str:
 
 def _classes(record: dict[str, Any]) -> str:
     labels = record["data"].get("labels") or []
-    return f" · {len(labels)} classes" if labels else ""
+    noun = "labels" if "label_counts" in record["data"] else "classes"  # a multi-label run's: any number each
+    return f" · {len(labels)} {noun}" if labels else ""
 
 
 def _samples(record: dict[str, Any]) -> str:
@@ -126,7 +129,10 @@ def _sizes(record: dict[str, Any]) -> str:
 def _cards(test: dict[str, Any], record: dict[str, Any]) -> str:
     if not test:
         return "<p>No test metrics: the run did not finish.</p>"
-    items = [("test accuracy", test.get("accuracy")), ("macro F1", test.get("f1_macro")),
+    items = [("test accuracy", test.get("accuracy")), ("micro F1", test.get("f1_micro")),
+             ("macro F1", test.get("f1_macro")), ("subset accuracy (every label right)", test.get("subset_accuracy")),
+             ("Hamming loss (wrong label decisions)", test.get("hamming_loss")),
+             ("mean average precision", test.get("average_precision")),
              ("majority baseline: accuracy", test.get("baseline_accuracy")),
              ("majority baseline: macro F1", test.get("baseline_f1_macro")),
              ("ROC-AUC", test.get("roc_auc")), ("test loss", test.get("loss")),
@@ -423,6 +429,30 @@ def _per_class(test: dict[str, Any]) -> str:
         f"<td class='n'>{c['support']}</td></tr>" for name, c in rows)
     return ("<div><table><tr><th>class (worst F1 first)</th><th>precision</th><th>recall</th><th>F1</th>"
             f"<th>support</th></tr>{body}</table></div>")
+
+
+def _per_label(per_label: dict[str, Any], thresholds: dict[str, Any]) -> str:
+    """A multi-label run's labels, worst F1 first: each decided at its own threshold, with the ranking metrics that
+    no threshold changes; and what tuning the thresholds did to the test scores."""
+    def number(value: Any) -> str:
+        return "–" if value is None else f"{value:.3f}"
+
+    rows = sorted(per_label.items(), key=lambda kv: kv[1]["f1"])
+    body = "".join(
+        f"<tr class='{'low' if i == 0 and len(rows) > 1 else ''}'><td>{escape(name)}</td>"
+        + "".join(f"<td class='n'>{number(c[k])}</td>" for k in ("threshold", "precision", "recall", "f1", "roc_auc",
+                                                                  "average_precision"))
+        + f"<td class='n'>{c['support']}</td></tr>" for i, (name, c) in enumerate(rows))
+    test = thresholds.get("test") or {}
+    words = ""
+    if test:
+        half, tuned = test["at_0.5"], test["tuned"]
+        words = (f"<p class='sub'>Thresholds tuned on validation (each label's F1 maximised): test micro-F1 "
+                 f"{half['f1_micro']:.3f} at 0.5 → {tuned['f1_micro']:.3f} tuned, macro-F1 {half['f1_macro']:.3f} → "
+                 f"{tuned['f1_macro']:.3f}.</p>")
+    return ("<h2>Labels on test</h2>" + words + "<table><tr><th>label (worst F1 first)</th><th>threshold</th>"
+            "<th>precision</th><th>recall</th><th>F1</th><th>ROC-AUC</th><th>average precision</th><th>support</th>"
+            f"</tr>{body}</table>")
 
 
 def _mistakes(mistakes: list[dict[str, Any]], images: bool) -> str:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from graft.tasks.causal_lm import CausalLM
 from graft.tasks.image_classification import ImageClassification
+from graft.tasks.multilabel import MultilabelClassification
 from graft.tasks.text_classification import TextClassification
 
 if TYPE_CHECKING:
@@ -52,6 +53,9 @@ class Task(Protocol):
     input with one label (compare and cross-validation then decline)."""
     takes_plain_modules: bool
     """Whether `model.name` may be a plain nn.Module factory."""
+    single_label: bool
+    """Each example has exactly one of `labels` (a softmax): what the data doctor, an exact probe, retention, the
+    advisor, ONNX export and stratified cross-validation folds assume; False: they decline, or fall back."""
 
     def check_recipe(self, recipe: Recipe) -> None:
         """Task rules over the whole recipe, before any data or model is read; raise ValueError with one line."""
@@ -103,7 +107,8 @@ class Task(Protocol):
         checked one by one; `logits(loader)` runs the run's model over batches."""
 
 
-TASKS: dict[str, Task] = {t.name: t for t in (TextClassification(), ImageClassification(), CausalLM())}
+TASKS: dict[str, Task] = {t.name: t for t in (TextClassification(), ImageClassification(), CausalLM(),
+                                              MultilabelClassification())}
 
 
 def get_task(name: str) -> Task:
