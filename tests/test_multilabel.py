@@ -13,7 +13,7 @@ import pytest
 
 import graft
 from graft.data.multilabel import LabelFormat, load_multilabel_splits, read_label_sets
-from graft.evaluation.multilabel import multilabel_metrics, read_thresholds, tune_thresholds
+from graft.evaluation.multilabel import MIN_TUNING_EXAMPLES, multilabel_metrics, read_thresholds, tune_thresholds
 from graft.recipe import load_recipe
 from tests.conftest import KEYWORDS, error_of, make_label_sets, tiny_recipe
 
@@ -111,16 +111,20 @@ def test_metrics_of_a_known_case():
     assert at_zero["per_label"]["b"]["recall"] == 1.0
 
 
-def test_thresholds_maximise_each_labels_f1_and_keep_half_without_positives():
+def test_thresholds_maximise_each_labels_f1_and_keep_half_with_too_few_positives():
     rng = np.random.default_rng(0)
-    truth = np.zeros((200, 2), dtype=int)
+    truth = np.zeros((200, 3), dtype=int)
     truth[:40, 0] = 1
+    truth[:MIN_TUNING_EXAMPLES - 1, 2] = 1  # separable, but one positive short of being tuned on
     scores = np.where(truth[:, 0] == 1, rng.uniform(0.2, 0.35, 200), rng.uniform(0.0, 0.15, 200))
-    logits = np.stack([np.log(scores / (1 - scores)), np.zeros(200)], axis=1)
-    tuned = tune_thresholds(logits, truth, ["rare", "absent"])
-    assert 0.15 < tuned["rare"] < 0.2 and tuned["absent"] == 0.5
-    assert multilabel_metrics(logits, truth, ["rare", "absent"], tuned)["per_label"]["rare"]["f1"] == 1.0
-    assert multilabel_metrics(logits, truth, ["rare", "absent"])["per_label"]["rare"]["f1"] == 0.0
+    logits = np.stack([np.log(scores / (1 - scores)), np.zeros(200), np.log(scores / (1 - scores))], axis=1)
+    tuned = tune_thresholds(logits, truth, ["rare", "absent", "few"])
+    assert 0.15 < tuned["rare"] < 0.2 and tuned["absent"] == 0.5 and tuned["few"] == 0.5
+    truth[MIN_TUNING_EXAMPLES - 1, 2] = 1
+    assert tune_thresholds(logits, truth, ["rare", "absent", "few"])["few"] != 0.5
+    two = logits[:, :2], truth[:, :2], ["rare", "absent"]
+    assert multilabel_metrics(*two, tuned)["per_label"]["rare"]["f1"] == 1.0
+    assert multilabel_metrics(*two)["per_label"]["rare"]["f1"] == 0.0
 
 
 def test_a_damaged_thresholds_file_is_one_line(tmp_path):
