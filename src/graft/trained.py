@@ -246,8 +246,9 @@ def write_rows(rows: list[dict[str, Any]], path: Path, columns: list[str]) -> No
 
 
 def _flat(row: dict[str, Any]) -> dict[str, Any]:
-    """A row for a CSV: `probabilities` and (MC dropout) `std` spread out as p_<label> and std_<label>."""
-    spread = {"probabilities": "p_", "std": "std_"}
+    """A row for a CSV: `probabilities`, (MC dropout) `std` and (regression) `predicted` spread out as p_<label>,
+    std_<label> and predicted_<target>."""
+    spread = {"probabilities": "p_", "std": "std_", "predicted": "predicted_"}
     out = {k: v for k, v in row.items() if k not in spread}
     for key, prefix in spread.items():
         out.update({f"{prefix}{n}": v for n, v in row.get(key, {}).items()})

@@ -93,7 +93,7 @@ def check_data(recipe: Recipe, say: Callable[[str], None]) -> None:
     """The quick checks at the start of a run, as data.inspect says: one line (warn), a refusal (error) or nothing
     (off). Only what needs no model: duplicates, conflicting labels, near-empty inputs, class balance (said, never
     a refusal)."""
-    if recipe.data.inspect == "off" or get_task(recipe.task).input_kind is None:
+    if recipe.data.inspect == "off" or not get_task(recipe.task).has_classes:
         return
     report, _ = examine(recipe, read_examples(recipe), deep=False)
     found = problems(report)

@@ -19,11 +19,21 @@ SCALAR_METRICS: tuple[str, ...] = (
     "ece",
     "nll",
     "brier",
+    "mse",
+    "rmse",
+    "mae",
+    "r2",
+    "pearson",
+    "spearman",
 )
 LM_METRICS = ("loss", "perplexity", "token_accuracy")
 """What a causal language model is scored on (on response tokens)."""
 LM_ONLY_METRICS = ("perplexity", "token_accuracy")
-LOWER_IS_BETTER = ("loss", "perplexity", "ece", "nll", "brier")
+REGRESSION_METRICS = ("loss", "mse", "rmse", "mae", "r2", "pearson", "spearman")
+"""What a regression is scored on (averaged over the targets when there are several; `loss` is the MSE of the
+standardised targets, what training minimises)."""
+REGRESSION_ONLY_METRICS = REGRESSION_METRICS[1:]
+LOWER_IS_BETTER = ("loss", "perplexity", "ece", "nll", "brier", "mse", "rmse", "mae")
 
 
 def metric_mode(name: str) -> str:

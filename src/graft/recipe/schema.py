@@ -189,6 +189,9 @@ class DataSpec(Section):
     test: DataSource | None = None
     text_column: str = "text"
     label_column: str = "label"
+    target_columns: list[str] | None = None
+    """Regression with several targets: their numeric columns, e.g. [valence, arousal]; null: data.label_column is
+    the one target."""
     columns: list[str] | None = None
     """Headerless CSV/TSV files: the names of their columns in order (e.g. [text, label]); the first line is then a
     row of data. null: the first line is the header. JSON, Parquet and saved datasets name their own columns."""

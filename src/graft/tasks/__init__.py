@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from graft.tasks.causal_lm import CausalLM
 from graft.tasks.image_classification import ImageClassification
+from graft.tasks.regression import Regression
 from graft.tasks.text_classification import TextClassification
 
 if TYPE_CHECKING:
@@ -52,6 +53,12 @@ class Task(Protocol):
     input with one label (compare and cross-validation then decline)."""
     takes_plain_modules: bool
     """Whether `model.name` may be a plain nn.Module factory."""
+    fits_probe: bool
+    """Whether head_only's head may be fitted exactly as a logistic regression (`strategy.probe: exact`); False: it
+    trains by the loop, as `probe: sgd`."""
+    has_classes: bool
+    """Whether each example has one class out of a set: the data doctor's label checks (inspect), advise and
+    calibration take only these."""
 
     def check_recipe(self, recipe: Recipe) -> None:
         """Task rules over the whole recipe, before any data or model is read; raise ValueError with one line."""
@@ -103,7 +110,7 @@ class Task(Protocol):
         checked one by one; `logits(loader)` runs the run's model over batches."""
 
 
-TASKS: dict[str, Task] = {t.name: t for t in (TextClassification(), ImageClassification(), CausalLM())}
+TASKS: dict[str, Task] = {t.name: t for t in (TextClassification(), ImageClassification(), CausalLM(), Regression())}
 
 
 def get_task(name: str) -> Task:

@@ -31,6 +31,8 @@ class CausalLM:
     peft_task_type = "CAUSAL_LM"
     input_kind = None
     takes_plain_modules = False
+    fits_probe = False
+    has_classes = False
 
     def check_recipe(self, recipe: Recipe) -> None:
         if recipe.model.pooling != "auto":

@@ -35,7 +35,7 @@ TRACKERS_FILE = "trackers.json"
 """Each tracker's run id and how far it has logged, so a resumed run continues the same tracker runs."""
 PROJECT = "graft"
 """The MLflow experiment and wandb project (MLFLOW_EXPERIMENT_NAME and WANDB_PROJECT override it)."""
-SHOWN = ("loss", "accuracy", "f1_macro")
+SHOWN = ("loss", "accuracy", "f1_macro", "rmse", "r2")
 
 
 def console_hooks(accelerator: Accelerator, run_dir: Path, state: LoopState, output: OutputSpec, total_steps: int,
