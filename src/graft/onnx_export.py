@@ -53,6 +53,10 @@ def export_onnx(run_dir: Path | str, output: Path | str, quantize: str | None = 
         raise GraftError(f"--format onnx: {run_dir} is a {recipe.task} run, which generates text token by token "
                          f"(a loop one ONNX graph of logits does not hold); export it with --merge and serve it "
                          f"with transformers, or with graft serve {run_dir}")
+    if not get_task(recipe.task).has_classes:
+        raise GraftError(f"--format onnx: checked by how often the graph and PyTorch agree on the class, which a "
+                         f"{recipe.task} run has none of; export without --format (a transformers model whose outputs "
+                         f"are the predicted values)")
     check_model_files(run_dir)
     check_export_folder(output)
     run = open_run(run_dir, raw=True)

@@ -159,9 +159,3 @@ def to_dataset(part: Targets) -> datasets.Dataset:
         "row": pa.array(part.rows, pa.int64()),
     })
 
-
-def many_numbers(labels: Sequence[str]) -> bool:
-    """Whether a classification label column looks like a continuous target: more than half its rows hold distinct
-    non-integer numbers (what `task: regression` is for)."""
-    distinct = {label for label in labels if _number(label) is not None and not float(label).is_integer()}
-    return len(labels) >= 20 and len(distinct) * 2 > len(labels)

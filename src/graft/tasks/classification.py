@@ -155,6 +155,14 @@ class Classification:
     def prediction_columns(self, labels: list[str]) -> list[str]:
         return [self.input_kind or "input", "label", "score", *(f"p_{n}" for n in labels)]
 
+    def label_columns(self, recipe: Recipe) -> tuple[str, ...]:
+        """The columns an example's label is read from: what compare and cross-validation name in their files."""
+        return (recipe.data.label_column,)
+
+    def fold_groups(self, examples: list[tuple[str, str]]) -> list[str] | None:
+        """What cross-validation's folds are stratified by: each example's class."""
+        return [label for _, label in examples]
+
     def rows(self, split: Any, labels: list[str]) -> list[tuple[str, str]]:
         """A split as (input, class name) rows, inputs as `inputs` gives them: what compare writes to files."""
         return list(zip(self.inputs(split), (labels[i] for i in self.label_ids(split)), strict=True))

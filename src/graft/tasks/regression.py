@@ -64,8 +64,8 @@ class Regression(TextClassification):
         return trained
 
     def load_splits(self, recipe: Recipe) -> Any:
-        from graft.data.targets import load_target_splits, target_columns
         from graft.data.tables import TableFormat
+        from graft.data.targets import load_target_splits, target_columns
 
         d = recipe.data
         return load_target_splits(d.train, d.validation, d.test, text_column=d.text_column,
@@ -91,16 +91,16 @@ class Regression(TextClassification):
         part, _ = drop_duplicate_texts(part)  # type: ignore[arg-type]  # Targets duck-types Labelled
         return [(text, *map(str, values)) for text, values in zip(part.texts, part.values, strict=True)]
 
-    def written(self, labels: list[str]) -> tuple[tuple[str, ...], dict[str, Any]]:
-        """The target columns of the files compare and cross-validation write, and the data fields that read them."""
-        names = tuple(labels)
-        return names, {"label_column": names[0], "target_columns": list(names) if len(names) > 1 else None}
+    def label_columns(self, recipe: Recipe) -> tuple[str, ...]:
+        from graft.data.targets import target_columns
+
+        return tuple(target_columns(recipe.data.label_column, recipe.data.target_columns))
 
     def rows(self, split: Any, labels: list[str]) -> list[tuple[Any, ...]]:
         return [(text, *values) for text, values in zip(split["text"], split["label"], strict=True)]
 
     def fold_groups(self, examples: list[tuple[str, ...]]) -> None:
-        """Folds are a seeded shuffle: there are no classes to stratify by."""
+        """None: folds are a seeded shuffle, there are no classes to stratify by."""
         return None
 
     def loss(self, recipe: Recipe, splits: Any) -> tuple[Any, dict[str, Any]]:
