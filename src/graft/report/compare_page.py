@@ -79,7 +79,8 @@ def render_compare(result: dict[str, Any]) -> str:
         body += (f"<tr class='{'low' if flag else ''}'><td><b><a href='{escape(link)}'>{escape(r['label'])}</a></b>"
                  f"{escape(mark)}{escape(flag)}</td>"
                  f"<td>{escape(r['strategy'])}</td><td class='n'>{_lr(r['lr'])}</td>"
-                 f"{''.join(cell(r, n) for n in shown)}{cell(r, 'retention') if retained else ''}<td class='n'>{r['trainable']:,}</td>"
+                 f"{''.join(cell(r, n) for n in shown)}{cell(r, 'retention') if retained else ''}"
+                 f"<td class='n'>{r['trainable']:,}</td>"
                  f"{_cost(r)}"
                  f"<td class='n'>{r['s_per_epoch']:.2f} s</td><td class='n'>{r['peak_memory_mb']:,.0f} MB</td></tr>")
     heads = "".join(f"<th>{escape(COLUMNS.get(n, n))}</th>" for n in shown)
