@@ -279,8 +279,8 @@ def _abstain(rows: list[dict[str, Any]], min_confidence: float | None) -> list[d
     if min_confidence is None or not rows:
         return rows
     if "probabilities" not in rows[0]:
-        raise GraftError("--min-confidence: a language model's answers have no class probabilities to hold back; "
-                         "leave it out")
+        raise GraftError("--min-confidence: this run's predictions (a language model's answers, a regression's "
+                         "values) have no class probabilities to hold back; leave it out")
     return abstain_rows(rows, min_confidence)
 
 

@@ -155,7 +155,7 @@ def shuffled_split(n: int, carve: dict[str, float], seed: int) -> dict[str, list
 def to_dataset(part: Targets) -> datasets.Dataset:
     return datasets.Dataset.from_dict({
         "text": pa.array(part.texts, pa.string()),
-        "label": pa.array([list(v) for v in part.values], pa.list_(pa.float32())),
+        "label": pa.array([list(v) for v in part.values], pa.list_(pa.float64())),
         "row": pa.array(part.rows, pa.int64()),
     })
 

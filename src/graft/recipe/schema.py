@@ -246,6 +246,13 @@ class DataSpec(Section):
                 raise ValueError(f"names {repeated!r} twice; give each column its own name")
         return v
 
+    @field_validator("target_columns")
+    @classmethod
+    def _targets_named_once(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and (not v or len(set(v)) != len(v) or any(not name.strip() for name in v)):
+            raise ValueError("must name each target column once, e.g. [valence, arousal]")
+        return v
+
     @field_validator("encoding")
     @classmethod
     def _known_encoding(cls, v: str) -> str:
@@ -464,9 +471,9 @@ class EvalSpec(Section):
     """Evaluate on validation every this many optimiser steps; null: at the end of every epoch."""
     metric: MetricName | None = None
     """The validation metric that picks the best model and drives early stopping and `plateau`; null: f1_macro for
-    classifiers, loss for causal language models."""
+    classifiers, loss for causal language models, rmse for regression."""
     mode: Literal["auto", "min", "max"] = "auto"
-    """auto: min for loss, max for the rest."""
+    """auto: min for losses and errors (loss, perplexity, ece, nll, brier, mse, rmse, mae), max for the rest."""
     patience: PositiveInt | None = None
     """Stop after this many evaluations without improvement; null: never stop early."""
     min_delta: Annotated[float, Field(ge=0)] = 0.0

@@ -99,15 +99,6 @@ class Task(Protocol):
              loaded: LoadedModel, recipe: Recipe) -> tuple[dict[str, Any], dict[str, Any]]:
         """Test metrics, and what else the run record gets (`mistakes`, `samples`)."""
 
-    def label_columns(self, recipe: Recipe) -> tuple[str, ...]:
-        """The columns an example's label (or targets) is read from: what compare and cross-validation write."""
-
-    def rows(self, split: Any, labels: list[str]) -> list[tuple[Any, ...]]:
-        """A split as (input, label...) rows under `label_columns`: what compare writes to files."""
-
-    def fold_groups(self, examples: list[tuple[str, ...]]) -> list[str] | None:
-        """What cross-validation's folds are stratified by (`read_examples`' rows in); None: a seeded shuffle."""
-
     def describe(self, splits: Any, loader: DataLoader) -> tuple[str, dict[str, Any], list[str]]:
         """The size line's noun ("examples, 4 classes"), extra `data` fields for the record, and lines to print."""
 
