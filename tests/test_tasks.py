@@ -69,7 +69,7 @@ def recipe(task: str, **sections: dict) -> dict:
     ("causal_lm", {"data": {"normalize_labels": True}}, "data.normalize_labels: causal_lm does not read it (it is for "
                                                         "text_classification)"),
     ("causal_lm", {"data": {"label_column": "y"}}, "data.label_column: causal_lm does not read it (it is for "
-                                                   "text_classification and image_classification)"),
+                                                   "text_classification and image_classification and regression)"),
     ("image_classification", {"strategy": {"name": "prompt"}}, "strategy.name = 'prompt': virtual tokens are for "
                                                                "text transformers"),
     ("causal_lm", {"strategy": {"name": "head_only"}}, "strategy.name = 'head_only': a causal LM keeps its "
