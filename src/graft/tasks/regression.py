@@ -226,12 +226,15 @@ def fold_scale(model: nn.Module, head_path: str, names: TargetNames) -> None:
         for n, m in head.named_modules():
             if isinstance(m, nn.Linear) and m.out_features == len(names):
                 last[f"{id(head)}/{n.rpartition('.')[0]}"] = m  # the last one under each parent
+    linears = list({id(m): m for m in last.values()}.values())
+    if not linears or any(linear.bias is None for linear in linears):
+        raise GraftError(f"model: the head at {head_path} ends in no Linear with a bias of {len(names)} outputs, so "
+                         f"the targets' scale cannot be folded into it; drop model.head's other settings")
     with torch.no_grad():
-        for linear in {id(m): m for m in last.values()}.values():
+        for linear in linears:
             linear.weight.mul_(std.to(linear.weight.device, linear.weight.dtype).unsqueeze(1))
-            if linear.bias is not None:
-                bias = linear.bias
-                bias.copy_(bias * std.to(bias.device, bias.dtype) + mean.to(bias.device, bias.dtype))
+            bias = linear.bias
+            bias.copy_(bias * std.to(bias.device, bias.dtype) + mean.to(bias.device, bias.dtype))
     config = getattr(model, "config", None)
     if config is not None:
         config.update({SCALE_KEY: {"mean": list(names.mean), "std": list(names.std)}})
