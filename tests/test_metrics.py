@@ -5,7 +5,15 @@ import json
 import numpy as np
 import pytest
 
-from graft.evaluation.metrics import LM_METRICS, SCALAR_METRICS, classification_metrics, metric_mode, softmax
+from graft.evaluation.metrics import (
+    LM_METRICS,
+    MULTILABEL_ONLY_METRICS,
+    REGRESSION_ONLY_METRICS,
+    SCALAR_METRICS,
+    classification_metrics,
+    metric_mode,
+    softmax,
+)
 
 
 def one_hot_logits(preds: list[int], k: int) -> np.ndarray:
@@ -91,7 +99,8 @@ def test_result_is_json_serialisable() -> None:
     m = classification_metrics(rng.normal(size=(20, 3)), rng.integers(0, 3, 20), ["a", "b", "c"], loss=np.float32(1.5))
     assert plain_types_only(m)
     assert json.loads(json.dumps(m, allow_nan=False)) == m
-    assert set(SCALAR_METRICS) - set(LM_METRICS) <= set(m)  # every classification metric (LM ones are separate)
+    # every classification metric (LM, multi-label and regression ones are separate)
+    assert set(SCALAR_METRICS) - set(LM_METRICS) - set(MULTILABEL_ONLY_METRICS) - set(REGRESSION_ONLY_METRICS) <= set(m)
 
 
 def test_softmax_is_stable_on_large_logits() -> None:
@@ -104,7 +113,7 @@ def test_softmax_is_stable_on_large_logits() -> None:
 
 
 def test_metric_mode() -> None:
-    lower = ("loss", "perplexity", "ece", "nll", "brier")
+    lower = ("loss", "perplexity", "ece", "nll", "brier", "hamming_loss", "mse", "rmse", "mae")
     assert all(metric_mode(name) == "min" for name in lower)
     assert all(metric_mode(name) == "max" for name in SCALAR_METRICS if name not in lower)
 

@@ -41,6 +41,8 @@ PRESETS: dict[str, tuple[dict[str, Any], float]] = {
     "prefix": ({"strategy": {"name": "prefix"}}, 100.0),
     "adapter": ({"strategy": {"name": "adapter"}}, 20.0),
 }
+COLUMNS = {"accuracy": "test accuracy", "f1_macro": "test macro F1", "rmse": "test RMSE", "r2": "test R²"}
+"""The test metrics the comparison's table shows, where the runs have them (the ranking metric is kept too)."""
 COMPARE_FILE = "compare.json"
 PAGE_FILE = "compare.html"
 
@@ -130,10 +132,10 @@ def _write_splits(recipe: Recipe, folder: Path) -> dict[str, Any]:
     splits = task.load_splits(recipe)
     folder.mkdir(parents=True, exist_ok=True)
     column = task.input_kind
-    paths = {name: str(write_csv(folder / f"{name}.csv", (column, "label"), task.rows(getattr(splits, name),
-                                                                                      splits.labels)))
+    header = (column, *task.label_columns(recipe))  # the recipe's own label fields read them back
+    paths = {name: str(write_csv(folder / f"{name}.csv", header, task.rows(getattr(splits, name), splits.labels)))
              for name in ("train", "validation", "test")}
-    return {**paths, f"{column}_column": column, "label_column": "label", "split": [0.7, 0.15, 0.15], **WRITTEN}
+    return {**paths, f"{column}_column": column, "split": [0.7, 0.15, 0.15], **WRITTEN}
 
 
 def summarise(base: Recipe, records: dict[str, list[dict[str, Any]]], seeds: list[int]) -> dict[str, Any]:
@@ -156,7 +158,7 @@ def _row(label: str, runs: list[dict[str, Any]], metric: str) -> dict[str, Any]:
                            "runs": [r["recipe"]["output"]["dir"] for r in runs],
                            "n_test": runs[0]["metrics"]["test"]["n"], "trainable": runs[0]["params"]["trainable"],
                            "total": runs[0]["params"]["total"]}
-    for name in dict.fromkeys(("accuracy", "f1_macro", metric)):
+    for name in dict.fromkeys((*COLUMNS, metric)):
         v = values(name)
         row[name] = statistics.fmean(v) if v else None
         row[f"{name}_std"] = statistics.stdev(v) if len(v) > 1 else 0.0
@@ -190,11 +192,24 @@ def _lr_used(record: dict[str, Any]) -> float | None:
 
 def standard_error(row: dict[str, Any], metric: str) -> float:
     """Noise in a strategy's score: the spread over seeds and the test set's sampling error (a binomial
-    approximation, which also serves for F1)."""
+    approximation, which also serves for F1; for a regression's errors and correlations, their normal-theory
+    approximations)."""
     value, n = row[metric], max(1, row["n_test"])
-    sampling = value * (1 - value) / n if 0 <= value <= 1 else 0.0
+    if metric in REGRESSION_SAMPLING:
+        sampling = REGRESSION_SAMPLING[metric](value, n) ** 2
+    else:
+        sampling = value * (1 - value) / n if 0 <= value <= 1 else 0.0
     seeds = len(row["runs"])
     return math.sqrt(row[f"{metric}_std"] ** 2 / seeds + sampling)
+
+
+REGRESSION_SAMPLING = {
+    "rmse": lambda v, n: v / math.sqrt(2 * n), "mse": lambda v, n: v * math.sqrt(2 / n),
+    "mae": lambda v, n: v * math.sqrt(math.pi / 2 - 1) / math.sqrt(n),
+    "pearson": lambda v, n: (1 - v * v) / math.sqrt(n), "spearman": lambda v, n: (1 - v * v) / math.sqrt(n),
+    "r2": lambda v, n: 2 * math.sqrt(max(v, 0.0)) * (1 - v) / math.sqrt(n) if v < 1 else 0.0,
+}
+"""A test metric's sampling standard error for n examples, normal errors assumed."""
 
 
 def judge(rows: list[dict[str, Any]], metric: str) -> dict[str, Any]:
@@ -265,8 +280,10 @@ def format_table(result: dict[str, Any]) -> str:
     spread = len(result["seeds"]) > 1
     width = max(len(r["label"]) + (12 if r.get("one_class") else 0) for r in rows)
     retained = any(r.get("retention") is not None for r in rows)
-    lines = [f"{'strategy':<{width}}  {'accuracy':>15}  {'f1_macro':>15}" + (f"  {'retention':>15}" if retained else "")
-             + f"  {'trainable':>12}  {'cost s':>8}  {'s/epoch':>8}  {'peak MB':>8}"]
+    shown = columns(result)
+    lines = [f"{'strategy':<{width}}" + "".join(f"  {name:>15}" for name in shown)
+             + (f"  {'retention':>15}" if retained else "") + f"  {'trainable':>12}  {'cost s':>8}  {'s/epoch':>8}  "
+             f"{'peak MB':>8}"]
     for r in rows:
         def cell(name: str, r: dict[str, Any] = r) -> str:
             if r[name] is None:
@@ -275,11 +292,18 @@ def format_table(result: dict[str, Any]) -> str:
 
         label = r["label"] + (" (one class)" if r.get("one_class") else "")
         kept = f"  {cell('retention'):>15}" if retained else ""
-        lines.append(f"{label:<{width}}  {cell('accuracy'):>15}  {cell('f1_macro'):>15}{kept}  {r['trainable']:>12,}  "
+        cells = "".join(f"  {cell(name):>15}" for name in shown)
+        lines.append(f"{label:<{width}}{cells}{kept}  {r['trainable']:>12,}  "
                      f"{r['cost_s']:>8.1f}  {r['s_per_epoch']:>8.2f}  {r['peak_memory_mb']:>8,.0f}")
     note = ("cost s: training plus the feature-cache pass (the frozen backbone run once over the data); "
             "s/epoch: training only" + ("; retention: the source task's accuracy after / before" if retained else ""))
     return "\n".join([*lines, note, *result["verdict"]])
+
+
+def columns(result: dict[str, Any]) -> list[str]:
+    """The metrics of COLUMNS that some strategy of `result` has (accuracy and macro-F1 for classifiers)."""
+    shown = [name for name in COLUMNS if any(r.get(name) is not None for r in result["strategies"])]
+    return shown or [result["metric"]]
 
 
 def read_comparison(out: Path) -> dict[str, Any]:

@@ -36,7 +36,7 @@ def cross_validate(recipe: Recipe | str | Path | dict[str, Any], k: int, *, over
         raise GraftError(f"--cv {k}: cross-validation needs at least 2 folds")
     task = get_task(recipe.task)
     if task.input_kind is None:
-        raise GraftError(f"--cv: classification tasks only so far, not {recipe.task} (folds are stratified by label)")
+        raise GraftError(f"--cv: tasks with one input per example only so far, not {recipe.task}")
     if recipe.data.test is not None:
         raise GraftError("--cv: each fold is the test split once, so data.test must not be set; remove it (or "
                          "train without --cv to use it)")
@@ -45,15 +45,15 @@ def cross_validate(recipe: Recipe | str | Path | dict[str, Any], k: int, *, over
         raise GraftError(f"output.dir {out} already holds files that are not a cross-validation; choose another "
                          f"output.dir or pass --overwrite")
     examples, column = task.read_examples(recipe), task.input_kind
-    labels = [label for _, label in examples]
-    folds = (_stratified_folds(labels, k, recipe.train.seed, recipe.data.train) if task.single_label else
-             _plain_folds(len(labels), k, recipe.train.seed))
+    groups = task.fold_groups(examples)
+    folds = (_stratified_folds(groups, k, recipe.train.seed, recipe.data.train) if groups is not None else
+             _shuffled_folds(len(examples), k, recipe.train.seed, recipe.data.train))
     records = []
     for i, test_rows in enumerate(folds):
         held_out = set(test_rows)
         files = out / "folds" / f"fold-{i}"
         files.mkdir(parents=True, exist_ok=True)
-        header = (column, recipe.data.label_column)
+        header = (column, *task.label_columns(recipe))
         write_csv(files / "train.csv", header, [examples[j] for j in range(len(examples)) if j not in held_out])
         write_csv(files / "test.csv", header, [examples[j] for j in test_rows])
         fold = recipe.model_copy(deep=True)
@@ -94,13 +94,12 @@ def _stratified_folds(labels: list[str], k: int, seed: int, source: Path) -> lis
 
 
 
-def _plain_folds(n: int, k: int, seed: int) -> list[list[int]]:
-    """Shuffled folds that ignore the labels: a multi-label example's label set is too rare a class to stratify
-    by."""
+def _shuffled_folds(n: int, k: int, seed: int, source: Path) -> list[list[int]]:
+    """k folds of a seeded shuffle, for examples with no class to stratify by."""
     from sklearn.model_selection import KFold
 
     if n < k:
-        raise GraftError(f"--cv {k}: data.train has {n} examples; give fewer folds or more examples")
+        raise GraftError(f"{source}: {n} examples; --cv {k} needs at least {k} (fewer folds, or more examples)")
     splitter = KFold(n_splits=k, shuffle=True, random_state=seed)
     return [sorted(test.tolist()) for _, test in splitter.split(range(n))]
 

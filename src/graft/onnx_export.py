@@ -54,8 +54,9 @@ def export_onnx(run_dir: Path | str, output: Path | str, quantize: str | None = 
                          f"(a loop one ONNX graph of logits does not hold); export it with --merge and serve it "
                          f"with transformers, or with graft serve {run_dir}")
     if not get_task(recipe.task).single_label:
-        raise GraftError(f"--format onnx: the export serves one softmax over the labels; a {recipe.task} run decides "
-                         f"each label at its own threshold: export it without --format, or graft serve {run_dir}")
+        raise GraftError(f"--format onnx: the export serves, and is checked by, one softmax over one class per "
+                         f"example, which a {recipe.task} run has none of: export it without --format, or graft serve "
+                         f"{run_dir}")
     check_model_files(run_dir)
     check_export_folder(output)
     run = open_run(run_dir, raw=True)

@@ -393,6 +393,10 @@ def finish(accelerator: Accelerator, run: Setup, fitted: Fitted, started: float)
 
 def model_warnings(test: dict[str, Any]) -> list[str]:
     """What a reader of the run must not miss about the model itself."""
+    if test.get("beats_baseline") is False:
+        return [f"the model does not beat the mean predictor on test (rmse {test['rmse']:.4g} vs "
+                f"{test['baseline_rmse']:.4g} for answering the training mean): it has learnt nothing usable; see the "
+                f"learning rate, the number of epochs and the strategy"]
     if not test.get("one_class"):
         return []
     return [f"the model answers {test['one_class']!r} for every test example: it has learnt nothing that the "

@@ -253,9 +253,9 @@ def write_rows(rows: list[dict[str, Any]], path: Path, columns: list[str]) -> No
 
 
 def _flat(row: dict[str, Any]) -> dict[str, Any]:
-    """A row for a CSV: `probabilities` and (MC dropout) `std` spread out as p_<label> and std_<label>; a list (a
-    multi-label row's `labels`) joined by commas."""
-    spread = {"probabilities": "p_", "std": "std_"}
+    """A row for a CSV: `probabilities`, (MC dropout) `std` and (regression) `predicted` spread out as p_<label>,
+    std_<label> and predicted_<target>; a list (a multi-label row's `labels`) joined by commas."""
+    spread = {"probabilities": "p_", "std": "std_", "predicted": "predicted_"}
     out = {k: ",".join(map(str, v)) if isinstance(v, list) else v for k, v in row.items() if k not in spread}
     for key, prefix in spread.items():
         out.update({f"{prefix}{n}": v for n, v in row.get(key, {}).items()})
@@ -286,8 +286,8 @@ def _abstain(rows: list[dict[str, Any]], min_confidence: float | None) -> list[d
     if min_confidence is None or not rows:
         return rows
     if "probabilities" not in rows[0]:
-        raise GraftError("--min-confidence: a language model's answers have no class probabilities to hold back; "
-                         "leave it out")
+        raise GraftError("--min-confidence: this run's predictions (a language model's answers, a regression's "
+                         "values) have no class probabilities to hold back; leave it out")
     if "label" not in rows[0]:
         raise GraftError("--min-confidence: holds back a single answer below it; a multi-label run's labels are each "
                          "decided at their own threshold (thresholds.json beside the weights): leave it out")

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from graft.errors import GraftError
 from graft.recipe import Recipe, load_recipe
-from graft.tasks import TASKS
+from graft.tasks import TASKS, get_task
 
 if TYPE_CHECKING:
     import torch
@@ -46,10 +46,10 @@ def advise(recipe: Recipe | str | Path | dict[str, Any], *, overrides: tuple[str
 
     started = time.perf_counter()
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
-    task = TASKS[recipe.task]
+    task = get_task(recipe.task)
     if task.input_kind is not None and not task.single_label:
-        raise GraftError(f"graft advise: its probes score single-label classifiers and language models, not "
-                         f"{recipe.task}; compare strategies on it with graft compare")
+        raise GraftError(f"graft advise: its signals (a linear probe's accuracy, LogME over classes) need one class "
+                         f"per example, which {recipe.task} lacks: graft compare scratch,head_only,full on it instead")
     sample = SAMPLE if sample is None else sample
     if sample < 10:
         raise GraftError(f"--sample {sample}: at least 10 training examples")
@@ -279,7 +279,6 @@ def verify_advice(recipe: Recipe, recommendation: dict[str, Any], out: Path,
     """Run graft compare on the recommendation, the runner-up and scratch (same splits and budget, under
     `out`/verify) and say whether the advice held: the recommendation won or tied with the winner."""
     from graft.compare import compare
-    from graft.tasks import get_task
 
     if get_task(recipe.task).input_kind is None:
         raise GraftError(f"--verify: graft compare runs classification tasks only, not {recipe.task}; train the "

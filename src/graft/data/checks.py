@@ -103,6 +103,16 @@ def label_values(values: Sequence[object], name: str, column: str, rows: Sequenc
     return labels
 
 
+def numeric_hint(labels: Sequence[str]) -> str:
+    """When a label column looks like a continuous target (more than half its rows distinct non-integer numbers),
+    the line that says so; else empty."""
+    distinct = {label for label in labels if NUMBER.fullmatch(label.strip()) and not float(label).is_integer()}
+    if len(labels) < 20 or len(distinct) * 2 <= len(labels):
+        return ""
+    return (f"the labels look like measurements, not classes ({len(distinct)} distinct numbers in {len(labels)} "
+            f"rows): for a numeric target use task: regression")
+
+
 def _refuse_number_spellings(labels: list[str], name: str, column: str, rows: Sequence[int]) -> None:
     # Spellings compare stripped: `1` beside ` 1` is a whitespace variant, which unify_labels reports or merges.
     first_row: dict[str, int] = {}

@@ -23,6 +23,7 @@ from graft.data.checks import (
     check_leakage,
     drop_duplicate_texts,
     label_noise,
+    numeric_hint,
     plural,
     shown,
     unify_labels,
@@ -70,8 +71,10 @@ def load_text_splits(
     how to read text files; `review` is a file of a person's decisions (see `graft.data.review`)."""
     given, warnings = locate_splits(train, validation, test)
     read, found = apply_review(read_text_files(given, text_column, label_column, fmt), review)
+    hint = numeric_hint(read["train"].labels)
     parts, checked = check_labels(read, normalize_labels)
     warnings += found + checked + [line for part in parts.values() for line in label_noise(part)]
+    warnings += [f"{read['train'].name}: {hint}"] if hint else []
     parts, found = remove_leakage(parts, leakage)
     warnings += found
     carve = {key: fraction for key, fraction in zip(SPLITS[1:], split[1:], strict=True) if key not in given}
@@ -160,9 +163,10 @@ def check_class_sizes(part: Labelled, carve: dict[str, float], split: tuple[floa
     else:
         layout = " ".join(f"{_percent(fraction)}% {key}" for key, fraction in carve.items())
     give = " and ".join(f"data.{key}" for key in carve)
+    hint = numeric_hint(part.labels)
     raise GraftError(
         f"{part.name}: {what}; a stratified {layout} split needs at least {need} per class; "
-        f"add examples, remove the class, or give {give}"
+        f"add examples, remove the class, or give {give}" + (f" ({hint})" if hint else "")
     )
 
 

@@ -84,8 +84,9 @@ class Examples:
 
 def read_examples(recipe: Recipe) -> Examples:
     """The recipe's files, read and checked as training reads them, with data.review applied."""
-    kind = get_task(recipe.task).input_kind
-    if kind is None or not get_task(recipe.task).single_label:
+    task = get_task(recipe.task)
+    kind = task.input_kind
+    if not task.single_label:
         raise GraftError(f"graft inspect: single-label classification tasks only so far, not {recipe.task}")
     from graft.data.tables import TableFormat
 

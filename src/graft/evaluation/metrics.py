@@ -25,6 +25,12 @@ SCALAR_METRICS: tuple[str, ...] = (
     "subset_accuracy",
     "hamming_loss",
     "average_precision",
+    "mse",
+    "rmse",
+    "mae",
+    "r2",
+    "pearson",
+    "spearman",
 )
 LM_METRICS = ("loss", "perplexity", "token_accuracy")
 """What a causal language model is scored on (on response tokens)."""
@@ -35,7 +41,11 @@ MULTILABEL_METRICS = ("loss", "f1_micro", "f1_macro", "f1_weighted", "precision_
 """What a multi-label classifier is scored on (graft.evaluation.multilabel)."""
 MULTILABEL_ONLY_METRICS = ("f1_micro", "precision_micro", "recall_micro", "subset_accuracy", "hamming_loss",
                            "average_precision")
-LOWER_IS_BETTER = ("loss", "perplexity", "ece", "nll", "brier", "hamming_loss")
+REGRESSION_METRICS = ("loss", "mse", "rmse", "mae", "r2", "pearson", "spearman")
+"""What a regression is scored on (averaged over the targets when there are several; `loss` is the MSE of the
+standardised targets, what training minimises)."""
+REGRESSION_ONLY_METRICS = REGRESSION_METRICS[1:]
+LOWER_IS_BETTER = ("loss", "perplexity", "ece", "nll", "brier", "hamming_loss", "mse", "rmse", "mae")
 
 
 def metric_mode(name: str) -> str:

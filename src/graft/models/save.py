@@ -95,7 +95,7 @@ def model_card(folder: Path, record: dict[str, Any], where: str, run: str | None
     front["tags"] = ["graft", task.pipeline_tag, strategy, *([kind] if kind in ("peft", "onnx") else [])]
     title = Path(run or where).name
     parts = [f"---\n{yaml.safe_dump(front, sort_keys=False)}---", f"# {title}",
-             f"{_what(record, task.input_kind)} Trained with graft (`strategy: {strategy}`).",
+             f"{_what(record, task)} Trained with graft (`strategy: {strategy}`).",
              _data_section(record), _recipe_section(record), _metrics_section(record),
              _usage_section(folder, record, task, kind, where, run)]
     return scrub_paths("\n\n".join(p for p in parts if p).rstrip() + "\n")
@@ -146,15 +146,17 @@ def scrub_paths(text: str) -> str:
 _ABSOLUTE = re.compile(r"(?<![\w.~/:-])(?:~|/[^\s/`'\"<>|()\[\]]+)(?:/[^\s/`'\"<>|()\[\]]+)*/([^\s/`'\"<>|()\[\]]+)")
 
 
-def _what(record: dict[str, Any], input_kind: str | None) -> str:
+def _what(record: dict[str, Any], task: Task) -> str:
     base = portable_name(record["recipe"]["model"]["name"])
     labels = record.get("data", {}).get("labels", [])
-    if input_kind is None or not labels:
+    if task.input_kind is None or not labels:
         return f"`{base}` fine-tuned to answer instructions."
     shown = ", ".join(f"`{n}`" for n in labels[:20]) + (f" and {len(labels) - 20} more" if len(labels) > 20 else "")
     if "label_counts" in record["data"]:  # a multi-label run: any number of labels each
-        return f"`{base}` fine-tuned to tag {input_kind}s with any of {len(labels)} labels: {shown}."
-    return f"`{base}` fine-tuned to classify {input_kind}s into {len(labels)} classes: {shown}."
+        return f"`{base}` fine-tuned to tag {task.input_kind}s with any of {len(labels)} labels: {shown}."
+    if record["data"].get("targets"):  # a regression's labels are its targets
+        return f"`{base}` fine-tuned to predict {len(labels)} numeric value(s) of each {task.input_kind}: {shown}."
+    return f"`{base}` fine-tuned to classify {task.input_kind}s into {len(labels)} classes: {shown}."
 
 
 def _data_section(record: dict[str, Any]) -> str:
@@ -200,8 +202,10 @@ def _metrics_section(record: dict[str, Any]) -> str:
         rows = [f"| {k} | {_number(test[k])} |" for k in shown]
         return "\n".join([f"## Test metrics\n\nOn the test split{n}:\n\n| metric | value |\n|---|---|", *rows])
     rows = [f"| {k} | {_number(test[k])} | {_number(test.get(f'baseline_{k}'))} |" for k in shown]
-    lines = [f"## Test metrics\n\nOn the test split{n}, beside a model that always answers the most frequent "
-             f"class:\n\n| metric | value | majority baseline |\n|---|---|---|", *rows]
+    constant, named = (("the training mean", "mean predictor") if "baseline_rmse" in test else
+                       ("the most frequent class", "majority baseline"))
+    lines = [f"## Test metrics\n\nOn the test split{n}, beside a model that always answers {constant}:\n\n"
+             f"| metric | value | {named} |\n|---|---|---|", *rows]
     per_class = test.get("per_class") or {}
     if per_class:
         lines += ["", "Per class:", "", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
@@ -274,6 +278,7 @@ def _outside_graft(folder: Path, record: dict[str, Any], task: Task, kind: str, 
     if task.input_kind == "image" and not (folder / "preprocessor_config.json").is_file():
         return ["transformers loads it with `AutoModelForImageClassification.from_pretrained"
                 f"(\"{where}\")`; the folder has no image processor, so prepare images as below."]
+    scores = task.pipeline_arguments
     return ["With transformers:", "", "```python", "from transformers import pipeline", "",
-            f'classify = pipeline("{task.pipeline_tag}", model="{where}", top_k=None)',
+            f'classify = pipeline("{task.pipeline_tag}", model="{where}", {scores})',
             f"classify({EXAMPLES[task.input_kind]})", "```"]

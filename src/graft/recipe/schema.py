@@ -194,6 +194,9 @@ class DataSpec(Section):
     none)."""
     label_columns: list[str] | None = None
     """Multi-label: one 0/1 column per label (the column names are the labels), instead of data.label_column."""
+    target_columns: list[str] | None = None
+    """Regression with several targets: their numeric columns, e.g. [valence, arousal]; null: data.label_column is
+    the one target."""
     columns: list[str] | None = None
     """Headerless CSV/TSV files: the names of their columns in order (e.g. [text, label]); the first line is then a
     row of data. null: the first line is the header. JSON, Parquet and saved datasets name their own columns."""
@@ -264,6 +267,13 @@ class DataSpec(Section):
     def _some_delimiter(cls, v: str) -> str:
         if not v or "\n" in v or "\r" in v:
             raise ValueError('must be one or more characters other than a line break, e.g. "," or "|"')
+        return v
+
+    @field_validator("target_columns")
+    @classmethod
+    def _targets_named_once(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and (not v or len(set(v)) != len(v) or any(not name.strip() for name in v)):
+            raise ValueError("must name each target column once, e.g. [valence, arousal]")
         return v
 
     @field_validator("encoding")
@@ -484,9 +494,9 @@ class EvalSpec(Section):
     """Evaluate on validation every this many optimiser steps; null: at the end of every epoch."""
     metric: MetricName | None = None
     """The validation metric that picks the best model and drives early stopping and `plateau`; null: f1_macro for
-    classifiers, loss for causal language models."""
+    classifiers, loss for causal language models, rmse for regression."""
     mode: Literal["auto", "min", "max"] = "auto"
-    """auto: min for loss, max for the rest."""
+    """auto: min for losses and errors (loss, perplexity, ece, nll, brier, mse, rmse, mae), max for the rest."""
     patience: PositiveInt | None = None
     """Stop after this many evaluations without improvement; null: never stop early."""
     min_delta: Annotated[float, Field(ge=0)] = 0.0

@@ -217,3 +217,17 @@ def scatter_chart(points: dict[str, tuple[float, float, float, float]], *, xlabe
         if limits is not None:
             axis(*limits)
     return _svg(fig)
+
+
+def prediction_scatter(truth: Sequence[float], predicted: Sequence[float], *, name: str) -> str:
+    """A regression's predicted values against the true ones, one dot per example, with the line a perfect model's
+    dots would lie on."""
+    fig, ax = _figure(4.2, 4.0)
+    ax.scatter(truth, predicted, s=9, alpha=0.5, color=PALETTE[0], linewidths=0)
+    both = [*truth, *predicted]
+    low, high = (min(both), max(both)) if both else (0.0, 1.0)
+    ax.plot([low, high], [low, high], color=PALETTE[7], linewidth=1, linestyle="--", label="predicted = true")
+    ax.set_xlabel(f"true {name}")
+    ax.set_ylabel(f"predicted {name}")
+    ax.legend(loc="upper left", frameon=False)
+    return _svg(fig)

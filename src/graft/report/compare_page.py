@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from graft.compare import COLUMNS, columns
+from graft.evaluation.metrics import metric_mode
 from graft.files import write_text
 from graft.report.charts import line_chart, scatter_chart
 from graft.report.page import CSS, escape, figure
@@ -64,7 +66,8 @@ def render_compare(result: dict[str, Any]) -> str:
         return f"<td class='n'>{text}</td>"
 
     retained = any(r.get("retention") is not None for r in rows)
-    sign = -1.0 if metric == "loss" else 1.0
+    sign = -1.0 if metric_mode(metric) == "min" else 1.0
+    shown = columns(result)
     rows = sorted(rows, key=lambda r: -sign * r[metric] if r.get(metric) is not None else float("inf"))
     body = ""
     for r in rows:
@@ -75,11 +78,13 @@ def render_compare(result: dict[str, Any]) -> str:
         link = _relative(r["runs"][0], recipe["output"]["dir"]) + "/report.html"
         body += (f"<tr class='{'low' if flag else ''}'><td><b><a href='{escape(link)}'>{escape(r['label'])}</a></b>"
                  f"{escape(mark)}{escape(flag)}</td>"
-                 f"<td>{escape(r['strategy'])}</td><td class='n'>{_lr(r['lr'])}</td>{cell(r, 'accuracy')}"
-                 f"{cell(r, 'f1_macro')}{cell(r, 'retention') if retained else ''}<td class='n'>{r['trainable']:,}</td>"
+                 f"<td>{escape(r['strategy'])}</td><td class='n'>{_lr(r['lr'])}</td>"
+                 f"{''.join(cell(r, n) for n in shown)}{cell(r, 'retention') if retained else ''}"
+                 f"<td class='n'>{r['trainable']:,}</td>"
                  f"{_cost(r)}"
                  f"<td class='n'>{r['s_per_epoch']:.2f} s</td><td class='n'>{r['peak_memory_mb']:,.0f} MB</td></tr>")
-    table = ("<table><tr><th>strategy</th><th>method</th><th>lr</th><th>test accuracy</th><th>test macro F1</th>"
+    heads = "".join(f"<th>{escape(COLUMNS.get(n, n))}</th>" for n in shown)
+    table = ("<table><tr><th>strategy</th><th>method</th><th>lr</th>" + heads
              + ("<th>retention (source task)</th>" if retained else "") + "<th>trainable</th>"
              "<th>cost: training + feature cache</th><th>training per epoch</th><th>peak memory</th>"
              "</tr>" + body + "</table><p class='sub'>Cost counts the feature-cache pass: a strategy that keeps layers "

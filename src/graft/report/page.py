@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from graft.report.charts import heatmap, line_chart, matrix_layout, reliability_chart
+from graft.report.charts import heatmap, line_chart, matrix_layout, prediction_scatter, reliability_chart
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;color:#111827;margin:0;background:#f3f4f6}
@@ -64,6 +64,8 @@ def render(record: dict[str, Any], run_dir: Path) -> str:
         parts += _calibration(record["calibration"])
     if record.get("mistakes"):
         parts.append(_mistakes(record["mistakes"], record["data"].get("input_kind") == "image"))
+    if record.get("scatter"):
+        parts += _regression(record)
     if record.get("samples") or record["data"].get("rendered_example"):
         parts.append(_samples(record))
     parts += [_groups(record), _cost(record), _recipe_and_environment(record)]
@@ -76,7 +78,7 @@ def render_cv(record: dict[str, Any]) -> str:
     """The summary page of a k-fold cross-validation: mean ± std, and each fold."""
     cv, recipe = record["cv"], record["recipe"]
     title = f"{Path(recipe['output']['dir']).name}: {cv['k']}-fold cross-validation, {recipe['strategy']['name']}"
-    names = [m for m in ("accuracy", "f1_macro", "roc_auc", "loss") if m in cv["mean"]]
+    names = [m for m in ("accuracy", "f1_macro", "roc_auc", "rmse", "r2", "spearman", "loss") if m in cv["mean"]]
     cards = "".join(f"<div class='card'><b>{cv['mean'][m]:.3f} ± {cv['std'][m]:.3f}</b><span>{m} (mean ± std over "
                     f"{cv['k']} folds)</span></div>" for m in names)
     folds = [f["fold"] for f in cv["folds"]]
@@ -102,6 +104,8 @@ def escape(value: Any) -> str:
 
 def _classes(record: dict[str, Any]) -> str:
     labels = record["data"].get("labels") or []
+    if record["data"].get("targets"):
+        return f" · target{'s' if len(labels) > 1 else ''} {', '.join(map(str, labels))}"
     noun = "labels" if "label_counts" in record["data"] else "classes"  # a multi-label run's: any number each
     return f" · {len(labels)} {noun}" if labels else ""
 
@@ -129,7 +133,9 @@ def _sizes(record: dict[str, Any]) -> str:
 def _cards(test: dict[str, Any], record: dict[str, Any]) -> str:
     if not test:
         return "<p>No test metrics: the run did not finish.</p>"
-    items = [("test accuracy", test.get("accuracy")), ("micro F1", test.get("f1_micro")),
+    items = [("test RMSE", test.get("rmse")), ("test R²", test.get("r2")), ("test Spearman", test.get("spearman")),
+             ("mean predictor: RMSE", test.get("baseline_rmse")), ("test MAE", test.get("mae")),
+             ("test accuracy", test.get("accuracy")), ("micro F1", test.get("f1_micro")),
              ("macro F1", test.get("f1_macro")), ("subset accuracy (every label right)", test.get("subset_accuracy")),
              ("Hamming loss (wrong label decisions)", test.get("hamming_loss")),
              ("mean average precision", test.get("average_precision")),
@@ -153,7 +159,8 @@ def _cards(test: dict[str, Any], record: dict[str, Any]) -> str:
 
 def _verdicts(record: dict[str, Any], history: list[dict[str, Any]]) -> list[str]:
     """What the curves say, in words."""
-    out = [f"<div class='verdict warn'><b>One class only.</b> {escape(w)}</div>" for w in record.get("warnings", [])]
+    title = "No better than a constant." if record.get("scatter") else "One class only."
+    out = [f"<div class='verdict warn'><b>{title}</b> {escape(w)}</div>" for w in record.get("warnings", [])]
     train = [h for h in history if h["split"] == "train"]
     val = [h for h in history if h["split"] == "validation"]
     best = record.get("best") or {}
@@ -210,7 +217,7 @@ def _curves(history: list[dict[str, Any]], record: dict[str, Any]) -> list[str]:
     figures.append(figure(line_chart(series, xlabel="step", ylabel="loss", marks=marks),
                            f"Loss: training (mean since the previous log line){what}, and validation."))
     figures += _extra_evaluations(history)
-    names = [m for m in ("accuracy", "f1_macro", "roc_auc", "token_accuracy")
+    names = [m for m in ("accuracy", "f1_macro", "roc_auc", "token_accuracy", "r2", "spearman")
              if val and all(h.get(m) is not None for h in val)]
     if names:
         figures.append(figure(line_chart({m: ([h["step"] for h in val], [h[m] for h in val]) for m in names},
@@ -464,6 +471,34 @@ def _mistakes(mistakes: list[dict[str, Any]], images: bool) -> str:
     return ("<h2>Most confident mistakes on test</h2><p class='sub'>Up to three per true class, surest first: "
             "label noise and real confusions show here first.</p><table><tr><th>example</th><th>true</th>"
             f"<th>predicted</th><th>confidence</th><th>p(true)</th></tr>{''.join(rows)}</table>")
+
+
+def _regression(record: dict[str, Any]) -> list[str]:
+    """Each target's predicted-vs-true scatter and metrics beside the mean predictor's, and the largest errors."""
+    test = record["metrics"]["test"]
+    figures = []
+    for name, pairs in record["scatter"].items():
+        scores = (test.get("per_target") or {}).get(name, {})
+        said = ", ".join(f"{k} {scores[k]:.3f}" for k in ("rmse", "r2", "spearman") if scores.get(k) is not None)
+        figures.append(figure(prediction_scatter(pairs["true"], pairs["predicted"], name=name),
+                              f"{name} on test ({len(pairs['true'])} examples): {said}."))
+    out = ["<h2>Predicted against true</h2><p class='sub'>A perfect model's dots lie on the dashed line; the mean "
+           "predictor (every answer the training mean) would be a horizontal line.</p>",
+           f"<div class='grid'>{''.join(figures)}</div>"]
+    rows = "".join(
+        f"<tr><td>{escape(_clip(e['input'], 300))}</td><td class='n'>{_values(e['target'])}</td>"
+        f"<td class='n'>{_values(e['predicted'])}</td></tr>" for e in record.get("largest_errors", []))
+    if rows:
+        out.append("<h2>Largest errors on test</h2><p class='sub'>Furthest off first (in standard deviations of each "
+                   "target): mislabelled rows and what the model cannot read show here first.</p><table><tr>"
+                   f"<th>example</th><th>true</th><th>predicted</th></tr>{rows}</table>")
+    return out
+
+
+def _values(values: dict[str, float]) -> str:
+    if len(values) == 1:
+        return f"{next(iter(values.values())):.4g}"
+    return escape(", ".join(f"{k} {v:.4g}" for k, v in values.items()))
 
 
 def _clip(text: str, n: int) -> str:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from graft.tasks.causal_lm import CausalLM
 from graft.tasks.image_classification import ImageClassification
 from graft.tasks.multilabel import MultilabelClassification
+from graft.tasks.regression import Regression
 from graft.tasks.text_classification import TextClassification
 
 if TYPE_CHECKING:
@@ -108,7 +109,7 @@ class Task(Protocol):
 
 
 TASKS: dict[str, Task] = {t.name: t for t in (TextClassification(), ImageClassification(), CausalLM(),
-                                              MultilabelClassification())}
+                                              MultilabelClassification(), Regression())}
 
 
 def get_task(name: str) -> Task:

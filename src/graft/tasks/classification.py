@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from graft.errors import GraftError
-from graft.evaluation.metrics import LM_ONLY_METRICS, MULTILABEL_ONLY_METRICS, SCALAR_METRICS
+from graft.evaluation.metrics import LM_ONLY_METRICS, MULTILABEL_ONLY_METRICS, REGRESSION_ONLY_METRICS, SCALAR_METRICS
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -28,7 +28,8 @@ class Classification:
     name = ""
     pipeline_tag = ""
     data_fields: frozenset[str] = frozenset()
-    metrics = tuple(m for m in SCALAR_METRICS if m not in LM_ONLY_METRICS + MULTILABEL_ONLY_METRICS)
+    metrics = tuple(m for m in SCALAR_METRICS
+                    if m not in LM_ONLY_METRICS + MULTILABEL_ONLY_METRICS + REGRESSION_ONLY_METRICS)
     default_metric = "f1_macro"
     refused_strategies: ClassVar[dict[str, str]] = {}
     peft_task_type: str | None = None
@@ -39,6 +40,8 @@ class Classification:
     """The transformers Auto class that loads this task's Hugging Face models."""
     hf_processor = ""
     """`tokenizer` or `image`: what prepares the model's inputs."""
+    pipeline_arguments = "top_k=None"
+    """What the model card's transformers `pipeline(...)` snippet passes after the model: every class's score."""
 
     def check_recipe(self, recipe: Recipe) -> None:
         pass
@@ -153,6 +156,14 @@ class Classification:
 
     def prediction_columns(self, labels: list[str]) -> list[str]:
         return [self.input_kind or "input", "label", "score", *(f"p_{n}" for n in labels)]
+
+    def label_columns(self, recipe: Recipe) -> tuple[str, ...]:
+        """The columns an example's label is read from: what compare and cross-validation name in their files."""
+        return (recipe.data.label_column,)
+
+    def fold_groups(self, examples: list[tuple[str, str]]) -> list[str] | None:
+        """What cross-validation's folds are stratified by: each example's class."""
+        return [label for _, label in examples]
 
     def rows(self, split: Any, labels: list[str]) -> list[tuple[str, str]]:
         """A split as (input, class name) rows, inputs as `inputs` gives them: what compare writes to files."""

@@ -35,7 +35,8 @@ class CachedHead(nn.Module):
         x = features
         for module in self.head:
             x = module(x)
-        loss = F.cross_entropy(x.float(), labels) if labels is not None else None
+        # Class ids: cross-entropy; float targets (a regression) are scored by the task's own loss.
+        loss = F.cross_entropy(x.float(), labels) if labels is not None and not labels.is_floating_point() else None
         return SequenceClassifierOutput(loss=loss, logits=x)
 
 
