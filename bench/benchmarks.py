@@ -745,6 +745,35 @@ def serving(size: Size) -> dict[str, Any]:
             "target": "int8 ONNX >= 2x PyTorch fp32 throughput at batch 1, accuracy within one point"}
 
 
+def sweep_overhead(size: Size) -> dict[str, Any]:
+    """What a sweep adds to each trial: single runs (their test skipped, as a trial's is) against the trials of a
+    sweep whose space has one value (every trial that same run), each size.steps steps on the same data, run in
+    turn. Per trial: a trial's time (Optuna's, from ask to tell: sampling, the run, the study's bookkeeping) against
+    a single run's; once per sweep: what it spends outside its trials (the splits, the study, testing the best
+    trial, importances, the page)."""
+    import graft
+
+    with tempfile.TemporaryDirectory() as tmp:
+        train, test, real = _real_or_synthetic(size, Path(tmp))
+        single = []
+        for i in range(size.repeats):
+            recipe = _recipe(size, train, test, Path(tmp) / f"single-{i}", train={"max_steps": size.steps})
+            started = time.perf_counter()
+            graft.train(recipe, test=False)
+            single.append(time.perf_counter() - started)
+        recipe = _recipe(size, train, test, Path(tmp) / "sweep", train={"max_steps": size.steps})
+        started = time.perf_counter()
+        result = graft.sweep(recipe, {"train.seed": {"choices": [0]}}, size.repeats)
+        sweep_s = time.perf_counter() - started
+    trials = [t["duration_s"] for t in result["trials"]]
+    return {"setup": {"model": size.model, "data": "rt-polarity" if real else "synthetic", "steps": size.steps,
+                      "batch": size.batch, "trials": len(trials), "load_average_1min": os.getloadavg()[0]},
+            "single_run_s": spread(single), "trial_s": spread(trials),
+            "overhead_per_trial_s": statistics.median(trials) - statistics.median(single),
+            "trial_over_single": statistics.median(trials) / statistics.median(single),
+            "sweep_outside_trials_s": sweep_s - sum(trials)}
+
+
 def _batch_times(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]]) -> list[float]:
     """Seconds for each batch's forward pass."""
     out = []
@@ -776,4 +805,5 @@ BENCHMARKS: dict[str, Callable[[Size], dict[str, Any]]] = {
     "profile": profile,
     "mc_dropout": mc_dropout,
     "serving": serving,
+    "sweep_overhead": sweep_overhead,
 }

@@ -129,6 +129,12 @@ def table() -> str:
                   f"(target: int8 ≥ 2× PyTorch fp32 at batch 1, within one point) | {cells}; int8 "
                   f"{x['speedup_vs_pytorch']['onnxruntime_int8']['batch_1']:.1f}× at batch 1, "
                   f"{1 - int8.get('same_labels_as_pytorch', 1):.1%} of labels changed |"]
+    if "sweep_overhead" in r:
+        x = r["sweep_overhead"]
+        lines += [f"| sweep overhead | a trial ÷ the same single run, {x['setup']['steps']} steps of "
+                  f"{x['setup']['model']}; once per sweep (splits, study, the best's test, page) | "
+                  f"{x['trial_over_single']:.3f}× ({x['overhead_per_trial_s']:+.2f} s a trial); "
+                  f"{x['sweep_outside_trials_s']:.1f} s |"]
     return "\n".join(lines) + "\n"
 
 

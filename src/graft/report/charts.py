@@ -279,7 +279,7 @@ def parallel_chart(axes: dict[str, list[tuple[float, str]]], lines: list[list[fl
         ax.axvline(x, color="#6b7280", linewidth=0.8)
         for y, text in ticks:
             ax.text(x + 0.03, y, text, fontsize=MIN_FONT + 1, va="center", color="#374151")
-    ax.set_xticks(xs, short_labels(list(axes)), rotation=20, ha="right", rotation_mode="anchor")
+    ax.set_xticks(xs, short_labels(list(axes), limit=28), rotation=20, ha="right", rotation_mode="anchor")
     ax.set_yticks([])
     ax.set_ylim(-0.05, 1.05)
     ax.set_xlim(-0.2, len(axes) - 0.5)
