@@ -87,6 +87,21 @@ def test_trials_and_sampler_refused(tiny_bert: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "sweep").exists()
 
 
+def test_a_folder_that_is_not_this_sweeps_is_refused(tiny_bert: Path, tmp_path: Path) -> None:
+    recipe, space = base_recipe(tiny_bert, tmp_path), space_file(tmp_path, SPACE)
+    (tmp_path / "sweep").mkdir()
+    (tmp_path / "sweep" / "run.json").write_text(json.dumps({"status": "completed"}))
+    assert "holds a run; pass --output with another folder" in error_of(graft.sweep, recipe, space, 2)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "sweep.db").write_text("not a database")
+    message = error_of(graft.sweep, recipe, space, 2, output=tmp_path / "other")
+    assert "sweep.db: not a graft sweep's study" in message and "to start fresh" in message, message
+    (tmp_path / "third" / "trials" / "0000").mkdir(parents=True)
+    message = error_of(graft.sweep, recipe, space, 2, output=tmp_path / "third")
+    assert "holds trials but no sweep.db" in message, message
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.parent.name in ("other", "third")) == ["sweep.db", "trials"]
+
+
 def test_string_numbers_read_as_yaml_writes_them(tiny_bert: Path, tmp_path: Path) -> None:
     """YAML reads 1e-5 (no dot) as text: a range still takes it as the number it is."""
     from graft.recipe import load_recipe

@@ -40,8 +40,6 @@ PAGE_FILE = "sweep.html"
 TRIALS_DIR = "trials"
 STUDY_NAME = "graft-sweep"
 SAMPLERS = ("tpe", "random")
-OBJECTIVE = ("eval.metric", "eval.mode")
-"""What every trial is ranked by: set once in the recipe, never searched."""
 
 
 def sweep(recipe: Recipe | str | Path | dict[str, Any], space: str | Path | dict[str, Any], trials: int, *,
@@ -63,9 +61,6 @@ def sweep(recipe: Recipe | str | Path | dict[str, Any], space: str | Path | dict
     if sampler not in SAMPLERS:
         raise GraftError(f"--sampler {sampler}: choose {' or '.join(SAMPLERS)}")
     distributions = read_space(space, base)
-    searched = [f for f in distributions if f in OBJECTIVE]
-    if searched:
-        raise GraftError(f"{space}: {searched[0]}: the metric every trial is ranked by; set it in the recipe")
     out = Path(output) if output is not None else base.output.dir
     identity = {"recipe": _plain(base.dump()), "space": space_record(distributions), "sampler": sampler}
     check_folder(out, identity)  # before anything is written
@@ -95,10 +90,11 @@ def check_folder(out: Path, identity: dict[str, Any]) -> None:
     another recipe, space or sampler."""
     from graft.rundir import is_run_dir
 
+    where = f"the sweep's folder {out} (--output; default the recipe's output.dir)"
     if out.exists() and not out.is_dir():
-        raise GraftError(f"--output {out} is a file; choose a folder for the sweep")
+        raise GraftError(f"{where} is a file; pass --output with a folder for the sweep")
     if is_run_dir(out):
-        raise GraftError(f"--output {out} is a run directory; choose another folder for the sweep")
+        raise GraftError(f"{where} holds a run; pass --output with another folder for the sweep")
     fresh = f"to start fresh, choose another --output or delete {out}"
     db = out / DB_FILE
     if not db.is_file():
@@ -106,11 +102,12 @@ def check_folder(out: Path, identity: dict[str, Any]) -> None:
             raise GraftError(f"{out} holds trials but no {DB_FILE} (the study they belong to); {fresh}")
         return
     import optuna
+    from sqlalchemy.exc import SQLAlchemyError
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         stored = optuna.load_study(study_name=STUDY_NAME, storage=_storage(out)).user_attrs
-    except (KeyError, ValueError, RuntimeError) as e:  # not a graft sweep's study, or not a study at all
+    except (KeyError, ValueError, RuntimeError, SQLAlchemyError) as e:  # another study, or no study at all
         raise GraftError(f"{db}: not a graft sweep's study ({str(e).splitlines()[0]}); {fresh}") from None
     changed = [k for k in identity if stored.get(k) != identity[k]]
     if changed:
@@ -234,9 +231,8 @@ def summarise(study: optuna.Study, base: Recipe, space: dict[str, BaseDistributi
     from graft.trained import test_run
 
     trials = [_trial_row(t) for t in study.get_trials(deepcopy=False)]
-    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
     best = None
-    if complete:
+    if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         chosen = study.best_trial
         record = test_run(chosen.user_attrs["run_dir"])
         test = {k: v for k, v in record["metrics"]["test"].items() if not isinstance(v, dict | list)}

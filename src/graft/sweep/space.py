@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 SET_BY_SWEEP = ("output.", "data.train", "data.validation", "data.test", "data.split", "data.text_column",
                 "data.image_column", "data.label_column")
 """Fields the sweep sets for every trial itself (its run directory, the written splits), so a space cannot."""
+OBJECTIVE = ("eval.metric", "eval.mode")
+"""What every trial is ranked by: set once, in the recipe."""
 RANGE_KEYS = {"low", "high", "log", "step"}
 EXAMPLE = "optim.lr: {low: 1.0e-5, high: 1.0e-3, log: true}"
 
@@ -46,6 +48,8 @@ def read_space(source: Path | str | dict[str, Any], recipe: Recipe) -> dict[str,
         if field.startswith(SET_BY_SWEEP):
             raise GraftError(f"{where}: the sweep sets it for every trial (each trial is a run directory under the "
                              f"sweep's folder, on the same written splits); search other fields")
+        if field in OBJECTIVE:
+            raise GraftError(f"{where}: the metric every trial is ranked by; set it in the recipe")
         space[field] = distribution(spec, where)
         for value in ends(space[field]):
             check_value(recipe, field, value, where)
