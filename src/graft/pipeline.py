@@ -363,12 +363,14 @@ def finish(accelerator: Accelerator, run: Setup, fitted: Fitted, started: float,
 
     recipe, state, record = run.recipe, fitted.state, fitted.record
     best = checkpoint.load_best(accelerator, fitted.parts.model, recipe.output.dir / CKPT_DIR)
-    test_started = time.perf_counter()
-    test_metrics, extras = run.task.test(accelerator, fitted.model, fitted.test_loader, run.splits, run.loaded,
-                                         recipe) if test else (None, {})
-    test_s = time.perf_counter() - test_started
-    for hook in fitted.watchers if test else ():  # the trackers log the test metrics
-        hook(event_for_test(state, test_metrics))
+    test_metrics, extras, test_s = None, {}, 0.0
+    if test:
+        test_started = time.perf_counter()
+        test_metrics, extras = run.task.test(accelerator, fitted.model, fitted.test_loader, run.splits, run.loaded,
+                                             recipe)
+        test_s = time.perf_counter() - test_started
+        for hook in fitted.watchers:  # the trackers log the test metrics
+            hook(event_for_test(state, test_metrics))
     save_final_model(accelerator, fitted.model, run.loaded, recipe, run.splits.labels, recipe.output.dir / MODEL_DIR,
                      run.attached)
     if "calibration" in extras and accelerator.is_main_process:  # a classifier's temperature, beside its weights
