@@ -131,10 +131,10 @@ def table() -> str:
                   f"{1 - int8.get('same_labels_as_pytorch', 1):.1%} of labels changed |"]
     if "sweep_overhead" in r:
         x = r["sweep_overhead"]
-        lines += [f"| sweep overhead | a trial ÷ the same single run, {x['setup']['steps']} steps of "
-                  f"{x['setup']['model']}; once per sweep (splits, study, the best's test, page) | "
-                  f"{x['trial_over_single']:.3f}× ({x['overhead_per_trial_s']:+.2f} s a trial); "
-                  f"{x['sweep_outside_trials_s']:.1f} s |"]
+        lines += [f"| sweep overhead | per trial, what the sweep adds around the run (sampling, the study's "
+                  f"SQLite, the trial's recipe), {x['setup']['steps']} steps of {x['setup']['model']}; once per sweep "
+                  f"(splits, study, the best's test, page) | {s(x['added_per_trial_s'])} s a trial "
+                  f"({x['added_share_of_trial']:.1%} of it); {x['sweep_outside_trials_s']:.1f} s |"]
     return "\n".join(lines) + "\n"
 
 
