@@ -745,6 +745,41 @@ def serving(size: Size) -> dict[str, Any]:
             "target": "int8 ONNX >= 2x PyTorch fp32 throughput at batch 1, accuracy within one point"}
 
 
+def sweep_overhead(size: Size) -> dict[str, Any]:
+    """What a sweep adds to each trial: single runs (their test skipped, as a trial's is) and the trials of a sweep
+    whose space has one value (every trial that same run), each size.steps steps on the same data, run in turn. Per
+    trial, what the sweep adds around the run: a trial's time (Optuna's, from ask to tell) less its run's own
+    total_s, against a single run's time less its total_s (what both pay after total_s is taken: the report, the
+    model card), so what is left is sampling, the study's SQLite writes and the trial's recipe, immune to the
+    machine's load changing between runs; once per sweep, what it spends outside its trials (the splits, the study,
+    testing the best trial, importances, the page)."""
+    import graft
+    from graft.rundir import read_record
+
+    with tempfile.TemporaryDirectory() as tmp:
+        train, test, real = _real_or_synthetic(size, Path(tmp))
+        single, single_tail = [], []
+        for i in range(size.repeats):
+            recipe = _recipe(size, train, test, Path(tmp) / f"single-{i}", train={"max_steps": size.steps})
+            started = time.perf_counter()
+            record = graft.train(recipe, test=False)
+            single.append(time.perf_counter() - started)
+            single_tail.append(single[-1] - record["timings"]["total_s"])
+        recipe = _recipe(size, train, test, Path(tmp) / "sweep", train={"max_steps": size.steps})
+        started = time.perf_counter()
+        result = graft.sweep(recipe, {"train.seed": {"choices": [0]}}, size.repeats)
+        sweep_s = time.perf_counter() - started
+        runs = [read_record(Path(t["run_dir"]))["timings"]["total_s"] for t in result["trials"]]
+    trials = [t["duration_s"] for t in result["trials"]]
+    added = [t - r - statistics.median(single_tail) for t, r in zip(trials, runs, strict=True)]
+    return {"setup": {"model": size.model, "data": "rt-polarity" if real else "synthetic", "steps": size.steps,
+                      "batch": size.batch, "trials": len(trials), "load_average_1min": os.getloadavg()[0]},
+            "single_run_s": spread(single), "trial_s": spread(trials), "trial_run_s": spread(runs),
+            "added_per_trial_s": spread(added),
+            "added_share_of_trial": statistics.median(added) / statistics.median(trials),
+            "sweep_outside_trials_s": sweep_s - sum(trials)}
+
+
 def _batch_times(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]]) -> list[float]:
     """Seconds for each batch's forward pass."""
     out = []
@@ -776,4 +811,5 @@ BENCHMARKS: dict[str, Callable[[Size], dict[str, Any]]] = {
     "profile": profile,
     "mc_dropout": mc_dropout,
     "serving": serving,
+    "sweep_overhead": sweep_overhead,
 }

@@ -129,6 +129,12 @@ def table() -> str:
                   f"(target: int8 ≥ 2× PyTorch fp32 at batch 1, within one point) | {cells}; int8 "
                   f"{x['speedup_vs_pytorch']['onnxruntime_int8']['batch_1']:.1f}× at batch 1, "
                   f"{1 - int8.get('same_labels_as_pytorch', 1):.1%} of labels changed |"]
+    if "sweep_overhead" in r:
+        x = r["sweep_overhead"]
+        lines += [f"| sweep overhead | per trial, what the sweep adds around the run (sampling, the study's "
+                  f"SQLite, the trial's recipe), {x['setup']['steps']} steps of {x['setup']['model']}; once per sweep "
+                  f"(splits, study, the best's test, page) | {s(x['added_per_trial_s'])} s a trial "
+                  f"({x['added_share_of_trial']:.1%} of it); {x['sweep_outside_trials_s']:.1f} s |"]
     return "\n".join(lines) + "\n"
 
 

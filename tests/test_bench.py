@@ -64,6 +64,10 @@ def test_each_benchmark_runs_at_a_tiny_size(name: str, tiny: Size, tmp_path: Pat
         assert all(0 <= saved[m]["test_accuracy"] <= 1 for m in models)
         assert saved["setup"]["examples_timed"] == {"batch_1": tiny.n_test, "batch_32": tiny.n_test}
         assert saved["setup"]["max_abs_diff_fp32"] < 1e-3
+    if name == "sweep_overhead":
+        assert saved["setup"]["trials"] == tiny.repeats and saved["trial_s"]["median"] > 0
+        assert saved["single_run_s"]["median"] > 0 and saved["sweep_outside_trials_s"] > 0
+        assert abs(saved["added_per_trial_s"]["median"]) < saved["trial_s"]["median"]
     if name == "profile":
         assert saved["fit_s"] > 0 and 0 < saved["shares_of_fit"]["forward"] < 1
 

@@ -454,7 +454,7 @@ def test_class_imbalance_is_said_at_train_start_but_never_blocks(tiny_bert: Path
 
 
 def test_cross_validation_and_compare_read_the_reviewed_rows_once(tiny_bert: Path, tmp_path: Path) -> None:
-    from graft.compare import _write_splits
+    from graft.compare import write_splits
     from graft.tasks import get_task
 
     rows = make_texts(60, seed=1)
@@ -464,5 +464,5 @@ def test_cross_validation_and_compare_read_the_reviewed_rows_once(tiny_bert: Pat
     recipe = graft.load_recipe(tree)
     examples = get_task(recipe.task).read_examples(recipe)  # what --cv folds
     assert len(examples) == 59 and rows[2] not in examples and (rows[3][0], "login") in examples
-    data = _write_splits(recipe, tmp_path / "splits")  # what every compared strategy reads
+    data = write_splits(recipe, tmp_path / "splits")  # what every compared strategy reads
     assert data["review"] is None

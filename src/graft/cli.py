@@ -239,6 +239,36 @@ def _strategies(names: str, variants: Path | None) -> list:
 
 
 @app.command()
+def sweep(
+    recipe: Annotated[Path, typer.Argument(help="The recipe YAML: what every trial starts from.",
+                                           metavar="RECIPE.yaml")],
+    space: Annotated[Path, typer.Option(help="A YAML mapping of recipe fields to ranges, e.g. optim.lr: {low: "
+                                        "1.0e-5, high: 1.0e-3, log: true}, strategy.lora.r: {low: 4, high: 32, "
+                                        "step: 4}, strategy.name: {choices: [full, lora]}.", metavar="SPACE.yaml")],
+    trials: Annotated[int, typer.Option(help="Trials in all: a rerun of the same command continues to N.",
+                                        metavar="N")],
+    output: Annotated[Path | None, typer.Option(help="The sweep's folder (sweep.db, trials/, sweep.json, "
+                                                "sweep.html); default: the recipe's output.dir.", metavar="DIR")
+                      ] = None,
+    sampler: Annotated[str, typer.Option(help="tpe or random, seeded by train.seed.", metavar="tpe|random")] = "tpe",
+    set_: SetOption = None,
+) -> None:
+    """Optuna over any recipe field: every trial a run on the same splits, ranked by the validation metric, the
+    laggards pruned; the test set evaluated once, for the best trial."""
+    from graft.sweep import format_trials
+    from graft.sweep import sweep as run
+
+    try:
+        result = run(recipe, space, trials, output=output, sampler=sampler, overrides=set_ or [],
+                     say=lambda line: print(line, file=sys.stderr, flush=True))
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to continue the sweep", file=sys.stderr)
+        raise typer.Exit(130) from None
+    print(format_trials(result))
+    print(f"report: {Path(result['folder']) / 'sweep.html'}")
+
+
+@app.command()
 def advise(
     recipe: Annotated[Path, typer.Argument(help="The recipe YAML (its strategy section is not read).",
                                            metavar="RECIPE.yaml")],

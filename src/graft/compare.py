@@ -66,7 +66,7 @@ def compare(recipe: Recipe | str | Path | dict[str, Any], strategies: list[str |
     if len(variants) < 2 or len(set(labels)) != len(labels):
         raise GraftError(f"--strategies {','.join(labels)}: give two or more, each once")
     out = base.output.dir
-    data = _write_splits(base, out / "data")
+    data = write_splits(base, out / "data")
     seed_list = [base.train.seed + i for i in range(seeds)]
     records: dict[str, list[dict[str, Any]]] = {}
     for label, fragment, lr_mult in variants:
@@ -124,7 +124,7 @@ def _merge(tree: dict[str, Any], fragment: dict[str, Any]) -> None:
             tree[key] = value
 
 
-def _write_splits(recipe: Recipe, folder: Path) -> dict[str, Any]:
+def write_splits(recipe: Recipe, folder: Path) -> dict[str, Any]:
     """The recipe's splits, written once as files that every run reads; the data section pointing at them."""
     from graft.data.tables import WRITTEN, write_csv
 

@@ -47,11 +47,13 @@ PHASED = ("two_phase", "gradual_unfreeze")
 
 def train(recipe: Recipe | str | Path | dict[str, Any], *, overrides: tuple[str, ...] | list[str] = (),
           resume: bool = False, overwrite: bool = False, hooks: list[Hook] | None = None,
-          prepare: Callable[[Setup], None] | None = None) -> dict[str, Any]:
+          prepare: Callable[[Setup], None] | None = None, test: bool = True) -> dict[str, Any]:
     """Fine-tune as the recipe says, evaluate on test, write the run directory; return the run record.
 
     `prepare`, when given, sees the setup before anything is written: it may add loss terms, extra evaluations
-    or a mixed training loader (the seams that forgetting guards and retention use)."""
+    or a mixed training loader (the seams that forgetting guards and retention use). `test=False` leaves the test
+    split unseen (metrics.test is null): a sweep's trials are chosen between on validation, and only the chosen one
+    is tested, later (`graft.trained.test_run`)."""
     from graft.environment import reset_peak_memory
     from graft.training.logging import check_trackers
 
@@ -63,11 +65,11 @@ def train(recipe: Recipe | str | Path | dict[str, Any], *, overrides: tuple[str,
     accelerator = make_accelerator(recipe)
     # One process trains into a run directory at a time (the main one holds the lock for all of a run's).
     with RunLock(recipe.output.dir) if accelerator.is_main_process else contextlib.nullcontext():
-        return _train(accelerator, recipe, resume, overwrite, hooks, prepare, started)
+        return _train(accelerator, recipe, resume, overwrite, hooks, prepare, started, test)
 
 
 def _train(accelerator: Accelerator, recipe: Recipe, resume: bool, overwrite: bool, hooks: list[Hook] | None,
-           prepare: Callable[[Setup], None] | None, started: float) -> dict[str, Any]:
+           prepare: Callable[[Setup], None] | None, started: float, test: bool) -> dict[str, Any]:
     from accelerate.utils import set_seed
 
     from graft.training.logging import end_trackers
@@ -95,7 +97,7 @@ def _train(accelerator: Accelerator, recipe: Recipe, resume: bool, overwrite: bo
         else:
             fit(accelerator, fitted.parts, recipe.train, recipe.eval, recipe.checkpoint,
                 recipe.output.dir / CKPT_DIR, fitted.state, [*fitted.watchers, *(hooks or [])])
-        record = finish(accelerator, run, fitted, started)
+        record = finish(accelerator, run, fitted, started, test)
     except BaseException as e:
         end_trackers(accelerator, e)
         if previous is not None:
@@ -349,9 +351,10 @@ def _feature_cache(run: Setup, device: Any) -> tuple[nn.Module | None, DataLoade
     return cache.head, cache.train_loader, cache.val_loader, "on: the backbone ran once, the head trains on its outputs"
 
 
-def finish(accelerator: Accelerator, run: Setup, fitted: Fitted, started: float) -> dict[str, Any]:
-    """The best weights back, the test split and the extra evaluations on them (a classifier's test also fits its
-    temperature on validation), the final model saved, the record completed, the report written."""
+def finish(accelerator: Accelerator, run: Setup, fitted: Fitted, started: float, test: bool = True) -> dict[str, Any]:
+    """The best weights back, the test split (unless not `test`) and the extra evaluations on them (a classifier's
+    test also fits its temperature on validation), the final model saved, the record completed, the report
+    written."""
     from graft.environment import peak_memory_mb
     from graft.evaluation.calibration import write_temperature
     from graft.models.save import save_final_model, write_run_card
@@ -361,13 +364,16 @@ def finish(accelerator: Accelerator, run: Setup, fitted: Fitted, started: float)
 
     recipe, state, record = run.recipe, fitted.state, fitted.record
     best = checkpoint.load_best(accelerator, fitted.parts.model, recipe.output.dir / CKPT_DIR)
-    test_started = time.perf_counter()
-    test_metrics, extras = run.task.test(accelerator, fitted.model, fitted.test_loader, run.splits, run.loaded,
-                                         recipe)
-    test_s = time.perf_counter() - test_started
+    run.task.finish_model(accelerator, fitted.model, run.splits, run.loaded)
+    test_metrics, extras, test_s = None, {}, 0.0
+    if test:
+        test_started = time.perf_counter()
+        test_metrics, extras = run.task.test(accelerator, fitted.model, fitted.test_loader, run.splits, run.loaded,
+                                             recipe)
+        test_s = time.perf_counter() - test_started
+        for hook in fitted.watchers:  # the trackers log the test metrics
+            hook(event_for_test(state, test_metrics))
     beside = extras.pop("model_files", {})  # what the task keeps beside the weights (a multi-label run's thresholds)
-    for hook in fitted.watchers:  # the trackers log the test metrics
-        hook(event_for_test(state, test_metrics))
     save_final_model(accelerator, fitted.model, run.loaded, recipe, run.splits.labels, recipe.output.dir / MODEL_DIR,
                      run.attached)
     if "calibration" in extras and accelerator.is_main_process:  # a classifier's temperature, beside its weights
@@ -379,7 +385,7 @@ def finish(accelerator: Accelerator, run: Setup, fitted: Fitted, started: float)
     record["metrics"] = {"test": test_metrics, "validation": _best_validation(state), "history": state.history,
                          **{e.name: e.final(accelerator, fitted.model, state.history) for e in run.evaluations}}
     record.update(extras)
-    record["warnings"] = model_warnings(test_metrics)
+    record["warnings"] = model_warnings(test_metrics or {})
     if fitted.prefix is not None:
         record["strategy"]["prefix_cache"] = fitted.prefix.builds
     record["timings"] = _timings(state, fitted, test_s, started)
@@ -479,8 +485,13 @@ def _best_validation(state: LoopState) -> dict[str, Any] | None:
 
 def _record_failure(accelerator: Accelerator, run_dir: Path, record: dict[str, Any], state: LoopState,
                     error: BaseException) -> None:
-    interrupted = isinstance(error, KeyboardInterrupt)
-    record.update(status="interrupted" if interrupted else "failed", error=str(error) or type(error).__name__)
+    from graft.training.loop import StopRun
+
+    if isinstance(error, StopRun):  # ended on purpose: why, not an error
+        record.update(status=error.status, reason=str(error))
+    else:
+        interrupted = isinstance(error, KeyboardInterrupt)
+        record.update(status="interrupted" if interrupted else "failed", error=str(error) or type(error).__name__)
     record["metrics"] = {"history": state.history}
     record["progress"] = {k: v for k, v in asdict(state).items() if k != "history"}
     record_failure(accelerator, run_dir, record, error)  # a full disk becomes one line (GraftError) here

@@ -110,6 +110,43 @@ def evaluate_run(run_dir: Path | str, data: Path | str | None = None, *, raw: bo
     return {**run.task.evaluate(*batches(run, split), run.labels, **scaled), **scaled}
 
 
+def test_run(run_dir: Path | str) -> dict[str, Any]:
+    """The test phase of a run trained with `test=False` (a sweep's chosen trial), once: its test metrics, the
+    classifier's temperature fitted on validation, the confident mistakes, written into run.json, the report and the
+    model card as training would have; the updated record. A run tested already is returned as it is: the test set
+    is seen once."""
+    import time
+
+    from graft.evaluation.calibration import write_temperature
+    from graft.models.save import write_run_card
+    from graft.pipeline import model_warnings
+    from graft.report import write_report
+    from graft.rundir import RECORD_FILE
+
+    run_dir = Path(run_dir)
+    record = read_record(run_dir)
+    if record.get("status") != "completed":
+        raise GraftError(f"{run_dir}: the run has not completed (status {record.get('status')!r}); nothing to test")
+    if record["metrics"].get("test") is not None:
+        return record
+    run = open_run(run_dir, raw=True)
+    splits = run.task.load_splits(run.recipe)
+    started = time.perf_counter()
+    accelerator, model, loader = batches(run, splits.test)
+    metrics, extras = run.task.test(accelerator, model, loader, splits, run, run.recipe)
+    if "calibration" in extras:
+        write_temperature(run_dir / MODEL_DIR, extras["calibration"])
+    for name, content in extras.pop("model_files", {}).items():  # a multi-label run's thresholds
+        write_json(run_dir / MODEL_DIR / name, content)
+    record["metrics"]["test"] = metrics
+    record.update(extras, warnings=model_warnings(metrics))
+    record["timings"]["test_s"] = round(time.perf_counter() - started, 3)
+    write_json(run_dir / RECORD_FILE, record)
+    write_report(run_dir)
+    write_run_card(run_dir)
+    return record
+
+
 def predict_run(run_dir: Path | str, source: str, output: Path | str | None = None, *, raw: bool = False,
                 mc_dropout: int | None = None, min_confidence: float | None = None) -> list[dict[str, Any]]:
     """Predictions for each input of `source`: labels and probabilities (texts: a file, or '-' for stdin lines;

@@ -231,3 +231,72 @@ def prediction_scatter(truth: Sequence[float], predicted: Sequence[float], *, na
     ax.set_ylabel(f"predicted {name}")
     ax.legend(loc="upper left", frameon=False)
     return _svg(fig)
+
+
+def trials_chart(trials: list[dict[str, Any]], *, ylabel: str, minimize: bool) -> str:
+    """A sweep's trials over time: each complete trial's objective against its number, pruned trials (hollow) at
+    their last evaluation, and the best so far as a step line."""
+    fig, ax = _figure(6.4, 3.4)
+    done = [t for t in trials if t["state"] == "complete"]
+    pruned = [t for t in trials if t["state"] == "pruned" and t["evaluations"]]
+    ax.plot([t["number"] for t in done], [t["value"] for t in done], "o", color=PALETTE[0], markersize=5,
+            label="complete")
+    if pruned:
+        ax.plot([t["number"] for t in pruned], [t["evaluations"][-1] for t in pruned], "o", markersize=5,
+                markerfacecolor="none", color="#6b7280", label="pruned (last evaluation)")
+    pick = min if minimize else max
+    best, xs, ys = None, [], []
+    for t in done:
+        best = t["value"] if best is None else pick(best, t["value"])
+        xs.append(t["number"])
+        ys.append(best)
+    if xs:
+        ax.step(xs, ys, where="post", color="#111827", linewidth=1.2, label="best so far")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("trial")
+    ax.set_ylabel(ylabel)
+    ax.legend(frameon=False, fontsize=8)
+    return _svg(fig)
+
+
+def bar_chart(values: dict[str, float], *, xlabel: str) -> str:
+    """Horizontal bars, largest on top."""
+    fig, ax = _figure(6.4, 0.9 + 0.35 * len(values))
+    names = sorted(values, key=values.get)
+    ax.barh(names, [values[n] for n in names], color=PALETTE[0])
+    ax.set_xlabel(xlabel)
+    ax.grid(axis="y", visible=False)
+    return _svg(fig)
+
+
+def parallel_chart(axes: dict[str, list[tuple[float, str]]], lines: list[list[float]], scores: list[float], *,
+                   highlight: int | None, label: str) -> str:
+    """Parallel coordinates: one vertical axis per name in `axes` ({name: [(position 0-1, tick label), ...]}), one
+    polyline per row of `lines` (positions 0-1 on each axis), coloured by its score; row `highlight` drawn on top."""
+    import matplotlib
+    from matplotlib.cm import ScalarMappable
+
+    fig, ax = _figure(6.4 if len(axes) < 6 else 1.1 * len(axes), 3.6)
+    low, high = (min(scores), max(scores)) if scores else (0.0, 1.0)
+    norm = matplotlib.colors.Normalize(low, high if high > low else low + 1e-9)
+    cmap = matplotlib.colormaps["viridis"]
+    xs = list(range(len(axes)))
+    for i, (row, score) in enumerate(zip(lines, scores, strict=True)):
+        if i != highlight:
+            ax.plot(xs, row, color=cmap(norm(score)), linewidth=1, alpha=0.75)
+    if highlight is not None:
+        ax.plot(xs, lines[highlight], color="#dc2626", linewidth=2.5, label="best")
+        ax.legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(0, 1.12))
+    for x, ticks in zip(xs, axes.values(), strict=True):
+        ax.axvline(x, color="#6b7280", linewidth=0.8)
+        for y, text in ticks:
+            ax.text(x + 0.03, y, text, fontsize=MIN_FONT + 1, va="center", color="#374151")
+    ax.set_xticks(xs, short_labels(list(axes), limit=28), rotation=20, ha="right", rotation_mode="anchor")
+    ax.set_yticks([])
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_xlim(-0.2, len(axes) - 0.5)
+    ax.grid(False)
+    fig.colorbar(ScalarMappable(norm, cmap), ax=ax, label=label, fraction=0.04, pad=0.02)
+    return _svg(fig)

@@ -93,6 +93,10 @@ class Task(Protocol):
                  labels: list[str]) -> dict[str, Any]:
         """Validation and test metrics."""
 
+    def finish_model(self, accelerator: Accelerator, model: nn.Module, splits: Any, loaded: LoadedModel) -> None:
+        """What becomes of the best weights before they are tested and saved (a regression folds its targets' scale
+        into the head); most tasks: nothing."""
+
     def test(self, accelerator: Accelerator, model: nn.Module, loader: DataLoader, splits: Any,
              loaded: LoadedModel, recipe: Recipe) -> tuple[dict[str, Any], dict[str, Any]]:
         """Test metrics, and what else the run record gets (`mistakes`, `samples`)."""

@@ -99,6 +99,9 @@ class CausalLM:
 
         return evaluate_lm(accelerator, model, loader)
 
+    def finish_model(self, accelerator: Accelerator, model: nn.Module, splits: Any, loaded: LoadedModel) -> None:
+        pass
+
     def test(self, accelerator: Accelerator, model: nn.Module, loader: DataLoader, splits: Any,
              loaded: LoadedModel, recipe: Recipe) -> tuple[dict[str, Any], dict[str, Any]]:
         """Test metrics, and greedy answers to the first few validation prompts (main process)."""

@@ -56,6 +56,9 @@ class Classification:
 
         return load_trained_classifier(folder, self.hf_auto_class, self.hf_processor)
 
+    def finish_model(self, accelerator: Accelerator, model: nn.Module, splits: Any, loaded: LoadedModel) -> None:
+        pass
+
     def evaluate(self, accelerator: Accelerator, model: nn.Module, loader: DataLoader,
                  labels: list[str], temperature: float = 1.0) -> dict[str, Any]:
         """The metrics of the logits divided by `temperature` (a calibrated run's; 1: the model's own)."""

@@ -118,16 +118,19 @@ class Regression(TextClassification):
 
         return score(*collect_logits(accelerator, model, loader), labels)
 
+    def finish_model(self, accelerator: Accelerator, model: nn.Module, splits: Any, loaded: LoadedModel) -> None:
+        """The targets' scale folded into the head: what is saved, tested and predicted with gives their units."""
+        fold_scale(accelerator.unwrap_model(model), loaded.head.path, splits.labels)
+
     def test(self, accelerator: Accelerator, model: nn.Module, loader: DataLoader, splits: Any,
              loaded: LoadedModel, recipe: Recipe) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The scale folded into the head (what is saved gives the targets' units), then the test metrics beside the
-        mean predictor's, the largest errors, and predicted-vs-true pairs for the report's scatter."""
+        """The test metrics (in the targets' units: `finish_model` folded their scale into the head) beside the mean
+        predictor's, the largest errors, and predicted-vs-true pairs for the report's scatter."""
         from graft.data.targets import TargetNames
         from graft.evaluation.predictions import collect_logits
         from graft.evaluation.regression import beats_baseline, largest_errors, mean_baseline
 
         names = splits.labels
-        fold_scale(accelerator.unwrap_model(model), loaded.head.path, names)
         raw = TargetNames(names, names.mean, names.std, standardised=False)
         predicted, truth = collect_logits(accelerator, model, loader)
         metrics = score(predicted, truth, raw)

@@ -1,7 +1,8 @@
 """The training loop, on Hugging Face Accelerate.
 
 One pass over the batches per epoch; after every optimiser step, `_after_step` decides what else happens at that
-step (log, evaluate, keep the best model, checkpoint, stop). Hooks observe events; they never steer the loop.
+step (log, evaluate, keep the best model, checkpoint, stop). Hooks observe events; they never steer the loop
+(one may end the run, by raising `StopRun`).
 
 Two seams let other parts of graft change training without editing this file:
 - loss terms: `Parts.loss_terms` maps a name to a callable of (batch, model output) that returns a scalar; it is
@@ -106,6 +107,15 @@ class Event:
 
 
 Hook = Callable[[Event], None]
+
+
+class StopRun(Exception):
+    """Raised by a hook to end a run on purpose (a sweep pruning a trial that does worse than the others at the same
+    point): the run is recorded with this `status` and the reason, not as failed."""
+
+    def __init__(self, status: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
 
 
 @dataclass
