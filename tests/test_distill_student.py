@@ -21,6 +21,7 @@ import graft
 from graft.recipe import load_recipe
 from graft.setup import setup
 from tests.conftest import error_of, make_texts, tiny_recipe, trained_text_run, write_csv
+from tests.e2e.test_real_resnet20 import load_example
 from tests.e2e.test_resume import assert_resume_matches
 
 
@@ -171,6 +172,8 @@ def test_the_record_sets_teacher_and_student_side_by_side(teacher, data, tmp_pat
         d["student"]["test"]["accuracy"] / d["teacher"]["test"]["accuracy"])
     assert d["loss"] == {"temperature": 2.0, "weight": 0.7, "unlabelled": None}
     assert "the teacher cut to 1 of its 2 layers" in d["student"]["start"]
+    table = load_example("distill_rt").format_distill(d)  # the example prints the section as this table
+    assert "| teacher | 2 |" in table and "| student | 1 |" in table
     page = (tmp_path / "run" / "report.html").read_text()
     assert "Distillation: teacher and student" in page and "ms / example, batch 32" in page
     # the saved student is an ordinary 1-layer model: it loads and scores as the run did
