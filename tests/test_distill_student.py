@@ -131,6 +131,8 @@ def test_a_student_with_another_vocabulary_is_refused(teacher, data, tmp_path):
     ({"strategy": {"name": "full", "teacher": "t"}}, "only strategy.name: distill learns from a teacher"),
     ({"strategy": {"name": "distill", "teacher": "t", "distill": {"layers": 1}}, "model": {"name": "minilm"}},
      "strategy.distill.layers cuts the student from the teacher"),
+    ({"strategy": {"name": "distill", "teacher": "t"}, "model": {"name": "teacher"}},
+     "a student cut from the teacher needs strategy.distill.layers"),
     ({"strategy": {"name": "distill", "teacher": "t"}, "retention": {"data": "old.csv"}},
      "a distilled student has no pretrained skill of its own"),
     ({"strategy": {"name": "distill", "teacher": "t"}, "task": "image_classification"},

@@ -699,6 +699,9 @@ class Recipe(Section):
         if strategy.distill.unlabelled is not None and self.train.batch_size < 2:
             raise ValueError("strategy.distill.unlabelled shares each batch with unlabelled texts; train.batch_size "
                              "must be 2 or more")
+        if strategy.distill.layers is None and self.model.name == TEACHER_MODEL:
+            raise ValueError("model.name = 'teacher': a student cut from the teacher needs strategy.distill.layers "
+                             "(how many of its layers to keep)")
         if strategy.teacher is None or strategy.distill.layers is None:
             return
         cut_from = str(strategy.teacher / "model")
