@@ -362,7 +362,8 @@ class StrategySpec(Section):
     name: Literal[STRATEGIES] = "full"  # type: ignore[valid-type]
     """What learns: `full` every parameter; `discriminative` every parameter, at per-group LRs; `head_only` the new
     head; `freeze` all but what freeze_* selects; `two_phase` the head for phase_epochs, then more; `gradual_unfreeze`
-    one more group every unfreeze_every epochs, top down; `scratch` every parameter from a random initialisation."""
+    one more group every unfreeze_every epochs, top down; `scratch` every parameter from a random initialisation;
+    `distill` every parameter of a student taught by strategy.teacher as well as by the labels."""
     freeze_modules: list[str] = []
     """Module names to keep frozen with everything inside them (as in named_modules(): `bert.embeddings`, `layer1`)."""
     freeze_pattern: str | None = None
@@ -699,7 +700,7 @@ class Recipe(Section):
         if strategy.distill.unlabelled is not None and self.train.batch_size < 2:
             raise ValueError("strategy.distill.unlabelled shares each batch with unlabelled texts; train.batch_size "
                              "must be 2 or more")
-        if strategy.distill.layers is None and self.model.name == TEACHER_MODEL:
+        if strategy.teacher is not None and strategy.distill.layers is None and self.model.name == TEACHER_MODEL:
             raise ValueError("model.name = 'teacher': a student cut from the teacher needs strategy.distill.layers "
                              "(how many of its layers to keep)")
         if strategy.teacher is None or strategy.distill.layers is None:
