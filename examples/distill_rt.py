@@ -6,7 +6,8 @@ student cut from it (its embeddings, first 3 layers, pooling and head) and disti
 The sentences: rt-polarity shuffled with seed 0 (`defaults_heldout.rt_polarity_rows`): the first 3,000 train both
 (15% carved off as validation), the next 1,000 test both; `unlabelled` adds the rest of the corpus (6,662 sentences,
 labels dropped) to the student's batches with the KL loss alone. The teacher is a plain `full` run (AdamW 5e-5,
-3 epochs, batch 32, 64 tokens); a completed teacher in OUTPUT_DIR/teacher is reused. Students: the defaults of
+3 epochs, batch 32, 64 tokens); a completed teacher in OUTPUT_DIR/teacher is reused, students go to
+OUTPUT_DIR/student-Nep and OUTPUT_DIR/unlabelled-Nep (N: STUDENT_EPOCHS). Students: the defaults of
 strategy.distill (T = 2, weight 0.5), AdamW at STUDENT_LR, STUDENT_EPOCHS epochs. Each student's run.json holds
 the `distill` section (teacher and student test metrics, parameters, size on disk, CPU latency at batch 1 and 32,
 measured side by side); this prints it as a table.
@@ -55,9 +56,10 @@ def main(shared: Path, out: Path, student_epochs: int = 3,
                 "unlabelled": {"layers": 3, "unlabelled": unlabelled}}
     for name in (n for n in students if n in parts):
         strategy = {"name": "distill", "teacher": str(out / "teacher"), "distill": students[name]}
-        tree = recipe(files, out / name, student_epochs, strategy=strategy, optim={"name": "adamw", "lr": STUDENT_LR})
+        tree = recipe(files, out / f"{name}-{student_epochs}ep", student_epochs, strategy=strategy,
+                      optim={"name": "adamw", "lr": STUDENT_LR})
         records[name] = train_once({**tree, "model": {"max_length": 64}})  # the model: the teacher, cut
-        print(f"\n{name} ({out / name}):\n{format_distill(records[name]['distill'])}", flush=True)
+        print(f"\n{name} ({tree['output']['dir']}):\n{format_distill(records[name]['distill'])}", flush=True)
     return records
 
 
