@@ -123,12 +123,18 @@ def table() -> str:
         x = r["serving"]
         cells = "; ".join(f"{k.replace('_', ' ')}: {x[k]['batch_1']['examples_per_s']['median']:.1f} / "
                           f"{x[k]['batch_32']['examples_per_s']['median']:.1f}, accuracy {x[k]['test_accuracy']:.3f}"
-                          for k in ("pytorch_fp32", "onnxruntime_fp32", "onnxruntime_int8"))
+                          for k in ("pytorch_fp32", "onnxruntime_fp32", "onnxruntime_int8", "distilled_student_fp32")
+                          if k in x)
         int8 = x["onnxruntime_int8"]
+        student = x.get("distilled_student_fp32")
+        kept = (f"; the {x['setup']['student']['layers']}-layer student "
+                f"{x['speedup_vs_pytorch']['distilled_student_fp32']['batch_1']:.1f}× at batch 1, "
+                f"{student['test_accuracy'] / x['pytorch_fp32']['test_accuracy']:.1%} of the accuracy"
+                if student else "")
         lines += [f"| serving | CPU prediction, {x['setup']['model']}, examples/s at batch 1 / batch 32, test accuracy "
                   f"(target: int8 ≥ 2× PyTorch fp32 at batch 1, within one point) | {cells}; int8 "
                   f"{x['speedup_vs_pytorch']['onnxruntime_int8']['batch_1']:.1f}× at batch 1, "
-                  f"{1 - int8.get('same_labels_as_pytorch', 1):.1%} of labels changed |"]
+                  f"{1 - int8.get('same_labels_as_pytorch', 1):.1%} of labels changed{kept} |"]
     if "sweep_overhead" in r:
         x = r["sweep_overhead"]
         lines += [f"| sweep overhead | per trial, what the sweep adds around the run (sampling, the study's "

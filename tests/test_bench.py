@@ -59,11 +59,12 @@ def test_each_benchmark_runs_at_a_tiny_size(name: str, tiny: Size, tmp_path: Pat
             assert row["mc_s"]["median"] > 0 and row["ratio_mc_over_n_single"]["median"] > 0
             assert row["single_pass_s"]["n"] == 2 * row["mc_s"]["n"]  # one pass before and one after each
     if name == "serving":
-        models = ("pytorch_fp32", "onnxruntime_fp32", "onnxruntime_int8")
+        models = ("pytorch_fp32", "onnxruntime_fp32", "onnxruntime_int8", "distilled_student_fp32")
         assert all(saved[m][f"batch_{n}"]["examples_per_s"]["median"] > 0 for m in models for n in (1, 32))
         assert all(0 <= saved[m]["test_accuracy"] <= 1 for m in models)
         assert saved["setup"]["examples_timed"] == {"batch_1": tiny.n_test, "batch_32": tiny.n_test}
         assert saved["setup"]["max_abs_diff_fp32"] < 1e-3
+        assert saved["setup"]["student"]["layers"] == 1 < saved["setup"]["student"]["of_layers"] == 2
     if name == "sweep_overhead":
         assert saved["setup"]["trials"] == tiny.repeats and saved["trial_s"]["median"] > 0
         assert saved["single_run_s"]["median"] > 0 and saved["sweep_outside_trials_s"] > 0

@@ -385,6 +385,8 @@ def finish(accelerator: Accelerator, run: Setup, fitted: Fitted, started: float,
     record["metrics"] = {"test": test_metrics, "validation": _best_validation(state), "history": state.history,
                          **{e.name: e.final(accelerator, fitted.model, state.history) for e in run.evaluations}}
     record.update(extras)
+    for name, section in run.sections.items() if test else ():  # after the model is saved: may read its files
+        record[name] = section(accelerator, fitted.model, record)
     record["warnings"] = model_warnings(test_metrics or {})
     if fitted.prefix is not None:
         record["strategy"]["prefix_cache"] = fitted.prefix.builds

@@ -3,8 +3,9 @@ splits, load the model for the task, attach the strategy, plan what trains when,
 
 `setup` writes no file. `graft train` calls it before it claims the run directory (a bad file leaves nothing
 behind); compare and cross-validation read splits through it; an advisor or an LR finder can take its model and
-loaders as they are. A `Setup` also carries the seams a capability fills before training: loss terms, extra
-evaluations, and a training loader that mixes in a second source (`graft.training.mixing.mix`).
+loaders as they are. A `Setup` also carries the seams a capability fills before training: the task's loss, loss terms,
+extra evaluations, a training loader that mixes in a second source (`graft.training.mixing.mix`), and sections the
+run record gets at the end.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from graft.recipe import Recipe, TrainSpec
 from graft.tasks import Task, get_task
 
 if TYPE_CHECKING:
+    from accelerate import Accelerator
     from torch import nn
     from torch.utils.data import DataLoader
 
@@ -26,6 +28,10 @@ if TYPE_CHECKING:
     from graft.strategy.plan import Plan
     from graft.training.loop import Evaluation, LossTerm
     from graft.training.optim import OptimChoice
+
+
+Section = Callable[["Accelerator", "nn.Module", dict[str, Any]], dict[str, Any]]
+"""(accelerator, the final model, the run record so far) -> a section of run.json."""
 
 
 def quiet(line: str) -> None:
@@ -69,6 +75,8 @@ class Setup:
     """Named terms added to the task's loss (see `graft.training.loop`)."""
     evaluations: list[Evaluation] = field(default_factory=list)
     """Named extra evaluation sets, run beside validation and at the end."""
+    sections: dict[str, Section] = field(default_factory=dict)
+    """Named sections run.json gets at the end, each computed from the final model once it is saved."""
 
 
 def setup(recipe: Recipe, say: Callable[[str], None] = quiet) -> Setup:
@@ -86,7 +94,8 @@ def setup(recipe: Recipe, say: Callable[[str], None] = quiet) -> Setup:
             raise GraftError(f"data.{name}: no examples (data.split gives it 0% and no data.{name} file is given); "
                              f"every run validates and tests: give data.{name} or a share of data.split")
     source = _read_source(recipe, task)  # before the model loads: a wrong source file costs nothing
-    loaded = task.load_model(recipe.model, splits.labels, recipe.data, recipe.strategy.name == "scratch")
+    teacher = _read_teacher(recipe, task, splits.labels)  # likewise a wrong teacher
+    loaded, start = _load_model(recipe, task, splits.labels, teacher)
     for note in [*loaded.notes, loaded.head.line()]:
         say(f"model: {note}")
     configure_model(loaded, recipe.train)
@@ -123,7 +132,29 @@ def setup(recipe: Recipe, say: Callable[[str], None] = quiet) -> Setup:
         from graft.retention import attach_retention
 
         attach_retention(run, source, say)
+    if teacher is not None:
+        from graft.distill import attach_distillation
+
+        attach_distillation(run, teacher, start, say)
     return run
+
+
+def _load_model(recipe: Recipe, task: Task, labels: list[str], teacher: Any) -> tuple[LoadedModel, str]:
+    """The model for the task; a distilled student (and what it starts from, in words) when there is a teacher."""
+    if teacher is None:
+        return task.load_model(recipe.model, labels, recipe.data, recipe.strategy.name == "scratch"), ""
+    from graft.distill import load_student
+
+    return load_student(recipe, task, labels, teacher)
+
+
+def _read_teacher(recipe: Recipe, task: Task, labels: list[str]) -> Any:
+    """strategy.teacher read and checked against this run (None: no distillation)."""
+    if recipe.strategy.teacher is None:
+        return None
+    from graft.distill import read_teacher
+
+    return read_teacher(recipe, task, labels)
 
 
 def _read_source(recipe: Recipe, task: Task) -> Any:

@@ -41,6 +41,14 @@ def load_recipe(source: Path | str | dict[str, Any], overrides: list[str] | tupl
             setattr(recipe.data, name, (folder(f"data.{name}") / value.expanduser()).absolute())
     if isinstance(recipe.retention.data, Path):
         recipe.retention.data = (folder("retention.data") / recipe.retention.data.expanduser()).absolute()
+    teacher = recipe.strategy.teacher
+    if teacher is not None:  # a student cut from the teacher names the teacher's model (schema: _check_student)
+        recipe.strategy.teacher = (folder("strategy.teacher") / teacher.expanduser()).absolute()
+        if recipe.model.name == str(teacher / "model"):
+            recipe.model.name = str(recipe.strategy.teacher / "model")
+    if isinstance(recipe.strategy.distill.unlabelled, Path):
+        unlabelled = recipe.strategy.distill.unlabelled.expanduser()
+        recipe.strategy.distill.unlabelled = (folder("strategy.distill.unlabelled") / unlabelled).absolute()
     if recipe.model.checkpoint is not None:
         recipe.model.checkpoint = (folder("model.checkpoint") / recipe.model.checkpoint.expanduser()).absolute()
     module, sep, function = recipe.model.name.rpartition(":")

@@ -313,7 +313,7 @@ _DATA_DEFAULTS = {name: _data_field(DataSpec.model_construct(), name) for name i
 PEFT_METHODS = ("lora", "ia3", "prompt", "ptuning", "prefix", "adapter")
 """Parameter-efficient strategies: the pretrained weights stay as they are; small added parameters and the head
 train (see graft.strategy.peft)."""
-STRATEGIES = ("full", "discriminative", "head_only", "freeze", "two_phase", "gradual_unfreeze", "scratch",
+STRATEGIES = ("full", "discriminative", "head_only", "freeze", "two_phase", "gradual_unfreeze", "scratch", "distill",
               *PEFT_METHODS)
 DISCRIMINATIVE = ("discriminative", "two_phase", "gradual_unfreeze")
 """Strategies whose learning rates differ per layer group unless the recipe says otherwise."""
@@ -367,11 +367,36 @@ class AdapterSpec(Section):
     """Also train the LayerNorms (as Houlsby et al. do)."""
 
 
+TEACHER_MODEL = "teacher"
+"""model.name under strategy.distill.layers: the student is cut from the teacher's final model."""
+
+
+class DistillationSpec(Section):
+    """`distill`: the student learns (1 - weight) * the task's loss + weight * T^2 * KL(teacher_T || student_T), the
+    teacher (strategy.teacher, frozen, in eval mode) run on the same batch. Teacher and student read the same token
+    ids, so they must share a tokenizer vocabulary."""
+
+    temperature: Annotated[float, Field(gt=0)] = 2.0
+    """T: both distributions are softened by it; the T^2 factor keeps the gradient's scale independent of T."""
+    weight: Annotated[float, Field(ge=0, le=1)] = 0.5
+    """The KL's share of the loss; the labels' cross-entropy gets the rest (1: the teacher alone teaches)."""
+    layers: PositiveInt | None = None
+    """The student is the teacher's own architecture with this many encoder layers, initialised from the teacher:
+    its embeddings, its first `layers` layers, its pooling and its fine-tuned head (BERT-like encoders: MiniLM, BERT,
+    RoBERTa). Leave model.name out (or `teacher`). null: the student is model.name."""
+    unlabelled: DataSource | None = None
+    """Texts without labels (a table with data.text_column, or a .txt of one text per line) mixed into every
+    training batch, where only the KL to the teacher teaches the student."""
+    unlabelled_share: Annotated[float, Field(gt=0, lt=1)] = 0.5
+    """The share of each training batch drawn from `unlabelled` (at least one example, at most all but one)."""
+
+
 class StrategySpec(Section):
     name: Literal[STRATEGIES] = "full"  # type: ignore[valid-type]
     """What learns: `full` every parameter; `discriminative` every parameter, at per-group LRs; `head_only` the new
     head; `freeze` all but what freeze_* selects; `two_phase` the head for phase_epochs, then more; `gradual_unfreeze`
-    one more group every unfreeze_every epochs, top down; `scratch` every parameter from a random initialisation."""
+    one more group every unfreeze_every epochs, top down; `scratch` every parameter from a random initialisation;
+    `distill` every parameter of a student taught by strategy.teacher as well as by the labels."""
     freeze_modules: list[str] = []
     """Module names to keep frozen with everything inside them (as in named_modules(): `bert.embeddings`, `layer1`)."""
     freeze_pattern: str | None = None
@@ -407,6 +432,9 @@ class StrategySpec(Section):
     prompt: PromptSpec = PromptSpec()
     """Settings of `prompt`, `ptuning` and `prefix`."""
     adapter: AdapterSpec = AdapterSpec()
+    teacher: Path | None = None
+    """`distill`: the run directory of a finished graft run of the same task and labels, whose final model teaches."""
+    distill: DistillationSpec = DistillationSpec()
 
     @property
     def is_peft(self) -> bool:
@@ -422,6 +450,11 @@ class StrategySpec(Section):
         if self.name == "freeze" and not self.freezes_anything:
             raise ValueError("strategy.name = 'freeze' needs one of freeze_modules, freeze_pattern, freeze_children "
                              "or freeze_groups")
+        if (self.name == "distill") != (self.teacher is not None):
+            raise ValueError("strategy.teacher: the run directory of a finished graft run, for strategy.name: distill "
+                             "(and only for it)" if self.teacher is None else
+                             f"strategy.teacher: only strategy.name: distill learns from a teacher, not "
+                             f"{self.name!r}; set strategy.name: distill or remove strategy.teacher")
         if self.is_peft and self.freezes_anything:
             raise ValueError(f"strategy.freeze_*: '{self.name}' already keeps every pretrained weight frozen; "
                              f"remove the freeze_* fields")
@@ -687,7 +720,32 @@ class Recipe(Section):
                              "batchnorm, dropout or hidden only, or use a plain module")
         self._check_task()
         self._check_retention()
+        self._check_student()
         return self
+
+    def _check_student(self) -> None:
+        """distill.layers: model.name becomes the teacher's final model (left out, or `teacher`); another is
+        refused."""
+        strategy = self.strategy
+        if strategy.teacher is not None and self.retention.on:
+            raise ValueError("retention: a distilled student has no pretrained skill of its own to retain; remove the "
+                             "retention section")
+        if strategy.distill.unlabelled is not None and self.train.batch_size < 2:
+            raise ValueError("strategy.distill.unlabelled shares each batch with unlabelled texts; train.batch_size "
+                             "must be 2 or more")
+        if strategy.teacher is not None and strategy.distill.layers is None and self.model.name == TEACHER_MODEL:
+            raise ValueError("model.name = 'teacher': a student cut from the teacher needs strategy.distill.layers "
+                             "(how many of its layers to keep)")
+        if strategy.teacher is None or strategy.distill.layers is None:
+            return
+        cut_from = str(strategy.teacher / "model")
+        given = self.model.name if "name" in self.model.model_fields_set else TEACHER_MODEL
+        if given not in (TEACHER_MODEL, cut_from):
+            raise ValueError(f"model.name = {given!r}: strategy.distill.layers cuts the student from the teacher; "
+                             f"leave model.name out (or write teacher), or remove distill.layers to distil into "
+                             f"{given!r}")
+        if self.model.name != cut_from:
+            self.model.name = cut_from
 
     def _check_task(self) -> None:
         """What the task takes: its own data fields, its metrics, the strategies and models it can train."""

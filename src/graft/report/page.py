@@ -56,6 +56,8 @@ def render(record: dict[str, Any], run_dir: Path) -> str:
     parts += _curves(history, record)
     if metrics.get("retention"):
         parts += _retention(metrics["retention"], history, record["recipe"]["eval"]["metric"])
+    if record.get("distill"):
+        parts += _distill(record["distill"])
     if test.get("confusion_matrix"):
         parts += _test_set(test, record["data"]["labels"])
     if test.get("per_label"):
@@ -317,6 +319,32 @@ def _refit_words(retention: dict[str, Any]) -> str:
     if retention["ratio"] is not None and retention["ratio"] < RETAINED:
         return read + ": the skill is still in the features, turned away from what the old head reads"
     return read
+
+
+def _distill(d: dict[str, Any]) -> list[str]:
+    """Teacher against student: test quality, size and latency, as the record's `distill` section measured them."""
+    def cell(value: Any, fmt: str) -> str:
+        return "–" if value is None else format(value, fmt)
+
+    rows = "".join(
+        f"<tr><td>{who}</td><td class='n'>{cell(x['layers'], 'd')}</td>"
+        f"<td class='n'>{cell(x['test'].get('accuracy'), '.3f')}</td>"
+        f"<td class='n'>{cell(x['test'].get('f1_macro'), '.3f')}</td><td class='n'>{x['params']:,}</td>"
+        f"<td class='n'>{x['megabytes']:.1f}</td>"
+        f"<td class='n'>{x['latency_ms']['batch_1']:.2f}</td><td class='n'>{x['latency_ms']['batch_32']:.2f}</td></tr>"
+        for who, x in (("teacher", d["teacher"]), ("student", d["student"])))
+    r, lat = d["student_vs_teacher"], d["latency"]
+    said = (f"The student keeps {cell(r['accuracy'], '.1%')} of the teacher's test accuracy with "
+            f"{cell(r['params'], '.0%')} of its parameters, at {cell(r['latency_batch_1'], '.2f')}× its latency at "
+            f"batch 1 and {cell(r['latency_batch_32'], '.2f')}× at batch 32 ({escape(lat['device'])}, "
+            f"{lat['torch_threads']} threads, {lat['precision']}; the first {lat['examples']['batch_1']} and "
+            f"{lat['examples']['batch_32']} test examples, {lat['repeats']} passes, timed in turn). Student: "
+            f"{escape(d['student']['start'])}. Teacher: {escape(d['teacher']['run'])} (test metrics: "
+            f"{escape(d['teacher']['test_from'])}).")
+    table = ("<table><tr><th></th><th>layers</th><th>test accuracy</th><th>macro-F1</th><th>parameters</th>"
+             "<th>MB on disk</th><th>ms / example, batch 1</th><th>ms / example, batch 32</th></tr>"
+             f"{rows}</table>")
+    return ["<h2>Distillation: teacher and student</h2>", f"<div class='verdict'>{said}</div>", table]
 
 
 def figure(svg: str, caption: str) -> str:

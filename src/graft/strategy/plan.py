@@ -57,6 +57,7 @@ STRATEGIES: dict[str, Callable[[int, StrategySpec, int], Starts]] = {
     "discriminative": _everything,
     "scratch": _everything,
     "freeze": _everything,
+    "distill": _everything,
     "head_only": _head_only,
     "two_phase": _two_phase,
     "gradual_unfreeze": _gradual_unfreeze,

@@ -27,7 +27,9 @@ class CausalLM:
     default_metric = "loss"
     refused_strategies: ClassVar[dict[str, str]] = {
         "head_only": "a causal LM keeps its pretrained output layer, so there is no new head to train alone; use lora, "
-                     "prompt, prefix, freeze or full"}
+                     "prompt, prefix, freeze or full",
+        "distill": "teacher -> student distillation is for text classifiers (a teacher's class probabilities); "
+                   "fine-tune the smaller language model with full or lora"}
     peft_task_type = "CAUSAL_LM"
     input_kind = None
     takes_plain_modules = False

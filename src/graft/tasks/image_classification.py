@@ -24,7 +24,10 @@ class ImageClassification(Classification):
     data_fields = frozenset({"image_column", "label_column", "image_size", "mean", "std", "bad_images",
                              "augment.crop_scale", "augment.crop_ratio", "augment.hflip", "augment.rotation",
                              "augment.color_jitter", "augment.translate", "review", "inspect"})
-    refused_strategies: ClassVar[dict[str, str]] = dict.fromkeys(("prompt", "ptuning", "prefix"), VIRTUAL_TOKENS)
+    refused_strategies: ClassVar[dict[str, str]] = {
+        **dict.fromkeys(("prompt", "ptuning", "prefix"), VIRTUAL_TOKENS),
+        "distill": "teacher -> student distillation is for text classifiers so far; fine-tune the smaller image model "
+                   "with full"}
     input_kind = "image"
     takes_plain_modules = True
     hf_auto_class = "AutoModelForImageClassification"
