@@ -66,6 +66,10 @@ def test_the_pooling_is_saved_and_applied_again(tiny_bert, tmp_path):
     saved = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
     assert saved["graft_pooling"] == "mean"
     assert graft.evaluate(tmp_path / "run")["accuracy"] == pytest.approx(record["metrics"]["test"]["accuracy"])
+    # Fine-tuned again from the run's model folder (no sentence-transformers config there): the same pooling.
+    again = load_model(ModelSpec(name=str(tmp_path / "run" / "model"), max_length=32), "text_classification",
+                       ["a", "b"], DataSpec(train=data))
+    assert "pooling: mean (auto: the graft run that saved this model pooled by mean)" in again.notes
 
 
 def test_pooling_is_for_text_classifiers(tmp_path):

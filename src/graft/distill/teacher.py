@@ -16,7 +16,7 @@ from graft.rundir import MODEL_DIR, read_record, run_recipe
 
 if TYPE_CHECKING:
     from graft.models.build import LoadedModel
-    from graft.recipe import ModelSpec, Recipe
+    from graft.recipe import Recipe
     from graft.tasks import Task
 
 BERT_LIKE = ("bert", "roberta", "xlm-roberta", "camembert", "electra")
@@ -92,9 +92,7 @@ def load_student(recipe: Recipe, task: Task, labels: list[str], teacher: Teacher
     """model.name for `task`; cut from the teacher under distill.layers (its embeddings, first layers, pooling and
     fine-tuned head). The loaded student and what it starts from, in one line."""
     layers = recipe.strategy.distill.layers
-    spec = recipe.model
-    if Path(spec.name) == teacher.model_dir:
-        spec = _teacher_pooling(spec, teacher)
+    spec = recipe.model  # the teacher's folder: `auto` reads the pooling its run saved (graft.models.pooling)
     loaded = task.load_model(spec, labels, recipe.data, False)
     if layers is None:
         return loaded, f"{spec.name}, as it loads"
@@ -106,14 +104,6 @@ def load_student(recipe: Recipe, task: Task, labels: list[str], teacher: Teacher
     pooled = "its pooler" if pooling == "pooler" else f"{pooling} pooling"
     return loaded, (f"the teacher cut to {layers} of its {teacher.layers} layers: its embeddings, {first}, {pooled} "
                     f"and fine-tuned head ({head.path}: {rows})")
-
-
-def _teacher_pooling(spec: ModelSpec, teacher: TeacherRun) -> ModelSpec:
-    """The teacher's model folder read with the pooling the teacher trained with (a graft run's folder has no
-    sentence-transformers config to say it, so `auto` would read BERT's untrained pooler)."""
-    if spec.pooling != "auto":
-        return spec
-    return spec.model_copy(update={"pooling": _saved_pooling(teacher)})
 
 
 def _saved_pooling(teacher: TeacherRun) -> str:

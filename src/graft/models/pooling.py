@@ -46,6 +46,9 @@ def choose_pooling(asked: str, model: nn.Module, source: str) -> tuple[str, str]
     """(mode, why) for `model.pooling`; `source` is the model's folder (where sentence-transformers' config is)."""
     has_pooler = getattr(model.base_model, "pooler", None) is not None
     if asked == "auto":
+        kept = getattr(model.config, CONFIG_KEY, None)
+        if kept is not None and has_pooler:  # a graft run's model/ folder, fine-tuned again
+            return kept, f"auto: the graft run that saved this model pooled by {kept}"
         declared = sentence_transformers_pooling(Path(source))
         if declared is not None and has_pooler:
             return declared, f"auto: the model's sentence-transformers pooling config says {declared}"
