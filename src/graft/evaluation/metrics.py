@@ -19,10 +19,17 @@ SCALAR_METRICS: tuple[str, ...] = (
     "ece",
     "nll",
     "brier",
+    "precision",
+    "recall",
+    "f1",
 )
 LM_METRICS = ("loss", "perplexity", "token_accuracy")
 """What a causal language model is scored on (on response tokens)."""
 LM_ONLY_METRICS = ("perplexity", "token_accuracy")
+ENTITY_METRICS = ("loss", "precision", "recall", "f1", "token_accuracy")
+"""What a token classifier is scored on: entity-level micro precision, recall and F1, and the share of words whose
+tag is right (graft.evaluation.entities)."""
+ENTITY_ONLY_METRICS = ("precision", "recall", "f1")
 LOWER_IS_BETTER = ("loss", "perplexity", "ece", "nll", "brier")
 
 

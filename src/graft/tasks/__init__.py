@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from graft.tasks.causal_lm import CausalLM
 from graft.tasks.image_classification import ImageClassification
 from graft.tasks.text_classification import TextClassification
+from graft.tasks.token_classification import TokenClassification
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -52,6 +53,10 @@ class Task(Protocol):
     input with one label (compare and cross-validation then decline)."""
     takes_plain_modules: bool
     """Whether `model.name` may be a plain nn.Module factory."""
+    feature_cache: bool
+    """Whether a head over a frozen backbone may train on one cached feature tensor per example
+    (graft.training.feature_cache); False (a head per token): the frozen groups' per-token outputs are cached
+    instead (graft.training.prefix_cache)."""
 
     def check_recipe(self, recipe: Recipe) -> None:
         """Task rules over the whole recipe, before any data or model is read; raise ValueError with one line."""
@@ -103,7 +108,8 @@ class Task(Protocol):
         checked one by one; `logits(loader)` runs the run's model over batches."""
 
 
-TASKS: dict[str, Task] = {t.name: t for t in (TextClassification(), ImageClassification(), CausalLM())}
+TASKS: dict[str, Task] = {t.name: t for t in (
+    TextClassification(), ImageClassification(), CausalLM(), TokenClassification())}
 
 
 def get_task(name: str) -> Task:

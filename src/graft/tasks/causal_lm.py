@@ -31,6 +31,7 @@ class CausalLM:
     peft_task_type = "CAUSAL_LM"
     input_kind = None
     takes_plain_modules = False
+    feature_cache = True
 
     def check_recipe(self, recipe: Recipe) -> None:
         if recipe.model.pooling != "auto":

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from graft.errors import GraftError
-from graft.evaluation.metrics import LM_ONLY_METRICS, SCALAR_METRICS
+from graft.evaluation.metrics import ENTITY_ONLY_METRICS, LM_ONLY_METRICS, SCALAR_METRICS
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -28,12 +28,13 @@ class Classification:
     name = ""
     pipeline_tag = ""
     data_fields: frozenset[str] = frozenset()
-    metrics = tuple(m for m in SCALAR_METRICS if m not in LM_ONLY_METRICS)
+    metrics = tuple(m for m in SCALAR_METRICS if m not in (*LM_ONLY_METRICS, *ENTITY_ONLY_METRICS))
     default_metric = "f1_macro"
     refused_strategies: ClassVar[dict[str, str]] = {}
     peft_task_type: str | None = None
     input_kind: str | None = None
     takes_plain_modules = False
+    feature_cache = True
     hf_auto_class = ""
     """The transformers Auto class that loads this task's Hugging Face models."""
     hf_processor = ""
