@@ -246,9 +246,11 @@ def write_rows(rows: list[dict[str, Any]], path: Path, columns: list[str]) -> No
 
 
 def _flat(row: dict[str, Any]) -> dict[str, Any]:
-    """A row for a CSV: `probabilities` and (MC dropout) `std` spread out as p_<label> and std_<label>."""
+    """A row for a CSV: `probabilities` and (MC dropout) `std` spread out as p_<label> and std_<label>; a list (a
+    token classifier's entities) as JSON."""
     spread = {"probabilities": "p_", "std": "std_"}
-    out = {k: v for k, v in row.items() if k not in spread}
+    out = {k: json.dumps(v, ensure_ascii=False) if isinstance(v, list) else v for k, v in row.items()
+           if k not in spread}
     for key, prefix in spread.items():
         out.update({f"{prefix}{n}": v for n, v in row.get(key, {}).items()})
     return out
@@ -278,8 +280,8 @@ def _abstain(rows: list[dict[str, Any]], min_confidence: float | None) -> list[d
     if min_confidence is None or not rows:
         return rows
     if "probabilities" not in rows[0]:
-        raise GraftError("--min-confidence: a language model's answers have no class probabilities to hold back; "
-                         "leave it out")
+        raise GraftError("--min-confidence: these predictions (a language model's answers, a token classifier's "
+                         "entities) have no class probabilities to hold back; leave it out")
     return abstain_rows(rows, min_confidence)
 
 

@@ -46,6 +46,9 @@ def advise(recipe: Recipe | str | Path | dict[str, Any], *, overrides: tuple[str
 
     started = time.perf_counter()
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
+    refused = TASKS[recipe.task].refused_commands.get("advise")
+    if refused:
+        raise GraftError(f"graft advise: {recipe.task}: {refused}")
     sample = SAMPLE if sample is None else sample
     if sample < 10:
         raise GraftError(f"--sample {sample}: at least 10 training examples")

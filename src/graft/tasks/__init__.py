@@ -46,6 +46,9 @@ class Task(Protocol):
     default_metric: str
     refused_strategies: dict[str, str]
     """strategy name -> why this task cannot take it (one line, with what to use instead)."""
+    refused_commands: dict[str, str]
+    """`export --format onnx` or `advise` -> why this task's runs cannot take it (one line, with what to do
+    instead); a command not named works, or says itself why not."""
     peft_task_type: str | None
     """peft's TaskType for this task's models (None: a plain module, peft wraps it as it is)."""
     input_kind: str | None

@@ -28,6 +28,7 @@ class CausalLM:
     refused_strategies: ClassVar[dict[str, str]] = {
         "head_only": "a causal LM keeps its pretrained output layer, so there is no new head to train alone; use lora, "
                      "prompt, prefix, freeze or full"}
+    refused_commands: ClassVar[dict[str, str]] = {}
     peft_task_type = "CAUSAL_LM"
     input_kind = None
     takes_plain_modules = False

@@ -31,6 +31,7 @@ class Classification:
     metrics = tuple(m for m in SCALAR_METRICS if m not in (*LM_ONLY_METRICS, *ENTITY_ONLY_METRICS))
     default_metric = "f1_macro"
     refused_strategies: ClassVar[dict[str, str]] = {}
+    refused_commands: ClassVar[dict[str, str]] = {}
     peft_task_type: str | None = None
     input_kind: str | None = None
     takes_plain_modules = False

@@ -30,6 +30,11 @@ class TokenClassification(Classification):
     metrics = ENTITY_METRICS
     default_metric = "f1"
     refused_strategies: ClassVar[dict[str, str]] = {}
+    refused_commands: ClassVar[dict[str, str]] = {
+        "export --format onnx": "a token classifier's export is not checked against its logits yet; export it with "
+                                "graft export (no --format) and serve it with transformers or graft serve",
+        "advise": "graft advise scores one feature vector per example; a token classifier tags every word: compare "
+                  "head_only, lora and full runs instead"}
     peft_task_type = "TOKEN_CLS"
     input_kind = None  # a sentence has a tag per word, not one label: compare and cross-validation decline
     feature_cache = False  # a head per token: the per-token prefix cache serves head_only
