@@ -21,7 +21,7 @@ import graft
 from graft.data.images import load_image_splits
 from graft.models.build import load_model
 from graft.recipe import load_recipe
-from tests.conftest import PLAIN_NETS, image_recipe, make_texts, tiny_recipe, write_csv
+from tests.conftest import PLAIN_NETS, image_recipe, make_tagged, make_texts, tiny_recipe, write_conll, write_csv
 
 EPOCHS = 3
 STRATEGIES = {
@@ -53,17 +53,20 @@ def expected_start(strategy: str, n_backbone: int, i: int) -> int | None:
 @pytest.fixture(scope="module")
 def family_recipes(tmp_path_factory, tiny_bert, tiny_resnet, image_folder, plain_checkpoint):
     texts = write_csv(tmp_path_factory.mktemp("text") / "train.csv", make_texts(60, seed=5))
+    tagged = write_conll(tmp_path_factory.mktemp("tagged") / "train.conll", make_tagged(60, seed=5))
     return {
         "tiny_bert": lambda run: tiny_recipe(tiny_bert, texts, run),
+        "tiny_bert_tokens": lambda run: {**tiny_recipe(tiny_bert, tagged, run), "task": "token_classification"},
         "hf_resnet": lambda run: image_recipe({"name": str(tiny_resnet)}, image_folder, run),
         "plain_cnn": lambda run: image_recipe({"name": f"{PLAIN_NETS}:small_cnn", "checkpoint": str(plain_checkpoint)},
                                               image_folder, run),
     }
 
 
-FAMILIES = ["tiny_bert", "hf_resnet", "plain_cnn"]
+FAMILIES = ["tiny_bert", "tiny_bert_tokens", "hf_resnet", "plain_cnn"]
 TRAINED = [(s, "plain_cnn") for s in STRATEGIES] + [
-    (s, f) for f in ("tiny_bert", "hf_resnet") for s in ("head_only", "freeze", "two_phase", "gradual_unfreeze")]
+    (s, f) for f in ("tiny_bert", "tiny_bert_tokens", "hf_resnet")
+    for s in ("head_only", "freeze", "two_phase", "gradual_unfreeze")]
 """Pairs the training tier runs: on the Hugging Face models, only strategies that keep something frozen a while."""
 
 

@@ -95,7 +95,7 @@ def model_card(folder: Path, record: dict[str, Any], where: str, run: str | None
     front["tags"] = ["graft", task.pipeline_tag, strategy, *([kind] if kind in ("peft", "onnx") else [])]
     title = Path(run or where).name
     parts = [f"---\n{yaml.safe_dump(front, sort_keys=False)}---", f"# {title}",
-             f"{_what(record, task.input_kind)} Trained with graft (`strategy: {strategy}`).",
+             f"{_what(record, task)} Trained with graft (`strategy: {strategy}`).",
              _data_section(record), _recipe_section(record), _metrics_section(record),
              _usage_section(folder, record, task, kind, where, run)]
     return scrub_paths("\n\n".join(p for p in parts if p).rstrip() + "\n")
@@ -146,13 +146,15 @@ def scrub_paths(text: str) -> str:
 _ABSOLUTE = re.compile(r"(?<![\w.~/:-])(?:~|/[^\s/`'\"<>|()\[\]]+)(?:/[^\s/`'\"<>|()\[\]]+)*/([^\s/`'\"<>|()\[\]]+)")
 
 
-def _what(record: dict[str, Any], input_kind: str | None) -> str:
+def _what(record: dict[str, Any], task: Task) -> str:
     base = portable_name(record["recipe"]["model"]["name"])
     labels = record.get("data", {}).get("labels", [])
-    if input_kind is None or not labels:
+    if not labels:
         return f"`{base}` fine-tuned to answer instructions."
     shown = ", ".join(f"`{n}`" for n in labels[:20]) + (f" and {len(labels) - 20} more" if len(labels) > 20 else "")
-    return f"`{base}` fine-tuned to classify {input_kind}s into {len(labels)} classes: {shown}."
+    if task.pipeline_tag == "token-classification":
+        return f"`{base}` fine-tuned to tag each word with one of {len(labels)} tags (BIO): {shown}."
+    return f"`{base}` fine-tuned to classify {task.input_kind}s into {len(labels)} classes: {shown}."
 
 
 def _data_section(record: dict[str, Any]) -> str:
@@ -252,6 +254,11 @@ def _outside_graft(folder: Path, record: dict[str, Any], task: Task, kind: str, 
         named = f"`{base}`" if base else (f"the local model `{portable_name(record['recipe']['model']['name'])}` "
                                           f"(not included)")
         return [f"The trained update ({method}) on top of {named}; {merge}"]
+    if task.pipeline_tag == "token-classification":
+        return ["With transformers (entities as spans of the text):", "", "```python",
+                "from transformers import pipeline", "",
+                f'tag = pipeline("{task.pipeline_tag}", model="{where}", aggregation_strategy="first")',
+                'tag("an example text")', "```"]
     if task.input_kind is None:
         return ["With transformers (the chat template is in the tokenizer):", "", "```python",
                 "from transformers import pipeline", "",
