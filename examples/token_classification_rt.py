@@ -83,9 +83,8 @@ def main(shared: Path, out: Path, only: list[str] | None = None) -> None:
     files = build(shared, out)
     lines = ["| strategy | lr | entity F1 | precision | recall | F1 REPL | F1 SWAP | token accuracy | train time |",
              "|---|---|---|---|---|---|---|---|---|"]
-    for name, (strategy, lr) in RUNS.items():
-        if only and name not in only:
-            continue
+    for name in only or list(RUNS):  # in the order asked
+        strategy, lr = RUNS[name]
         record = graft.train({
             "task": "token_classification",
             "model": {"name": "minilm", "max_length": 64},

@@ -246,3 +246,16 @@ def test_recipe_fields_that_do_not_apply_are_refused(tmp_path, tiny_bert, sectio
 def test_tagging_fields_are_refused_for_text_classification(tmp_path, tiny_bert):
     tree = tiny_recipe(tiny_bert, tmp_path / "t.csv", tmp_path / "run", data={"tags_column": "labels"})
     assert "data.tags_column: text_classification does not read it" in error_of(load_recipe, tree)
+
+
+def test_a_slow_tokenizer_is_refused(monkeypatch, tiny_bert):
+    from types import SimpleNamespace
+
+    from graft.models import build
+    from graft.recipe import ModelSpec
+    from graft.tasks import get_task
+
+    monkeypatch.setattr(build, "load_classifier", lambda *a: SimpleNamespace(processor=SimpleNamespace(is_fast=False)))
+    message = error_of(get_task("token_classification").load_model, ModelSpec(name=str(tiny_bert)), ["O", "B-X"],
+                       None, False)
+    assert "its tokenizer is not a fast (Rust) one" in message
