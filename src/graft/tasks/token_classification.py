@@ -26,7 +26,8 @@ SHOWN_SENTENCES = 8
 class TokenClassification(Classification):
     name = "token_classification"
     pipeline_tag = "token-classification"
-    data_fields = frozenset({"tokens_column", "tags_column", "tag_column", "label_all_subtokens", "group_by_length"})
+    data_fields = frozenset({"tokens_column", "tags_column", "tag_column", "label_all_subtokens", "group_by_length",
+                             "text_column"})  # text_column: the texts of a table to predict on
     metrics = ENTITY_METRICS
     default_metric = "f1"
     refused_strategies: ClassVar[dict[str, str]] = {}
