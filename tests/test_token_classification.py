@@ -259,3 +259,27 @@ def test_a_slow_tokenizer_is_refused(monkeypatch, tiny_bert):
     message = error_of(get_task("token_classification").load_model, ModelSpec(name=str(tiny_bert)), ["O", "B-X"],
                        None, False)
     assert "its tokenizer is not a fast (Rust) one" in message
+
+
+def test_the_real_data_rule_tags_exactly_what_it_changed():
+    """examples/token_classification_rt.py's tampering rule, on synthetic sentences (the real data is not needed)."""
+    import random
+
+    from tests.e2e.test_real_resnet20 import load_example
+
+    tamper = load_example("token_classification_rt").tamper
+    sentences = [words for words, _ in make_tagged(300, seed=3)]
+    rng = random.Random(0)
+    tagged = changed = 0
+    for words in sentences:
+        out, tags = tamper(words, sentences, rng)
+        assert len(out) == len(tags) == len(words)
+        for i, tag in enumerate(tags):
+            if tag == "B-SWAP":
+                assert (out[i], out[i + 1]) == (words[i + 1], words[i]) and tags[i + 1] == "I-SWAP"
+            if tag == "O":
+                assert out[i] == words[i]
+        tagged += sum(t != "O" for t in tags)
+        changed += sum(a != b for a, b in zip(out, words, strict=True))
+    share = tagged / sum(len(w) for w in sentences)
+    assert 0.12 < share < 0.22 and changed <= tagged  # about 17% tagged; a replacement may repeat a word by chance

@@ -110,7 +110,7 @@ class TokenClassification(Classification):
                                   None if tags is not None else recipe.model.max_length)
 
     def evaluate(self, accelerator: Accelerator, model: nn.Module, loader: DataLoader,
-                 labels: list[str], temperature: float = 1.0) -> dict[str, Any]:
+                 labels: list[str]) -> dict[str, Any]:
         return _scores(accelerator, model, loader, labels)[0]
 
     def test(self, accelerator: Accelerator, model: nn.Module, loader: DataLoader, splits: Any,
@@ -135,20 +135,22 @@ class TokenClassification(Classification):
                   for n in ("train", "validation", "test")}
         types = sorted(counts["train"])
         words = sum(len(w) for w in splits.train["words"])
-        line = (f"train: {words:,} words, entities {', '.join(f'{k} {v:,}' for k, v in counts['train'].items())}")
+        line = f"train: {words:,} words, entities {', '.join(f'{k} {v:,}' for k, v in counts['train'].items())}"
         return (f"sentences, {len(types)} entity types", {"input_kind": None, "entity_counts": counts}, [line])
 
     def predict(self, run: Any, source: str, batches: Any) -> tuple[list[dict[str, Any]], list[str]]:
         """Entities in each text of `source` (a .txt file or stdin: a text a line; a table: data.text_column)."""
         from graft.data.tables import TableFormat, read_unlabelled_texts
         from graft.evaluation.predictions import collect_logits
+        from graft.tasks.tokens import tagged_of
 
         _no_mc(run)
         texts = read_unlabelled_texts(source, text_column=run.recipe.data.text_column,
                                       fmt=TableFormat.of(run.recipe.data))
         split, spans = _words(texts)
-        logits, _ = collect_logits(*batches(split))
-        return _rows(run, texts, spans, logits, _encoded(split, run)), ["text", "entities"]
+        accelerator, model, loader = batches(split)
+        logits, _ = collect_logits(accelerator, model, loader)
+        return _rows(run, texts, spans, logits, tagged_of(loader)), ["text", "entities"]
 
     def predict_inputs(self, run: Any, inputs: list[Any], logits: Any) -> tuple[list[dict[str, Any]], list[str]]:
         """Entities in texts held in memory."""
@@ -195,13 +197,6 @@ def _words(texts: list[str]) -> tuple[Any, list[list[tuple[int, int]]]]:
     datasets.disable_progress_bars()
     split = [split_words(text) for text in texts]
     return datasets.Dataset.from_dict({"words": [w for w, _ in split]}), [s for _, s in split]
-
-
-def _encoded(split: Any, run: Any) -> Any:
-    """The sentences an eval loader of `split` holds (their first sub-token positions)."""
-    from graft.tasks import tokens
-
-    return tokens.encode(list(split["words"]), None, run.processor, run.recipe.model.max_length)
 
 
 def _rows(run: Any, texts: list[str], spans: list[list[tuple[int, int]]], logits: Any,
