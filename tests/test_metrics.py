@@ -5,7 +5,14 @@ import json
 import numpy as np
 import pytest
 
-from graft.evaluation.metrics import LM_METRICS, SCALAR_METRICS, classification_metrics, metric_mode, softmax
+from graft.evaluation.metrics import (
+    ENTITY_ONLY_METRICS,
+    LM_METRICS,
+    SCALAR_METRICS,
+    classification_metrics,
+    metric_mode,
+    softmax,
+)
 
 
 def one_hot_logits(preds: list[int], k: int) -> np.ndarray:
@@ -91,7 +98,8 @@ def test_result_is_json_serialisable() -> None:
     m = classification_metrics(rng.normal(size=(20, 3)), rng.integers(0, 3, 20), ["a", "b", "c"], loss=np.float32(1.5))
     assert plain_types_only(m)
     assert json.loads(json.dumps(m, allow_nan=False)) == m
-    assert set(SCALAR_METRICS) - set(LM_METRICS) <= set(m)  # every classification metric (LM ones are separate)
+    # every classification metric (LM and entity ones are separate)
+    assert set(SCALAR_METRICS) - set(LM_METRICS) - set(ENTITY_ONLY_METRICS) <= set(m)
 
 
 def test_softmax_is_stable_on_large_logits() -> None:

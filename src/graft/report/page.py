@@ -441,15 +441,19 @@ def _entities(test: dict[str, Any], tagged: list[dict[str, Any]]) -> list[str]:
         rows = ""
         for s in tagged:
             found = {(e["type"], e["first"], e["last"]) for e in s["gold"]}
-            gold = ", ".join(f"{escape(e['text'])} <b>{escape(e['type'])}</b>" for e in s["gold"]) or "none"
-            guess = ", ".join(
-                f"<span{'' if (e['type'], e['first'], e['last']) in found else ' style=color:#b91c1c'}>"
-                f"{escape(e['text'])} <b>{escape(e['type'])}</b></span>" for e in s["predicted"]) or "none"
+            gold = ", ".join(_entity(e) for e in s["gold"]) or "none"
+            guess = ", ".join(_entity(e, (e["type"], e["first"], e["last"]) not in found)
+                              for e in s["predicted"]) or "none"
             rows += f"<tr><td>{escape(_clip(' '.join(s['words']), 300))}</td><td>{gold}</td><td>{guess}</td></tr>"
         out.append("<p class='sub'>The first test sentences with entities (true or predicted); a predicted entity in "
                    "red is not among the true ones.</p><table><tr><th>sentence</th><th>true entities</th>"
                    f"<th>predicted</th></tr>{rows}</table>")
     return out
+
+
+def _entity(e: dict[str, Any], wrong: bool = False) -> str:
+    style = " style='color:#b91c1c'" if wrong else ""
+    return f"<span{style}>{escape(e['text'])} <b>{escape(e['type'])}</b></span>"
 
 
 def _mistakes(mistakes: list[dict[str, Any]], images: bool) -> str:
