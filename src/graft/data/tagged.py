@@ -18,7 +18,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import datasets
 
@@ -36,6 +36,9 @@ from graft.data.tables import (
     source_name,
 )
 from graft.errors import GraftError
+
+if TYPE_CHECKING:
+    from graft.recipe import DataSpec
 
 SPLITS = ("train", "validation", "test")
 BIO = re.compile(r"O|[BI]-\S+")
@@ -70,7 +73,7 @@ class TaggedSplits:
 
 
 def load_tagged_splits(train: Path | str, validation: Path | str | None, test: Path | str | None, *,
-                       data: Any, seed: int) -> TaggedSplits:
+                       data: DataSpec, seed: int) -> TaggedSplits:
     """Read and check each given split (tags of validation and test must be train's), carve the others from train
     by a seeded shuffle of its sentences (`data.split`), and remove sentences shared across splits
     (`data.leakage`)."""
@@ -91,14 +94,14 @@ def load_tagged_splits(train: Path | str, validation: Path | str | None, test: P
                         warnings=warnings)
 
 
-def read_labelled_sentences(path: Path, data: Any, labels: list[str]) -> datasets.Dataset:
+def read_labelled_sentences(path: Path, data: DataSpec, labels: list[str]) -> datasets.Dataset:
     """A tagged file to evaluate a trained run on, its tags checked against the run's."""
     part = read_sentences(path, source_name(path), data)
     check_known_tags(part, labels)
     return to_dataset(part, labels)
 
 
-def read_sentences(source: Source, name: str, data: Any) -> Sentences:
+def read_sentences(source: Source, name: str, data: DataSpec) -> Sentences:
     """One source's sentences, each tag BIO; a table by its suffix (or a DatasetDict's split), else CoNLL."""
     if isinstance(source, LoadedSplit) or is_table(Path(source)):
         part = _read_table(source, name, data)
@@ -160,7 +163,7 @@ def _read_conll(path: Path, name: str, tag_column: int, fmt: TableFormat) -> Sen
     return part
 
 
-def _read_table(source: Source, name: str, data: Any) -> Sentences:
+def _read_table(source: Source, name: str, data: DataSpec) -> Sentences:
     table, rows = read_rows(source, TableFormat.of(data))
     for column, field in ((data.tokens_column, "data.tokens_column"), (data.tags_column, "data.tags_column")):
         require_column(table.column_names, column, name, field)
@@ -239,7 +242,8 @@ def _leakage(parts: dict[str, Sentences], mode: str) -> list[str]:
             warnings.append(f"data.{key}: {plural(len(shared), 'sentence')} also in an earlier split ({verb}, "
                             f"data.leakage: {mode})")
             if mode == "drop":
-                parts[key] = part = part.select([i for i in range(len(part.words)) if i not in set(shared)])
+                dropped = set(shared)
+                parts[key] = part = part.select([i for i in range(len(part.words)) if i not in dropped])
         seen.update(tuple(words) for words in part.words)
     return warnings
 

@@ -133,7 +133,7 @@ def predict_tags(accelerator: Accelerator, model: nn.Module, loader: DataLoader)
         labelled += int((labels != IGNORE).sum())
         guesses += list(guess.cpu().numpy())
     data = tagged_of(loader)
-    tags = [[int(row[p]) if p >= 0 and p < len(row) else 0 for p in firsts] for row, firsts in
+    tags = [[int(row[p]) if 0 <= p < len(row) else 0 for p in firsts] for row, firsts in
             zip(guesses, data.firsts, strict=True)]
     return Predicted(tags, nll_sum / labelled if labelled else 0.0)
 
