@@ -229,3 +229,30 @@ def trained_image_run(image_folder: Path, checkpoint: Path, root: Path, epochs: 
     record = graft.train(image_recipe(model, image_folder, root / "run", train={"epochs": epochs}))
     assert record["status"] == "completed"
     return root / "run"
+
+
+# Tagged sentences: the keywords are entities of their class's type among filler words (token classification).
+def make_tagged(n: int, seed: int) -> list[tuple[list[str], list[str]]]:
+    """`n` (words, BIO tags) sentences of 3 to 12 parts, a part a filler word or a one- or two-word entity."""
+    rng = random.Random(seed)
+    sentences = []
+    for _ in range(n):
+        words, tags = [], []
+        for _ in range(rng.randint(3, 12)):
+            if rng.random() < 0.25:
+                kind = rng.choice(list(KEYWORDS))
+                entity = rng.sample(KEYWORDS[kind], k=rng.randint(1, 2))
+                words += entity
+                tags += [f"B-{kind.upper()}"] + [f"I-{kind.upper()}"] * (len(entity) - 1)
+            else:
+                words.append(rng.choice(FILLER))
+                tags.append("O")
+        sentences.append((words, tags))
+    return sentences
+
+
+def write_conll(path: Path, sentences: list[tuple[list[str], list[str]]]) -> Path:
+    """A CoNLL-style file: a `-DOCSTART-` line, then a token and its tag a line, a blank line after each sentence."""
+    blocks = ["\n".join(f"{w} {t}" for w, t in zip(words, tags, strict=True)) for words, tags in sentences]
+    path.write_text("-DOCSTART- -X- O\n\n" + "\n\n".join(blocks) + "\n", encoding="utf-8")
+    return path

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from graft.evaluation.metrics import (
+    ENTITY_ONLY_METRICS,
     LM_METRICS,
     MULTILABEL_ONLY_METRICS,
     REGRESSION_ONLY_METRICS,
@@ -99,8 +100,9 @@ def test_result_is_json_serialisable() -> None:
     m = classification_metrics(rng.normal(size=(20, 3)), rng.integers(0, 3, 20), ["a", "b", "c"], loss=np.float32(1.5))
     assert plain_types_only(m)
     assert json.loads(json.dumps(m, allow_nan=False)) == m
-    # every classification metric (LM, multi-label and regression ones are separate)
-    assert set(SCALAR_METRICS) - set(LM_METRICS) - set(MULTILABEL_ONLY_METRICS) - set(REGRESSION_ONLY_METRICS) <= set(m)
+    # every classification metric (LM, multi-label, regression and entity ones are separate)
+    others = {*LM_METRICS, *MULTILABEL_ONLY_METRICS, *REGRESSION_ONLY_METRICS, *ENTITY_ONLY_METRICS}
+    assert set(SCALAR_METRICS) - others <= set(m)
 
 
 def test_softmax_is_stable_on_large_logits() -> None:

@@ -49,6 +49,9 @@ def export_onnx(run_dir: Path | str, output: Path | str, quantize: str | None = 
     if quantize not in (None, "int8"):
         raise GraftError(f"--quantize {quantize}: graft quantizes to int8; give --quantize int8 or leave it out")
     recipe = run_recipe(run_dir)
+    refused = get_task(recipe.task).refused_commands.get("export --format onnx")
+    if refused:
+        raise GraftError(f"--format onnx: {run_dir} is a {recipe.task} run: {refused}")
     if get_task(recipe.task).input_kind is None:
         raise GraftError(f"--format onnx: {run_dir} is a {recipe.task} run, which generates text token by token "
                          f"(a loop one ONNX graph of logits does not hold); export it with --merge and serve it "

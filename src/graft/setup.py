@@ -104,7 +104,7 @@ def setup(recipe: Recipe, say: Callable[[str], None] = quiet) -> Setup:
     groups = attached.groups if attached else layer_groups(root, loaded.head_modules, recipe.model.groups)
     plan = make_plan(root, groups, loaded.head_modules, recipe.strategy, recipe.train.epochs,
                      attached.trains if attached else None)
-    cached = plan.backbone_frozen_throughout and recipe.strategy.feature_cache
+    cached = plan.backbone_frozen_throughout and recipe.strategy.feature_cache and task.feature_cache
     # Data is read (images decoded) before the run directory is touched: a bad file leaves nothing behind.
     notes: list[str] = []
     train_loader = task.train_loader(recipe, splits.train, loaded, not cached, notes)

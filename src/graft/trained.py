@@ -291,12 +291,21 @@ def write_rows(rows: list[dict[str, Any]], path: Path, columns: list[str]) -> No
 
 def _flat(row: dict[str, Any]) -> dict[str, Any]:
     """A row for a CSV: `probabilities`, (MC dropout) `std` and (regression) `predicted` spread out as p_<label>,
-    std_<label> and predicted_<target>; a list (a multi-label row's `labels`) joined by commas."""
+    std_<label> and predicted_<target>; a list of names (a multi-label row's `labels`) joined by commas, of records (a
+    token classifier's entities) as JSON."""
     spread = {"probabilities": "p_", "std": "std_", "predicted": "predicted_"}
-    out = {k: ",".join(map(str, v)) if isinstance(v, list) else v for k, v in row.items() if k not in spread}
+    out = {k: _cell(v) for k, v in row.items() if k not in spread}
     for key, prefix in spread.items():
         out.update({f"{prefix}{n}": v for n, v in row.get(key, {}).items()})
     return out
+
+
+def _cell(value: Any) -> Any:
+    if not isinstance(value, list):
+        return value
+    if any(isinstance(v, dict) for v in value):
+        return json.dumps(value, ensure_ascii=False)
+    return ",".join(map(str, value))
 
 
 def _check_options(mc_dropout: int | None, min_confidence: float | None) -> None:
@@ -324,7 +333,8 @@ def _abstain(rows: list[dict[str, Any]], min_confidence: float | None) -> list[d
         return rows
     if "probabilities" not in rows[0]:
         raise GraftError("--min-confidence: this run's predictions (a language model's answers, a regression's "
-                         "values) have no class probabilities to hold back; leave it out")
+                         "values, a token classifier's entities) have no class probabilities to hold back; leave it "
+                         "out")
     if "label" not in rows[0]:
         raise GraftError("--min-confidence: holds back a single answer below it; a multi-label run's labels are each "
                          "decided at their own threshold (thresholds.json beside the weights): leave it out")

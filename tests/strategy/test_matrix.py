@@ -21,7 +21,16 @@ import graft
 from graft.data.images import load_image_splits
 from graft.models.build import load_model
 from graft.recipe import load_recipe
-from tests.conftest import PLAIN_NETS, image_recipe, make_label_sets, make_texts, tiny_recipe, write_csv
+from tests.conftest import (
+    PLAIN_NETS,
+    image_recipe,
+    make_label_sets,
+    make_tagged,
+    make_texts,
+    tiny_recipe,
+    write_conll,
+    write_csv,
+)
 from tests.test_regression import regression_recipe, scored_texts, write_scores
 
 EPOCHS = 3
@@ -56,20 +65,22 @@ def family_recipes(tmp_path_factory, tiny_bert, tiny_resnet, image_folder, plain
     texts = write_csv(tmp_path_factory.mktemp("text") / "train.csv", make_texts(60, seed=5))
     sets = write_csv(tmp_path_factory.mktemp("sets") / "train.csv", make_label_sets(60, seed=5))
     scores = write_scores(tmp_path_factory.mktemp("scores") / "train.csv", scored_texts(60, seed=5))
+    tagged = write_conll(tmp_path_factory.mktemp("tagged") / "train.conll", make_tagged(60, seed=5))
     return {
         "tiny_bert": lambda run: tiny_recipe(tiny_bert, texts, run),
         "tiny_bert_multilabel": lambda run: {**tiny_recipe(tiny_bert, sets, run), "task": "multilabel_classification"},
         "tiny_bert_regression": lambda run: regression_recipe(tiny_bert, scores, run,
                                                               data={"target_columns": ["score", "count"]}),
+        "tiny_bert_tokens": lambda run: {**tiny_recipe(tiny_bert, tagged, run), "task": "token_classification"},
         "hf_resnet": lambda run: image_recipe({"name": str(tiny_resnet)}, image_folder, run),
         "plain_cnn": lambda run: image_recipe({"name": f"{PLAIN_NETS}:small_cnn", "checkpoint": str(plain_checkpoint)},
                                               image_folder, run),
     }
 
 
-FAMILIES = ["tiny_bert", "tiny_bert_multilabel", "tiny_bert_regression", "hf_resnet", "plain_cnn"]
+FAMILIES = ["tiny_bert", "tiny_bert_multilabel", "tiny_bert_regression", "tiny_bert_tokens", "hf_resnet", "plain_cnn"]
 TRAINED = [(s, "plain_cnn") for s in STRATEGIES] + [
-    (s, f) for f in ("tiny_bert", "tiny_bert_regression", "hf_resnet")
+    (s, f) for f in ("tiny_bert", "tiny_bert_regression", "tiny_bert_tokens", "hf_resnet")
     for s in ("head_only", "freeze", "two_phase", "gradual_unfreeze")] + [
     (s, "tiny_bert_multilabel") for s in ("head_only", "two_phase")]
 """Pairs the training tier runs: on the Hugging Face models, only strategies that keep something frozen a while."""

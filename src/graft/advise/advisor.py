@@ -47,6 +47,9 @@ def advise(recipe: Recipe | str | Path | dict[str, Any], *, overrides: tuple[str
     started = time.perf_counter()
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
     task = get_task(recipe.task)
+    refused = task.refused_commands.get("advise")
+    if refused:
+        raise GraftError(f"graft advise: {recipe.task}: {refused}")
     if task.input_kind is not None and not task.single_label:
         raise GraftError(f"graft advise: its signals (a linear probe's accuracy, LogME over classes) need one class "
                          f"per example, which {recipe.task} lacks: graft compare scratch,head_only,full on it instead")

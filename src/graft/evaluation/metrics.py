@@ -31,6 +31,9 @@ SCALAR_METRICS: tuple[str, ...] = (
     "r2",
     "pearson",
     "spearman",
+    "precision",
+    "recall",
+    "f1",
 )
 LM_METRICS = ("loss", "perplexity", "token_accuracy")
 """What a causal language model is scored on (on response tokens)."""
@@ -46,6 +49,11 @@ REGRESSION_METRICS = ("loss", "mse", "rmse", "mae", "r2", "pearson", "spearman")
 standardised targets, what training minimises)."""
 REGRESSION_ONLY_METRICS = REGRESSION_METRICS[1:]
 LOWER_IS_BETTER = ("loss", "perplexity", "ece", "nll", "brier", "hamming_loss", "mse", "rmse", "mae")
+"""Metrics where a smaller value is better (metric_mode)."""
+ENTITY_METRICS = ("loss", "precision", "recall", "f1", "token_accuracy")
+"""What a token classifier is scored on: entity-level micro precision, recall and F1, and the share of words whose
+tag is right (graft.evaluation.entities)."""
+ENTITY_ONLY_METRICS = ("precision", "recall", "f1")
 
 
 def metric_mode(name: str) -> str:

@@ -149,9 +149,11 @@ _ABSOLUTE = re.compile(r"(?<![\w.~/:-])(?:~|/[^\s/`'\"<>|()\[\]]+)(?:/[^\s/`'\"<
 def _what(record: dict[str, Any], task: Task) -> str:
     base = portable_name(record["recipe"]["model"]["name"])
     labels = record.get("data", {}).get("labels", [])
-    if task.input_kind is None or not labels:
+    if not labels:
         return f"`{base}` fine-tuned to answer instructions."
     shown = ", ".join(f"`{n}`" for n in labels[:20]) + (f" and {len(labels) - 20} more" if len(labels) > 20 else "")
+    if task.pipeline_tag == "token-classification":
+        return f"`{base}` fine-tuned to tag each word with one of {len(labels)} tags (BIO): {shown}."
     if "label_counts" in record["data"]:  # a multi-label run: any number of labels each
         return f"`{base}` fine-tuned to tag {task.input_kind}s with any of {len(labels)} labels: {shown}."
     if record["data"].get("targets"):  # a regression's labels are its targets
@@ -258,6 +260,11 @@ def _outside_graft(folder: Path, record: dict[str, Any], task: Task, kind: str, 
         named = f"`{base}`" if base else (f"the local model `{portable_name(record['recipe']['model']['name'])}` "
                                           f"(not included)")
         return [f"The trained update ({method}) on top of {named}; {merge}"]
+    if task.pipeline_tag == "token-classification":
+        return ["With transformers (entities as spans of the text):", "", "```python",
+                "from transformers import pipeline", "",
+                f'tag = pipeline("{task.pipeline_tag}", model="{where}", aggregation_strategy="first")',
+                'tag("an example text")', "```"]
     if task.input_kind is None:
         return ["With transformers (the chat template is in the tokenizer):", "", "```python",
                 "from transformers import pipeline", "",

@@ -228,6 +228,15 @@ class DataSpec(Section):
     packing: bool = False
     """Causal LMs: each batch becomes one row of its examples back to back, positions restarting and no attention
     across examples (no padding at all)."""
+    tokens_column: str = "tokens"
+    """Token classification, JSON/Parquet rows: the column of each sentence's list of tokens (words)."""
+    tags_column: str = "tags"
+    """Token classification, JSON/Parquet rows: the column of each sentence's list of BIO tags, one per token."""
+    tag_column: int = -1
+    """Token classification, CoNLL-style files: the column of the tag (0 is the token; -1: the last column)."""
+    label_all_subtokens: bool = False
+    """Token classification: train on every sub-word of a word (a B- tag's later pieces get its I- tag), not only
+    on its first; evaluation and prediction read the first sub-word either way."""
     image_column: str = "image"
     """Images listed in a CSV/JSON/Parquet file: the column of image paths (relative to that file's folder)."""
     bad_images: Literal["error", "skip"] = "error"

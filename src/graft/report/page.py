@@ -62,6 +62,8 @@ def render(record: dict[str, Any], run_dir: Path) -> str:
         parts += _test_set(test, record["data"]["labels"])
     if test.get("per_label"):
         parts.append(_per_label(test["per_label"], record.get("thresholds") or {}))
+    if test.get("per_entity"):
+        parts += _entities(test, record.get("tagged") or [])
     if record.get("calibration"):
         parts += _calibration(record["calibration"])
     if record.get("mistakes"):
@@ -145,7 +147,9 @@ def _cards(test: dict[str, Any], record: dict[str, Any]) -> str:
              ("majority baseline: macro F1", test.get("baseline_f1_macro")),
              ("ROC-AUC", test.get("roc_auc")), ("test loss", test.get("loss")),
              ("test ECE (calibration error)", test.get("ece")),
-             ("test perplexity", test.get("perplexity")), ("token accuracy (responses)", test.get("token_accuracy"))]
+             ("entity F1 (micro)", test.get("f1")), ("entity precision", test.get("precision")),
+             ("entity recall", test.get("recall")), ("test perplexity", test.get("perplexity")),
+             ("token accuracy" + (" (responses)" if "perplexity" in test else " (words)"), test.get("token_accuracy"))]
     params = record.get("params", {})
     cards = [f"<div class='card'><b>{v:.3f}</b><span>{k}</span></div>" for k, v in items if v is not None]
     if params:
@@ -371,9 +375,9 @@ def _test_set(test: dict[str, Any], labels: list[str]) -> list[str]:
     if layout.figsize[0] * 96 * 0.75 <= SQUARE_PX:  # CSS pixels: shrunk to SQUARE_PX, its text keeps 3/4 of its size
         return ["<h2>Test set</h2><div class='grid'>",
                 f"<figure class='square'>{chart}<figcaption>{escape(caption)}</figcaption></figure>",
-                _per_class(test), "</div>"]
+                _per_class(test["per_class"]), "</div>"]
     return ["<h2>Test set</h2>", f"<figure class='wide'>{chart}<figcaption>{escape(caption)}</figcaption></figure>",
-            _per_class(test)]
+            _per_class(test["per_class"])]
 
 
 COVERAGE_ROWS = (1.0, 0.9, 0.75, 0.5, 0.25)
@@ -455,14 +459,14 @@ def _coverage_table(curve: list[dict[str, Any]]) -> str:
             f"</th></tr>{rows}</table>")
 
 
-def _per_class(test: dict[str, Any]) -> str:
-    rows = sorted(test["per_class"].items(), key=lambda kv: kv[1]["f1"])
+def _per_class(scores: dict[str, dict[str, Any]], noun: str = "class") -> str:
+    rows = sorted(scores.items(), key=lambda kv: kv[1]["f1"])
     worst = rows[0][1]["f1"] if rows else 0
     body = "".join(
         f"<tr class='{'low' if c['f1'] == worst and len(rows) > 1 else ''}'><td>{escape(name)}</td>"
         f"<td class='n'>{c['precision']:.3f}</td><td class='n'>{c['recall']:.3f}</td><td class='n'>{c['f1']:.3f}</td>"
         f"<td class='n'>{c['support']}</td></tr>" for name, c in rows)
-    return ("<div><table><tr><th>class (worst F1 first)</th><th>precision</th><th>recall</th><th>F1</th>"
+    return (f"<div><table><tr><th>{noun} (worst F1 first)</th><th>precision</th><th>recall</th><th>F1</th>"
             f"<th>support</th></tr>{body}</table></div>")
 
 
@@ -488,6 +492,33 @@ def _per_label(per_label: dict[str, Any], thresholds: dict[str, Any]) -> str:
     return ("<h2>Labels on test</h2>" + words + "<table><tr><th>label (worst F1 first)</th><th>threshold</th>"
             "<th>precision</th><th>recall</th><th>F1</th><th>ROC-AUC</th><th>average precision</th><th>support</th>"
             f"</tr>{body}</table>")
+
+
+def _entities(test: dict[str, Any], tagged: list[dict[str, Any]]) -> list[str]:
+    """Each entity type's scores (worst F1 first), and test sentences with their true and predicted entities."""
+    out = ["<h2>Entities on test</h2>",
+           f"<p class='sub'>An entity counts as found when its type and its words both match (seqeval); "
+           f"{test['n']:,} sentences, {test['words']:,} words"
+           + (f", of which {test['words_cut']:,} lie beyond model.max_length and count as predicted O"
+              if test.get("words_cut") else "") + ".</p>",
+           _per_class(test["per_entity"], "entity type")]
+    if tagged:
+        rows = ""
+        for s in tagged:
+            found = {(e["type"], e["first"], e["last"]) for e in s["gold"]}
+            gold = ", ".join(_entity(e) for e in s["gold"]) or "none"
+            guess = ", ".join(_entity(e, (e["type"], e["first"], e["last"]) not in found)
+                              for e in s["predicted"]) or "none"
+            rows += f"<tr><td>{escape(_clip(' '.join(s['words']), 300))}</td><td>{gold}</td><td>{guess}</td></tr>"
+        out.append("<p class='sub'>The first test sentences with entities (true or predicted); a predicted entity in "
+                   "red is not among the true ones.</p><table><tr><th>sentence</th><th>true entities</th>"
+                   f"<th>predicted</th></tr>{rows}</table>")
+    return out
+
+
+def _entity(e: dict[str, Any], wrong: bool = False) -> str:
+    style = " style='color:#b91c1c'" if wrong else ""
+    return f"<span{style}>{escape(e['text'])} <b>{escape(e['type'])}</b></span>"
 
 
 def _mistakes(mistakes: list[dict[str, Any]], images: bool) -> str:

@@ -20,6 +20,7 @@ from graft.tasks.image_classification import ImageClassification
 from graft.tasks.multilabel import MultilabelClassification
 from graft.tasks.regression import Regression
 from graft.tasks.text_classification import TextClassification
+from graft.tasks.token_classification import TokenClassification
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -47,6 +48,9 @@ class Task(Protocol):
     default_metric: str
     refused_strategies: dict[str, str]
     """strategy name -> why this task cannot take it (one line, with what to use instead)."""
+    refused_commands: dict[str, str]
+    """`export --format onnx` or `advise` -> why this task's runs cannot take it (one line, with what to do
+    instead); a command not named works, or says itself why not."""
     peft_task_type: str | None
     """peft's TaskType for this task's models (None: a plain module, peft wraps it as it is)."""
     input_kind: str | None
@@ -57,6 +61,10 @@ class Task(Protocol):
     single_label: bool
     """Each example has exactly one of `labels` (a softmax): what the data doctor, an exact probe, retention, the
     advisor, ONNX export and stratified cross-validation folds assume; False: they decline, or fall back."""
+    feature_cache: bool
+    """Whether a head over a frozen backbone may train on one cached feature tensor per example
+    (graft.training.feature_cache); False (a head per token): the frozen groups' per-token outputs are cached
+    instead (graft.training.prefix_cache)."""
 
     def check_recipe(self, recipe: Recipe) -> None:
         """Task rules over the whole recipe, before any data or model is read; raise ValueError with one line."""
@@ -113,7 +121,7 @@ class Task(Protocol):
 
 
 TASKS: dict[str, Task] = {t.name: t for t in (TextClassification(), ImageClassification(), CausalLM(),
-                                              MultilabelClassification(), Regression())}
+                                              MultilabelClassification(), Regression(), TokenClassification())}
 
 
 def get_task(name: str) -> Task:

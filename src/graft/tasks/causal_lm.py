@@ -30,10 +30,12 @@ class CausalLM:
                      "prompt, prefix, freeze or full",
         "distill": "teacher -> student distillation is for text classifiers (a teacher's class probabilities); "
                    "fine-tune the smaller language model with full or lora"}
+    refused_commands: ClassVar[dict[str, str]] = {}
     peft_task_type = "CAUSAL_LM"
     input_kind = None
     takes_plain_modules = False
     single_label = False
+    feature_cache = True
 
     def check_recipe(self, recipe: Recipe) -> None:
         if recipe.model.pooling != "auto":

@@ -7,7 +7,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from graft.errors import GraftError
-from graft.evaluation.metrics import LM_ONLY_METRICS, MULTILABEL_ONLY_METRICS, REGRESSION_ONLY_METRICS, SCALAR_METRICS
+from graft.evaluation.metrics import (
+    ENTITY_ONLY_METRICS,
+    LM_ONLY_METRICS,
+    MULTILABEL_ONLY_METRICS,
+    REGRESSION_ONLY_METRICS,
+    SCALAR_METRICS,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -22,20 +28,27 @@ if TYPE_CHECKING:
     LossFn = Callable[[dict[str, Any], Any], Any]
 
 
+NO_SOFTMAX_REFUSES = {"distill": "teacher -> student distillation matches the teacher's one softmax per example; "
+                                  "text_classification only so far"}
+"""What a task without one softmax per example (multi-label, regression, token tags) cannot train with."""
+
+
 class Classification:
     """One label per example out of the classes found in data.train."""
 
     name = ""
     pipeline_tag = ""
     data_fields: frozenset[str] = frozenset()
-    metrics = tuple(m for m in SCALAR_METRICS
-                    if m not in LM_ONLY_METRICS + MULTILABEL_ONLY_METRICS + REGRESSION_ONLY_METRICS)
+    metrics = tuple(m for m in SCALAR_METRICS if m not in (*LM_ONLY_METRICS, *MULTILABEL_ONLY_METRICS,
+                                                           *REGRESSION_ONLY_METRICS, *ENTITY_ONLY_METRICS))
     default_metric = "f1_macro"
     refused_strategies: ClassVar[dict[str, str]] = {}
+    refused_commands: ClassVar[dict[str, str]] = {}
     peft_task_type: str | None = None
     input_kind: str | None = None
     takes_plain_modules = False
     single_label = True
+    feature_cache = True
     hf_auto_class = ""
     """The transformers Auto class that loads this task's Hugging Face models."""
     hf_processor = ""

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from graft.evaluation.metrics import MULTILABEL_METRICS
+from graft.tasks.classification import NO_SOFTMAX_REFUSES
 from graft.tasks.text_classification import TextClassification
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ class MultilabelClassification(TextClassification):
                              "augment.synonym_neighbours", "augment.synonym_similarity"})
     metrics = MULTILABEL_METRICS
     default_metric = "f1_micro"
-    refused_strategies: ClassVar[dict[str, str]] = {}
+    refused_strategies: ClassVar[dict[str, str]] = NO_SOFTMAX_REFUSES
     single_label = False
 
     def check_recipe(self, recipe: Recipe) -> None:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from graft.errors import GraftError
 from graft.evaluation.metrics import REGRESSION_METRICS
+from graft.tasks.classification import NO_SOFTMAX_REFUSES
 from graft.tasks.text_classification import TextClassification
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ class Regression(TextClassification):
     data_fields = frozenset({"text_column", "label_column", "target_columns", "group_by_length"})
     metrics = REGRESSION_METRICS
     default_metric = "rmse"
-    refused_strategies: ClassVar[dict[str, str]] = {}
+    refused_strategies: ClassVar[dict[str, str]] = NO_SOFTMAX_REFUSES
     single_label = False
     pipeline_arguments = 'top_k=None, function_to_apply="none"'
     """A regression's outputs are the values themselves: no softmax over them."""

@@ -212,6 +212,10 @@ class PrefixCache:
                     return f"the model's forward fails with the cached modules cut out ({type(e).__name__}: {e})"
         finally:
             self.model.train(was_training)
+        mask = batch.get("attention_mask")
+        if mask is not None and plain.dim() == 3 and cached.shape == plain.shape and plain.shape[:2] == mask.shape:
+            # A logit per token (a token classifier): those at padding, which the cache leaves at zero, score nothing.
+            plain, cached = plain[mask.bool()], cached[mask.bool()]
         if cached.shape != plain.shape or not torch.allclose(cached, plain, rtol=1e-3, atol=1e-4):
             return (f"the model given {self.modules[-1]}'s cached output does not reproduce its own logits (its "
                     f"forward does more between the cached modules)")
