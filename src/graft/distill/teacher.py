@@ -47,6 +47,7 @@ class TeacherRun:
 def read_teacher(recipe: Recipe, task: Task, labels: list[str]) -> TeacherRun:
     """strategy.teacher, checked against this run from its files alone (no weights loaded): a finished run of the
     same task with the same labels, which a student of distill.layers layers can be cut from."""
+    from graft.tasks import get_task
     from graft.trained import check_model_files
 
     run_dir = recipe.strategy.teacher
@@ -60,7 +61,7 @@ def read_teacher(recipe: Recipe, task: Task, labels: list[str]) -> TeacherRun:
         state = f"its run.json says {record['status']!r}" if record.get("status") else "no run.json"
         raise GraftError(f"{where}: not a finished graft run ({state}); give a completed run's directory")
     teacher_recipe = run_recipe(run_dir)
-    if {teacher_recipe.task} != {recipe.task}:  # another task's outputs mean other things
+    if get_task(teacher_recipe.task) is not task:  # another task's outputs mean other things
         raise GraftError(f"{where}: a {teacher_recipe.task} run, and this run is {recipe.task}; the teacher must have "
                          f"been trained on the same task")
     theirs = record.get("data", {}).get("labels", [])
