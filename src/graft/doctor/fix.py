@@ -126,7 +126,9 @@ def write_fix(examples: Examples, report: dict[str, Any], out: Path, label_polic
             data[key] = str(out / written.name)
         _write_log(tmp / LOG_FILE, examples, plan)
     if fmt != PLAIN or examples.reviewed:
-        data.update(WRITTEN)  # plain UTF-8 CSV (or the file's own format), and the review is applied already
+        # Plain UTF-8 CSV (or the file's own format), and the review is applied already; inspect reads single-label
+        # files only, so no other field of WRITTEN changes.
+        data.update({key: WRITTEN[key] for key in ("columns", "encoding", "delimiter", "review")})
     actions = list(plan.values())
     return {"dir": str(out), "data": data, "log": str(out / LOG_FILE),
             "dropped": sum(a.action == "drop" for a in actions),
