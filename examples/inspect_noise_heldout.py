@@ -33,6 +33,8 @@ import graft
 
 HERE = Path(__file__).resolve().parent
 RATES = (0.1, 0.2)
+TRAINED = ("head_only", "full")
+"""What `train` trains on the noisy, the cleaned and the clean file."""
 MODEL = {"name": "minilm", "max_length": 64}
 CURVE_AT = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
 """Points of the precision-recall curve: the top k of the ranking for k = these multiples of the number flipped."""
@@ -103,7 +105,7 @@ def main(shared: Path, out: Path, rows: int = 10_000, parts: str = "detect", cor
             print(json.dumps({"rate": rate, "seed": seed, "ceiling_at_k": result["ceiling_at_k"]}), flush=True)
         if "train" in parts:
             result["accuracy"] = {}
-            for strategy in ("head_only", "full"):
+            for strategy in TRAINED:
                 for what, file in (("noisy", noisy_file), ("fixed", str(fixed / "train.csv")), ("clean", clean)):
                     run = graft.train(recipe(file, test_file, out, f"{name}-{strategy}-{what}", strategy),
                                       overwrite=True)
