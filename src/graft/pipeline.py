@@ -356,7 +356,6 @@ def finish(accelerator: Accelerator, run: Setup, fitted: Fitted, started: float,
     test also fits its temperature on validation), the final model saved, the record completed, the report
     written."""
     from graft.environment import peak_memory_mb
-    from graft.evaluation.calibration import write_temperature
     from graft.models.save import save_final_model, write_run_card
     from graft.report import write_report
     from graft.training import checkpoint
@@ -373,14 +372,9 @@ def finish(accelerator: Accelerator, run: Setup, fitted: Fitted, started: float,
         test_s = time.perf_counter() - test_started
         for hook in fitted.watchers:  # the trackers log the test metrics
             hook(event_for_test(state, test_metrics))
-    beside = extras.pop("model_files", {})  # what the task keeps beside the weights (a multi-label run's thresholds)
     save_final_model(accelerator, fitted.model, run.loaded, recipe, run.splits.labels, recipe.output.dir / MODEL_DIR,
                      run.attached)
-    if "calibration" in extras and accelerator.is_main_process:  # a classifier's temperature, beside its weights
-        write_temperature(recipe.output.dir / MODEL_DIR, extras["calibration"])
-    if accelerator.is_main_process:
-        for name, content in beside.items():
-            write_json(recipe.output.dir / MODEL_DIR / name, content)
+    keep_beside_weights(recipe.output.dir / MODEL_DIR, extras, accelerator.is_main_process)
     record.update(status="completed", stopped=state.stopped, best=best)
     record["metrics"] = {"test": test_metrics, "validation": _best_validation(state), "history": state.history,
                          **{e.name: e.final(accelerator, fitted.model, state.history) for e in run.evaluations}}
@@ -397,6 +391,21 @@ def finish(accelerator: Accelerator, run: Setup, fitted: Fitted, started: float,
         write_report(recipe.output.dir)
         write_run_card(recipe.output.dir)
     return record
+
+
+def keep_beside_weights(folder: Path, extras: dict[str, Any], write: bool = True) -> None:
+    """What a task's test keeps beside the final weights, where eval, predict and exports read it: a classifier's
+    temperature, and the task's `model_files` (a multi-label run's thresholds), which leave `extras`: they are files,
+    not record fields. `write` False (not the main process): only taken out."""
+    from graft.evaluation.calibration import write_temperature
+
+    files = extras.pop("model_files", {})
+    if not write:
+        return
+    if "calibration" in extras:
+        write_temperature(folder, extras["calibration"])
+    for name, content in files.items():
+        write_json(folder / name, content)
 
 
 def model_warnings(test: dict[str, Any]) -> list[str]:

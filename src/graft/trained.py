@@ -117,9 +117,8 @@ def test_run(run_dir: Path | str) -> dict[str, Any]:
     is seen once."""
     import time
 
-    from graft.evaluation.calibration import write_temperature
     from graft.models.save import write_run_card
-    from graft.pipeline import model_warnings
+    from graft.pipeline import keep_beside_weights, model_warnings
     from graft.report import write_report
     from graft.rundir import RECORD_FILE
 
@@ -134,10 +133,7 @@ def test_run(run_dir: Path | str) -> dict[str, Any]:
     started = time.perf_counter()
     accelerator, model, loader = batches(run, splits.test)
     metrics, extras = run.task.test(accelerator, model, loader, splits, run, run.recipe)
-    if "calibration" in extras:
-        write_temperature(run_dir / MODEL_DIR, extras["calibration"])
-    for name, content in extras.pop("model_files", {}).items():  # a multi-label run's thresholds
-        write_json(run_dir / MODEL_DIR / name, content)
+    keep_beside_weights(run_dir / MODEL_DIR, extras)
     record["metrics"]["test"] = metrics
     record.update(extras, warnings=model_warnings(metrics))
     record["timings"]["test_s"] = round(time.perf_counter() - started, 3)
