@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from graft.errors import GraftError
+from graft.evaluation.metrics import scalars
 from graft.rundir import MODEL_DIR
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ def distill_record(run: Setup, teacher: TeacherRun, frozen: FrozenTeacher, start
     sides = {
         "teacher": {"run": str(teacher.run_dir), "test": test, "test_from": source,
                     **_size(frozen.model, teacher.model_dir), "latency_ms": latency["teacher"]},
-        "student": {"start": start, "test": _scalars(record["metrics"]["test"]),
+        "student": {"start": start, "test": scalars(record["metrics"]["test"]),
                     **_size(student, run.recipe.output.dir / MODEL_DIR), "latency_ms": latency["student"]},
     }
     spec = run.recipe.strategy.distill
@@ -62,9 +63,9 @@ def _teacher_test(run: Setup, teacher: TeacherRun, accelerator: Accelerator,
     except GraftError:  # its data cannot be read again (moved, changed): measure it
         same = False
     if same:
-        return _scalars(teacher.record["metrics"]["test"]), "the teacher run's record (the same test split)"
+        return scalars(teacher.record["metrics"]["test"]), "the teacher run's record (the same test split)"
     loader = accelerator.prepare(run.task.eval_loader(run.recipe, run.splits.test, run.loaded))
-    return _scalars(run.task.evaluate(accelerator, model, loader, labels)), "measured on this run's test split"
+    return scalars(run.task.evaluate(accelerator, model, loader, labels)), "measured on this run's test split"
 
 
 def _size(model: nn.Module, folder: Path) -> dict[str, Any]:
@@ -112,6 +113,3 @@ def _per_example_ms(model: nn.Module, batch: dict[str, torch.Tensor]) -> float:
     synchronize()
     return 1000 * (time.perf_counter() - started) / len(batch["input_ids"])
 
-
-def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in metrics.items() if not isinstance(v, dict | list)}

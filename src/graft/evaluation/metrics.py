@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 SCALAR_METRICS: tuple[str, ...] = (
@@ -54,6 +56,11 @@ ENTITY_METRICS = ("loss", "precision", "recall", "f1", "token_accuracy")
 """What a token classifier is scored on: entity-level micro precision, recall and F1, and the share of words whose
 tag is right (graft.evaluation.entities)."""
 ENTITY_ONLY_METRICS = ("precision", "recall", "f1")
+
+
+def scalars(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The metrics that are single numbers (or text): no per-class tables, curves or confusion matrices."""
+    return {k: v for k, v in metrics.items() if not isinstance(v, dict | list)}
 
 
 def metric_mode(name: str) -> str:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from graft.errors import GraftError
+from graft.evaluation.metrics import scalars
 from graft.files import write_json
 from graft.recipe import Recipe, load_recipe
 from graft.sweep.space import read_space, set_field, space_record
@@ -235,7 +236,7 @@ def summarise(study: optuna.Study, base: Recipe, space: dict[str, BaseDistributi
     if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         chosen = study.best_trial
         record = test_run(chosen.user_attrs["run_dir"])
-        test = {k: v for k, v in record["metrics"]["test"].items() if not isinstance(v, dict | list)}
+        test = scalars(record["metrics"]["test"])
         best = {"number": chosen.number, "params": chosen.params, "value": chosen.value,
                 "run_dir": chosen.user_attrs["run_dir"], "test": test}
     importances, why = param_importances(study, list(space), base.train.seed)

@@ -29,6 +29,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torch.utils.data import DataLoader
 
 from graft.errors import GraftError
+from graft.evaluation.metrics import scalars
 from graft.evaluation.predictions import evaluate
 from graft.recipe import CheckpointSpec, EvalSpec, TrainSpec
 from graft.training import checkpoint
@@ -254,7 +255,7 @@ def _evaluate_and_keep_best(accelerator: Accelerator, parts: Parts, evals: EvalS
         if evals.patience and state.bad_evals >= evals.patience:
             state.stopped = "early_stopping"
     record = {"split": "validation", "step": state.step, "epoch": _epoch_float(parts, state),
-              **_scalars(metrics), "best": improved}
+              **scalars(metrics), "best": improved}
     state.history.append(record)
     _emit(hooks, Event("eval", state, record))
     _run_evaluations(accelerator, parts, state, hooks)
@@ -266,13 +267,9 @@ def _run_evaluations(accelerator: Accelerator, parts: Parts, state: LoopState, h
     for evaluation in parts.evaluations:
         metrics = evaluation.run(accelerator, parts.whole_model or parts.model)
         record = {"split": evaluation.name, "step": state.step, "epoch": _epoch_float(parts, state),
-                  **_scalars(metrics)}
+                  **scalars(metrics)}
         state.history.append(record)
         _emit(hooks, Event("eval", state, record))
-
-
-def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in metrics.items() if not isinstance(v, dict | list)}
 
 
 def _stop_if_not_finite(accelerator: Accelerator, window: _Window, norm: torch.Tensor, state: LoopState,
