@@ -93,10 +93,13 @@ def test_the_pick_is_the_middle_of_the_longest_fall():
     assert suggest(lrs, flat)[0] is None
     # Barely falling, then climbing (LoRA's curve in a short sweep): a tenth of where it climbs 10% above its low.
     lora = [1.0 - 0.001 * i for i in range(40)] + [0.961 + 0.05 * i for i in range(1, 21)]
-    pick, why = suggest(lrs, lora)
+    pick, why = suggest(lrs, lora, starts="zero")
     assert pick == pytest.approx(lrs[41] / 10) and "a tenth of where the loss climbs" in why
+    # The same curve from a pretrained model's full fine-tune (labels too noisy to learn in 100 steps): no pick.
+    pick, why = suggest(lrs, lora)
+    assert pick is None and "noisy or hard labels" in why
     # Random weights (scratch) take the edge rule even where the loss falls: a tenth of where it climbs past its low.
-    pick, why = suggest(lrs, loss, from_scratch=True)
+    pick, why = suggest(lrs, loss, starts="scratch")
     assert pick == pytest.approx(lrs[31] / 10) and "random weights" in why
     # A fall after a blow-up does not count: the minimum comes first.
     spiky = [1.0 - 0.02 * i for i in range(20)] + [5.0 - 0.05 * i for i in range(40)]

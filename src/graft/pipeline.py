@@ -282,7 +282,7 @@ def find_lr(recipe: Recipe | str | Path | dict[str, Any], *, overrides: tuple[st
     the sweep (LRs, losses, smoothed losses), the pick and why, and the optimiser it was measured with."""
     from accelerate.utils import set_seed
 
-    from graft.training.lr_find import lr_range_test
+    from graft.training.lr_find import lr_range_test, starting_point
 
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
     accelerator = make_accelerator(recipe)
@@ -291,7 +291,7 @@ def find_lr(recipe: Recipe | str | Path | dict[str, Any], *, overrides: tuple[st
     run = setup(recipe, say)
     prepared = prepare_run(accelerator, run, say)
     sweep = lr_range_test(accelerator, prepared.parts, prepared.base_lr, recipe.train.max_grad_norm, steps=steps,
-                          from_scratch=recipe.strategy.name == "scratch", epoch=run.plan.all_joined)
+                          starts=starting_point(recipe.strategy), epoch=run.plan.all_joined)
     return {"optim": run.optim.record(), "strategy": recipe.strategy.name, **sweep.record()}
 
 
@@ -300,7 +300,7 @@ def _learning_rate(accelerator: Accelerator, run: Setup, parts: Parts, base: flo
     """The base LR: the recipe's, or measured by a range test (optim.lr: auto) and set on every group (their
     ratios kept). What run.json's `optim` says: the optimiser, its LR, and why. A resumed run takes its LR from
     the checkpoint, and what was measured from its record."""
-    from graft.training.lr_find import lr_range_test
+    from graft.training.lr_find import lr_range_test, starting_point
 
     recipe = run.recipe
     optim = run.optim.record()
@@ -314,12 +314,13 @@ def _learning_rate(accelerator: Accelerator, run: Setup, parts: Parts, base: flo
     # Measured with every group that joins during the run training (two_phase, gradual_unfreeze): a sweep of the
     # head alone picks the head's LR, and the body would then train at it (2.5e-3 for MiniLM's layers).
     sweep = lr_range_test(accelerator, parts, base, recipe.train.max_grad_norm, steps=100,
-                          from_scratch=recipe.strategy.name == "scratch", epoch=run.plan.all_joined)
+                          starts=starting_point(recipe.strategy), epoch=run.plan.all_joined)
     sweep_s = time.perf_counter() - started
     lr = sweep.suggestion or base
     joined = f" with epoch {run.plan.all_joined}'s groups training" if run.plan.all_joined else ""
     why = (f"measured by an LR range test over {len(sweep.lrs)} steps{joined}: {sweep.why}" if sweep.suggestion else
-           f"the range test found none ({sweep.why}); {optim['name']}'s usual {base:g}")
+           f"the range test over {len(sweep.lrs)} steps{joined} found none ({sweep.why}); {optim['name']}'s usual "
+           f"{base:g}")
     for group in parts.optimizer.param_groups:  # as param_groups builds them, so a rerun at this LR is identical
         group["lr"] = lr * run.plan.lr_scale[group["name"].partition("/")[0]]
     say(f"learning rate: {lr:.3g} ({why})")

@@ -26,6 +26,7 @@ import torch
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
+    from graft.recipe import StrategySpec
     from graft.training.loop import Parts
 
 
@@ -53,16 +54,22 @@ class Sweep:
         return asdict(self)
 
 
+def starting_point(strategy: StrategySpec) -> str:
+    """How a strategy's training starts, which decides the pick where the loss does not clearly fall: `scratch`
+    (random weights), `zero` (PEFT methods: updates that start at nothing) or `pretrained`."""
+    return "scratch" if strategy.name == "scratch" else "zero" if strategy.is_peft else "pretrained"
+
+
 def lr_range_test(accelerator: Accelerator, parts: Parts, base_lr: float, max_grad_norm: float | None, *,
                   start: float = 1e-7, end: float = 10.0, steps: int = 100, beta: float = 0.95,
-                  diverge: float = 4.0, from_scratch: bool = False, epoch: int = 0) -> Sweep:
+                  diverge: float = 4.0, starts: str = "pretrained", epoch: int = 0) -> Sweep:
     """Sweep the base LR from `start` to `end` over at most `steps` optimiser steps, with what trains at `epoch`
-    training; `base_lr` is the LR the optimiser's groups were built with (their scales are their LR over it).
-    Everything is restored afterwards."""
+    training; `base_lr` is the LR the optimiser's groups were built with (their scales are their LR over it);
+    `starts`: `starting_point`'s word for the strategy. Everything is restored afterwards."""
     saved = _snapshot(accelerator, parts)
     try:
         sweep = _sweep(accelerator, parts, base_lr, max_grad_norm, start, end, steps, beta, diverge, epoch)
-        sweep.suggestion, sweep.why = suggest(sweep.lrs, sweep.smoothed, from_scratch=from_scratch)
+        sweep.suggestion, sweep.why = suggest(sweep.lrs, sweep.smoothed, starts=starts)
         return sweep
     finally:
         _restore(accelerator, parts, saved)
@@ -99,16 +106,19 @@ def _sweep(accelerator: Accelerator, parts: Parts, base_lr: float, max_grad_norm
 
 
 def suggest(lrs: list[float], smoothed: list[float], trim: float = TRIM,
-            from_scratch: bool = False) -> tuple[float | None, str]:
+            starts: str = "pretrained") -> tuple[float | None, str]:
     """The pick from the smoothed loss against log-LR (lrs rising).
 
     The first tenth of the sweep is left out (the moving average is still warming up). Where the loss clearly
     falls before its minimum: the middle, in log-LR, of that fall (a longest decreasing
     run ending at the minimum, so a few noisy points do not cut it short) once its first and last `trim` of the
-    drop are cut off. Where it does not (methods that start from zero updates, like LoRA, barely move the loss in
-    a short sweep), and for a model trained from scratch (random weights fall slowly and noisily, and take the
-    large steps Smith's rule gives them): a tenth of the LR at which the loss climbs clearly above its minimum.
-    None when neither is there."""
+    drop are cut off. Where it does not, for methods that start from zero updates (`starts: zero`: LoRA and the
+    other PEFT methods barely move the loss in a short sweep), and for a model trained from scratch (random weights
+    fall slowly and noisily, and take the large steps Smith's rule gives them): a tenth of the LR at which the loss
+    climbs clearly above its minimum. A pretrained model whose loss does not fall gets no pick (None: the caller's
+    usual LR): its new head learns in a few steps on any learnable labels, so a flat loss says the labels are noisy
+    or hard, and the edge of a flat, noisy curve lies late (1e-2 on rt-polarity with 20% of its labels flipped,
+    whose tenth made MiniLM answer one class)."""
     n = len(smoothed)
     skip = max(5, n // 10)  # the moving average has seen too few losses yet: its first values are noise
     if n <= skip + 3:
@@ -116,16 +126,20 @@ def suggest(lrs: list[float], smoothed: list[float], trim: float = TRIM,
     low = min(range(skip, n), key=lambda i: smoothed[i])
     chain = [skip + i for i in _longest_fall(smoothed[skip: low + 1])]
     top, bottom = smoothed[chain[0]], smoothed[low]
-    if not from_scratch and len(chain) >= 4 and top - bottom >= MIN_DROP * abs(top):
+    falls = len(chain) >= 4 and top - bottom >= MIN_DROP * abs(top)
+    if starts != "scratch" and falls:
         first = next(i for i in chain if smoothed[i] <= top - trim * (top - bottom))
         last = next(i for i in chain if smoothed[i] <= bottom + trim * (top - bottom))
         return math.sqrt(lrs[first] * lrs[last]), (
             f"the middle of the smoothed loss's fall before its minimum ({lrs[first]:.2g} to {lrs[last]:.2g}: "
             f"{smoothed[first]:.3f} to {smoothed[last]:.3f})")
+    if starts == "pretrained":
+        return None, (f"the loss fell less than {MIN_DROP:.0%} before it climbed: noisy or hard labels? (graft "
+                      f"inspect finds likely mislabelled rows)")
     edge = next((i for i in range(low, n) if smoothed[i] > (1 + EDGE) * smoothed[low]), None)
     if edge is None:
         return None, "the loss neither clearly fell nor climbed in the sweep"
-    before = "random weights" if from_scratch else f"it fell less than {MIN_DROP:.0%} before"
+    before = "random weights" if starts == "scratch" else f"it fell less than {MIN_DROP:.0%} before"
     return lrs[edge] / 10, f"a tenth of where the loss climbs {EDGE:.0%} above its minimum ({lrs[edge]:.2g}); {before}"
 
 
