@@ -366,15 +366,6 @@ def test_the_command_says_a_user_error_in_one_line(tiny_bert, texts, tmp_path, m
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: --output {tmp_path / 'taken'}: is a file; name a folder for advise.json and advise.html"]
 
-def test_verify_declines_a_language_model_in_one_line(tmp_path):
-    from graft.advise.advisor import verify_advice
-    from tests.test_causal_lm import lm_recipe
-
-    recipe = load_recipe(lm_recipe(tmp_path / "lm", tmp_path / "pairs.jsonl", tmp_path / "run"))
-    assert "graft compare runs classification tasks only" in error_of(verify_advice, recipe, {}, tmp_path,
-                                                                      print)
-
-
 def test_rerunning_into_an_advise_folder_replaces_it(tiny_bert, texts, tmp_path):
     tree = tiny_recipe(tiny_bert, texts, tmp_path / "run")
     graft.advise(tree, output=tmp_path / "advice", sample=40)

@@ -216,3 +216,67 @@ def test_instruction_data_errors_are_one_line(tiny_llama, tmp_path):
 def test_head_only_is_refused_for_a_language_model(tiny_llama, pairs_file, tmp_path):
     with pytest.raises(graft.GraftError, match="keeps its pretrained output layer"):
         graft.load_recipe(lm_recipe(tiny_llama, pairs_file, tmp_path / "run", strategy={"name": "head_only"}))
+
+
+# Compare and cross-validation
+
+def test_compare_ranks_by_test_loss_and_shows_every_strategys_answers_side_by_side(tiny_llama, pairs_file, tmp_path):
+    from graft.compare import format_table
+
+    recipe = lm_recipe(tiny_llama, pairs_file, tmp_path / "cmp", data={"system": "be brief"},
+                       train={"epochs": 20})
+    result = graft.compare(recipe, ["full", {"label": "one-epoch", "train": {"epochs": 1}}])
+    written = [json.loads(line)["messages"] for line in (tmp_path / "cmp" / "data" / "test.jsonl").read_text()
+               .splitlines()]
+    assert written[0][0] == {"role": "system", "content": "be brief"} and len(written) == 16
+    rows = {r["label"]: r for r in result["strategies"]}
+    full = json.loads((tmp_path / "cmp" / "full" / "run.json").read_text())
+    assert full["recipe"]["data"]["messages_column"] == "messages"  # the run read the written conversations
+    # The memorised answers against one epoch's: far apart in loss, measured against its error over examples.
+    assert result["metric"] == "loss" and result["winner"] == "full" and not result["ties"]
+    assert rows["full"]["loss"] < rows["one-epoch"]["loss"] / 3 and rows["one-epoch"]["loss_se"] > 0
+    assert rows["full"]["perplexity"] == pytest.approx(full["metrics"]["test"]["perplexity"])
+    assert [s["generated"] for s in rows["full"]["samples"]] == [s["generated"] for s in full["samples"]]
+    assert format_table(result).splitlines()[0].split() == ["strategy", "perplexity", "token_accuracy", "loss",
+                                                           "trainable", "cost", "s", "s/epoch", "peak", "MB"]
+    page = (tmp_path / "cmp" / "compare.html").read_text()
+    assert "What each strategy says" in page and page.count("cats say meow") >= 2  # reference and full's answer
+
+
+def test_the_standard_error_of_a_loss_counts_examples_not_tokens():
+    from graft.tasks.chat import _MOMENTS, _ratio_se
+
+    per = [(3.0, 2.0), (1.0, 4.0), (6.0, 3.0)]  # (loss sum, tokens) of three answers
+    total = {key: 0.0 for key in _MOMENTS}
+    for loss, tokens in per:
+        values = {"n": 1.0, "T": tokens, "L": loss, "C": 0.0}
+        for a, b in _MOMENTS:
+            total[a, b] += values[a] * (values[b] if b else 1.0)
+    ratio = 10.0 / 9.0
+    expected = (sum((loss - ratio * tokens) ** 2 for loss, tokens in per) * 3 / 2) ** 0.5 / 9.0
+    assert _ratio_se(total, "L", ratio) == pytest.approx(expected)
+
+
+def test_cross_validation_folds_conversations_each_once(tiny_llama, pairs_file, tmp_path):
+    recipe = lm_recipe(tiny_llama, pairs_file, tmp_path / "cv", train={"epochs": 2})
+    recipe["data"].pop("test")  # each fold is the test split once
+    summary = graft.cross_validate(recipe, 2)
+    folds = [[json.loads(line)["messages"][0]["content"] for line in
+              (tmp_path / "cv" / "folds" / f"fold-{i}" / "test.jsonl").read_text().splitlines()] for i in range(2)]
+    assert sorted(folds[0] + folds[1]) == sorted(p for p, _ in PAIRS)  # the file's 16 rows are 4 conversations
+    assert summary["cv"]["k"] == 2 and set(summary["cv"]["mean"]) >= {"loss", "perplexity", "token_accuracy"}
+    assert summary["metrics"]["test"]["loss"] == pytest.approx(
+        sum(f["test"]["loss"] for f in summary["cv"]["folds"]) / 2)
+    assert (tmp_path / "cv" / "report.html").is_file()
+
+
+def test_advise_verify_compares_a_language_models_advice(tiny_llama, pairs_file, tmp_path):
+    from graft.advise.advisor import verify_advice
+
+    advice = {"strategy": "full", "fragment": {"strategy": {"name": "full"}},
+              "runner_up": {"strategy": "lora", "fragment": {"strategy": {"name": "lora"}}}}
+    verified = verify_advice(graft.load_recipe(lm_recipe(tiny_llama, pairs_file, tmp_path / "run",
+                                                         train={"epochs": 6})), advice, tmp_path, print)
+    assert verified["metric"] == "loss" and {s["label"] for s in verified["strategies"]} == {"full", "lora", "scratch"}
+    assert verified["held"] == (verified["leader"] == "full" or "full" in verified["ties"])
+    assert all(s["loss"] > 0 for s in verified["strategies"]) and (tmp_path / "verify" / "compare.html").is_file()

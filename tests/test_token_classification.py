@@ -216,11 +216,34 @@ def test_eval_on_a_tagged_file_and_refusals(tagged_run, tmp_path):
     assert "--format onnx" in error_of(graft.export, run, tmp_path / "x", format="onnx")
 
 
-def test_compare_and_cross_validation_decline(tagged_run, tiny_bert):
-    recipe = {**tiny_recipe(tiny_bert, tagged_run / "train.conll", tagged_run / "other"),
+def test_compare_writes_the_sentences_once_and_ranks_by_entity_f1(tagged_run, tiny_bert, tmp_path):
+    from graft.compare import format_table
+
+    recipe = {**tiny_recipe(tiny_bert, tagged_run / "train.conll", tmp_path / "cmp", train={"epochs": 2}),
               "task": "token_classification"}
-    assert "not token_classification" in error_of(graft.compare, recipe, ["full", "head_only"])
-    assert "not token_classification" in error_of(graft.cross_validate, recipe, 3)
+    result = graft.compare(recipe, ["full", "scratch"])
+    written = [json.loads(line) for line in (tmp_path / "cmp" / "data" / "test.jsonl").read_text().splitlines()]
+    assert len(written) == result["strategies"][0]["n_test"] and set(written[0]) == {"tokens", "tags"}
+    rows = {r["label"]: r for r in result["strategies"]}
+    for label in ("full", "scratch"):  # every run read the written test sentences, and scored entities on them
+        run = json.loads((tmp_path / "cmp" / label / "run.json").read_text())
+        assert run["data"]["sources"]["test"] == "test.jsonl" and rows[label]["f1"] == run["metrics"]["test"]["f1"]
+    assert result["metric"] == "f1" and result["leader"] == max(rows, key=lambda k: rows[k]["f1"])
+    assert "test entity F1" in (tmp_path / "cmp" / "compare.html").read_text()
+    assert format_table(result).splitlines()[0].split()[:3] == ["strategy", "f1", "token_accuracy"]
+
+
+def test_cross_validation_folds_sentences_each_once(tmp_path, tiny_bert):
+    sentences = make_tagged(40, seed=4)
+    train = write_conll(tmp_path / "train.conll", sentences + sentences[:5])  # five repeated: each kept once
+    recipe = {**tiny_recipe(tiny_bert, train, tmp_path / "cv", train={"epochs": 1}), "task": "token_classification"}
+    summary = graft.cross_validate(recipe, 2)
+    folds = [[tuple(json.loads(line)["tokens"]) for line in
+              (tmp_path / "cv" / "folds" / f"fold-{i}" / "test.jsonl").read_text().splitlines()] for i in range(2)]
+    assert sorted(folds[0] + folds[1]) == sorted({tuple(words) for words, _ in sentences})
+    assert [f["test"]["f1"] for f in summary["cv"]["folds"]] == [
+        json.loads((tmp_path / "cv" / f"fold-{i}" / "run.json").read_text())["metrics"]["test"]["f1"] for i in range(2)]
+    assert summary["cv"]["mean"]["f1"] == pytest.approx(sum(f["test"]["f1"] for f in summary["cv"]["folds"]) / 2)
 
 
 def test_head_only_trains_on_cached_per_token_states(tmp_path, tiny_bert):

@@ -41,8 +41,10 @@ PRESETS: dict[str, tuple[dict[str, Any], float]] = {
     "prefix": ({"strategy": {"name": "prefix"}}, 100.0),
     "adapter": ({"strategy": {"name": "adapter"}}, 20.0),
 }
-COLUMNS = {"accuracy": "test accuracy", "f1_macro": "test macro F1", "rmse": "test RMSE", "r2": "test R²"}
-"""The test metrics the comparison's table shows, where the runs have them (the ranking metric is kept too)."""
+COLUMNS = {"accuracy": "test accuracy", "f1_macro": "test macro F1", "f1_micro": "test micro F1",
+           "f1": "test entity F1", "rmse": "test RMSE", "r2": "test R²", "perplexity": "test perplexity",
+           "token_accuracy": "test token accuracy"}
+"""The test metrics the comparison's table shows, where the runs have them, and the ranking metric."""
 COMPARE_FILE = "compare.json"
 PAGE_FILE = "compare.html"
 
@@ -56,9 +58,6 @@ def compare(recipe: Recipe | str | Path | dict[str, Any], strategies: list[str |
     if train is None:
         from graft.pipeline import train
     base = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
-    if get_task(base.task).input_kind is None:
-        raise GraftError(f"graft compare: classification tasks only so far, not {base.task}; train its strategies "
-                         f"one by one and compare their run.json (validation loss, perplexity)")
     if seeds < 1:
         raise GraftError(f"--seeds {seeds}: at least 1")
     variants = [_variant(s) for s in strategies]
@@ -126,16 +125,12 @@ def _merge(tree: dict[str, Any], fragment: dict[str, Any]) -> None:
 
 def write_splits(recipe: Recipe, folder: Path) -> dict[str, Any]:
     """The recipe's splits, written once as files that every run reads; the data section pointing at them."""
-    from graft.data.tables import WRITTEN, write_csv
-
     task = get_task(recipe.task)
     splits = task.load_splits(recipe)
     folder.mkdir(parents=True, exist_ok=True)
-    column = task.input_kind
-    header = (column, *task.label_columns(recipe))  # the recipe's own label fields read them back
-    paths = {name: str(write_csv(folder / f"{name}.csv", header, task.rows(getattr(splits, name), splits.labels)))
+    paths = {name: str(task.write_examples(folder, name, task.rows(getattr(splits, name), splits.labels), recipe))
              for name in ("train", "validation", "test")}
-    return {**paths, f"{column}_column": column, "split": [0.7, 0.15, 0.15], **WRITTEN}
+    return {**paths, **task.written_fields(recipe), "split": [0.7, 0.15, 0.15]}
 
 
 def summarise(base: Recipe, records: dict[str, list[dict[str, Any]]], seeds: list[int]) -> dict[str, Any]:
@@ -162,6 +157,9 @@ def _row(label: str, runs: list[dict[str, Any]], metric: str) -> dict[str, Any]:
         v = values(name)
         row[name] = statistics.fmean(v) if v else None
         row[f"{name}_std"] = statistics.stdev(v) if len(v) > 1 else 0.0
+    # A task that measures its test metric's sampling error (a language model's, over examples) says it.
+    sampled = values(f"{metric}_se")
+    row[f"{metric}_se"] = statistics.fmean(sampled) if sampled else None
     kept = [r["metrics"]["retention"]["ratio"] for r in runs if (r["metrics"].get("retention") or {}).get("ratio")
             is not None]
     row["retention"] = statistics.fmean(kept) if kept else None  # the source task's accuracy after / before
@@ -178,6 +176,7 @@ def _row(label: str, runs: list[dict[str, Any]], metric: str) -> dict[str, Any]:
     row["peak_memory_mb"] = max(r["peak_memory_mb"] for r in runs)
     row["curves"] = [[{k: h[k] for k in ("epoch", "loss", metric) if k in h} for h in r["metrics"]["history"]
                       if h["split"] == "validation"] for r in runs]
+    row["samples"] = runs[0].get("samples") or []  # a language model's answers to the same validation prompts
     return row
 
 
@@ -191,11 +190,13 @@ def _lr_used(record: dict[str, Any]) -> float | None:
 
 
 def standard_error(row: dict[str, Any], metric: str) -> float:
-    """Noise in a strategy's score: the spread over seeds and the test set's sampling error (a binomial
-    approximation, which also serves for F1; for a regression's errors and correlations, their normal-theory
-    approximations)."""
+    """Noise in a strategy's score: the spread over seeds and the test set's sampling error (the task's own
+    estimate where it makes one; else a binomial approximation, which also serves for F1; for a regression's errors
+    and correlations, their normal-theory approximations)."""
     value, n = row[metric], max(1, row["n_test"])
-    if metric in REGRESSION_SAMPLING:
+    if row.get(f"{metric}_se") is not None:
+        sampling = row[f"{metric}_se"] ** 2
+    elif metric in REGRESSION_SAMPLING:
         sampling = REGRESSION_SAMPLING[metric](value, n) ** 2
     else:
         sampling = value * (1 - value) / n if 0 <= value <= 1 else 0.0
@@ -301,9 +302,10 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 def columns(result: dict[str, Any]) -> list[str]:
-    """The metrics of COLUMNS that some strategy of `result` has (accuracy and macro-F1 for classifiers)."""
+    """The metrics of COLUMNS that some strategy of `result` has (accuracy and macro-F1 for classifiers), then the
+    ranking metric when it is not among them (a language model's loss)."""
     shown = [name for name in COLUMNS if any(r.get(name) is not None for r in result["strategies"])]
-    return shown or [result["metric"]]
+    return shown if result["metric"] in shown else [*shown, result["metric"]]
 
 
 def read_comparison(out: Path) -> dict[str, Any]:

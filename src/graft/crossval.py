@@ -1,4 +1,5 @@
-"""k-fold cross-validation: K normal runs on stratified folds of data.train, and their mean ± std.
+"""k-fold cross-validation: K normal runs on folds of data.train (stratified by class where examples have one), and
+their mean ± std.
 
 Each fold is the test split once; the other folds train (validation carved from them, or data.validation when
 given). Folds are written as files under OUTPUT/folds/ and each run is OUTPUT/fold-N, a normal run directory, so
@@ -12,7 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from graft.data.tables import WRITTEN, write_csv
 from graft.errors import GraftError
 from graft.evaluation.metrics import SCALAR_METRICS
 from graft.files import write_json
@@ -35,8 +35,6 @@ def cross_validate(recipe: Recipe | str | Path | dict[str, Any], k: int, *, over
     if k < 2:
         raise GraftError(f"--cv {k}: cross-validation needs at least 2 folds")
     task = get_task(recipe.task)
-    if task.input_kind is None:
-        raise GraftError(f"--cv: tasks with one input per example only so far, not {recipe.task}")
     if recipe.data.test is not None:
         raise GraftError("--cv: each fold is the test split once, so data.test must not be set; remove it (or "
                          "train without --cv to use it)")
@@ -44,7 +42,7 @@ def cross_validate(recipe: Recipe | str | Path | dict[str, Any], k: int, *, over
     if occupied(out) and not (out / "folds").is_dir() and not overwrite:
         raise GraftError(f"output.dir {out} already holds files that are not a cross-validation; choose another "
                          f"output.dir or pass --overwrite")
-    examples, column = task.read_examples(recipe), task.input_kind
+    examples = task.read_examples(recipe)
     groups = task.fold_groups(examples)
     folds = (_stratified_folds(groups, k, recipe.train.seed, recipe.data.train) if groups is not None else
              _shuffled_folds(len(examples), k, recipe.train.seed, recipe.data.train))
@@ -53,13 +51,11 @@ def cross_validate(recipe: Recipe | str | Path | dict[str, Any], k: int, *, over
         held_out = set(test_rows)
         files = out / "folds" / f"fold-{i}"
         files.mkdir(parents=True, exist_ok=True)
-        header = (column, *task.label_columns(recipe))
-        write_csv(files / "train.csv", header, [examples[j] for j in range(len(examples)) if j not in held_out])
-        write_csv(files / "test.csv", header, [examples[j] for j in test_rows])
         fold = recipe.model_copy(deep=True)
-        fold.data.train, fold.data.test = files / "train.csv", files / "test.csv"
-        setattr(fold.data, f"{column}_column", column)
-        for field, value in WRITTEN.items():  # the fold files are plain UTF-8 CSV with a header
+        fold.data.train = task.write_examples(files, "train", [examples[j] for j in range(len(examples))
+                                                               if j not in held_out], recipe)
+        fold.data.test = task.write_examples(files, "test", [examples[j] for j in test_rows], recipe)
+        for field, value in task.written_fields(recipe).items():
             setattr(fold.data, field, value)
         fold.output.dir = out / f"fold-{i}"
         records.append(_run_fold(fold, train, overwrite, hooks))

@@ -283,9 +283,6 @@ def verify_advice(recipe: Recipe, recommendation: dict[str, Any], out: Path,
     `out`/verify) and say whether the advice held: the recommendation won or tied with the winner."""
     from graft.compare import compare
 
-    if get_task(recipe.task).input_kind is None:
-        raise GraftError(f"--verify: graft compare runs classification tasks only, not {recipe.task}; train the "
-                         f"recommended strategy and the runner-up and compare their validation loss")
     chosen, runner_up = recommendation["strategy"], recommendation["runner_up"]
     strategies: list[str | dict[str, Any]] = [{"label": chosen, **recommendation["fragment"]},
                                               {"label": runner_up["strategy"], **runner_up["fragment"]}]
@@ -304,8 +301,8 @@ def verify_advice(recipe: Recipe, recommendation: dict[str, Any], out: Path,
              f"the advice did not hold: {leader} beat {chosen} on test {metric} ({best:.4f} vs {mine:.4f})")
     return {"held": held, "metric": metric, "leader": leader, "ties": result["ties"], "recommended": mine,
             "best": best, "words": words, "verdict": result["verdict"],
-            "strategies": [{k: r.get(k) for k in ("label", "strategy", "accuracy", "f1_macro", "cost_s", "trainable")}
-                           for r in result["strategies"]],
+            "strategies": [{k: r.get(k) for k in ("label", "strategy", *dict.fromkeys(("accuracy", "f1_macro", metric)),
+                                                  "cost_s", "trainable")} for r in result["strategies"]],
             "folder": str(out / "verify")}
 
 

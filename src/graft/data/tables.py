@@ -67,9 +67,9 @@ PLAIN = TableFormat()
 """UTF-8 files whose first line is the header, separated as their suffix says."""
 WRITTEN = {"columns": None, "encoding": "utf-8", "delimiter": None, "review": None, "label_columns": None,
            "label_delimiter": ","}
-"""The data fields that read back the CSV files graft writes (runs that read them must not inherit a recipe's
-headerless or latin-1 format, nor apply its data.review again: the rows written are the reviewed ones; a multi-label
-row's label set is written in one column, joined by commas)."""
+"""The data fields that read back the CSV and JSON-lines files graft writes (runs that read them must not inherit a
+recipe's headerless or latin-1 format, nor apply its data.review again: the rows written are the reviewed ones; a
+multi-label row's label set is written in one column, joined by commas)."""
 
 
 class FileRow(int):
@@ -497,4 +497,14 @@ def write_csv(path: Path, header: tuple[str, ...], rows: list[tuple[Any, ...]]) 
 
     with writing(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
         csv.writer(f).writerows([header, *rows])
+    return path
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    """A JSON-lines file, written beside and renamed into place (for examples a CSV cell cannot hold: token lists,
+    chat messages)."""
+    from graft.files import writing
+
+    with writing(path) as tmp, tmp.open("w", encoding="utf-8") as f:
+        f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     return path

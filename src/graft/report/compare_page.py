@@ -10,7 +10,7 @@ from graft.compare import COLUMNS, columns
 from graft.evaluation.metrics import metric_mode
 from graft.files import write_text
 from graft.report.charts import line_chart, scatter_chart
-from graft.report.page import CSS, escape, figure
+from graft.report.page import CSS, clip, escape, figure
 
 PAGE_FILE = "compare.html"
 WARNINGS = ("negative", "did not help", "not a model")
@@ -49,6 +49,23 @@ def _trade_off(rows: list[dict[str, Any]], spread: bool) -> str:
                          "right is best" + ("; bars: one standard deviation over seeds)." if spread else ")."))
 
 
+def _generations(rows: list[dict[str, Any]]) -> str:
+    """A language model's greedy answers to the same validation prompts, one column per strategy (first seed)."""
+    answering = [r for r in rows if r.get("samples")]
+    if not answering:
+        return ""
+    first = answering[0]["samples"]
+    heads = "".join(f"<th>{escape(r['label'])}</th>" for r in answering)
+    body = ""
+    for i, sample in enumerate(first):
+        cells = [sample["prompt"], sample.get("reference") or "",
+                 *(r["samples"][i]["generated"] if i < len(r["samples"]) else "" for r in answering)]
+        body += "<tr>" + "".join(f"<td>{escape(clip(text, 300))}</td>" for text in cells) + "</tr>"
+    return ("<h2>What each strategy says</h2><p class='sub'>Greedy answers to the first validation prompts after "
+            "training, side by side (the same prompts for every strategy: the runs share their splits).</p>"
+            f"<table><tr><th>prompt</th><th>reference</th>{heads}</tr>{body}</table>")
+
+
 def render_compare(result: dict[str, Any]) -> str:
     metric, rows = result["metric"], result["strategies"]
     recipe = result["recipe"]
@@ -83,14 +100,14 @@ def render_compare(result: dict[str, Any]) -> str:
                  f"<td class='n'>{r['trainable']:,}</td>"
                  f"{_cost(r)}"
                  f"<td class='n'>{r['s_per_epoch']:.2f} s</td><td class='n'>{r['peak_memory_mb']:,.0f} MB</td></tr>")
-    heads = "".join(f"<th>{escape(COLUMNS.get(n, n))}</th>" for n in shown)
+    heads = "".join(f"<th>{escape(COLUMNS.get(n, f'test {n}'))}</th>" for n in shown)
     table = ("<table><tr><th>strategy</th><th>method</th><th>lr</th>" + heads
              + ("<th>retention (source task)</th>" if retained else "") + "<th>trainable</th>"
              "<th>cost: training + feature cache</th><th>training per epoch</th><th>peak memory</th>"
              "</tr>" + body + "</table><p class='sub'>Cost counts the feature-cache pass: a strategy that keeps layers "
              "frozen runs them once over the data before training, and that time is part of what it costs.</p>")
     figures = [_trade_off(rows, spread)] if retained else []
-    for name, label in ((metric, f"validation {metric}"), ("loss", "validation loss")):
+    for name, label in dict.fromkeys(((metric, f"validation {metric}"), ("loss", "validation loss"))):
         series = {r["label"]: ([h["epoch"] for h in r["curves"][0]], [h[name] for h in r["curves"][0]])
                   for r in rows if r["curves"] and r["curves"][0] and name in r["curves"][0][0]}
         if series:
@@ -104,5 +121,5 @@ def render_compare(result: dict[str, Any]) -> str:
             f"splits, "
             f"{escape(seeds)} and budget ({recipe['train']['epochs']} epochs) for every strategy · ranked by test "
             f"{escape(metric)}; leader: <b>{escape(lead)}</b></p>{verdict}<h2>Strategies</h2>{table}"
-            f"<h2>Curves</h2><div class='grid'>{''.join(figures)}</div>"
+            f"<h2>Curves</h2><div class='grid'>{''.join(figures)}</div>{_generations(rows)}"
             "<p class='sub'>Each strategy is a normal run directory with its own report.html.</p></main></body></html>")

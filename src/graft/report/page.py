@@ -120,9 +120,9 @@ def _samples(record: dict[str, Any]) -> str:
     if rendered:
         out.append("<p class='sub'>One training example exactly as the model sees it (the loss is on the assistant's "
                    f"turns only):</p><pre><code>{escape(rendered)}</code></pre>")
-    rows = "".join(f"<tr><td>{escape(_clip(s['prompt'], 300))}</td>"
-                   f"<td>{escape(_clip(s.get('reference') or '', 300))}</td>"
-                   f"<td>{escape(_clip(s['generated'], 300))}</td></tr>" for s in record.get("samples", []))
+    rows = "".join(f"<tr><td>{escape(clip(s['prompt'], 300))}</td>"
+                   f"<td>{escape(clip(s.get('reference') or '', 300))}</td>"
+                   f"<td>{escape(clip(s['generated'], 300))}</td></tr>" for s in record.get("samples", []))
     if rows:
         out.append("<p class='sub'>Greedy generations for the first validation prompts, after training:</p><table>"
                    f"<tr><th>prompt</th><th>reference</th><th>generated</th></tr>{rows}</table>")
@@ -509,7 +509,7 @@ def _entities(test: dict[str, Any], tagged: list[dict[str, Any]]) -> list[str]:
             gold = ", ".join(_entity(e) for e in s["gold"]) or "none"
             guess = ", ".join(_entity(e, (e["type"], e["first"], e["last"]) not in found)
                               for e in s["predicted"]) or "none"
-            rows += f"<tr><td>{escape(_clip(' '.join(s['words']), 300))}</td><td>{gold}</td><td>{guess}</td></tr>"
+            rows += f"<tr><td>{escape(clip(' '.join(s['words']), 300))}</td><td>{gold}</td><td>{guess}</td></tr>"
         out.append("<p class='sub'>The first test sentences with entities (true or predicted); a predicted entity in "
                    "red is not among the true ones.</p><table><tr><th>sentence</th><th>true entities</th>"
                    f"<th>predicted</th></tr>{rows}</table>")
@@ -524,7 +524,7 @@ def _entity(e: dict[str, Any], wrong: bool = False) -> str:
 def _mistakes(mistakes: list[dict[str, Any]], images: bool) -> str:
     rows = []
     for m in mistakes:
-        what = thumbnail(m["input"]) if images else escape(_clip(m["input"], 300))
+        what = thumbnail(m["input"]) if images else escape(clip(m["input"], 300))
         rows.append(f"<tr class='mistake'><td>{what}</td><td>{escape(m['label'])}</td><td>{escape(m['predicted'])}</td>"
                     f"<td class='n'>{m['confidence']:.3f}</td><td class='n'>{m['p_label']:.3f}</td></tr>")
     return ("<h2>Most confident mistakes on test</h2><p class='sub'>Up to three per true class, surest first: "
@@ -545,7 +545,7 @@ def _regression(record: dict[str, Any]) -> list[str]:
            "predictor (every answer the training mean) would be a horizontal line.</p>",
            f"<div class='grid'>{''.join(figures)}</div>"]
     rows = "".join(
-        f"<tr><td>{escape(_clip(e['input'], 300))}</td><td class='n'>{_values(e['target'])}</td>"
+        f"<tr><td>{escape(clip(e['input'], 300))}</td><td class='n'>{_values(e['target'])}</td>"
         f"<td class='n'>{_values(e['predicted'])}</td></tr>" for e in record.get("largest_errors", []))
     if rows:
         out.append("<h2>Largest errors on test</h2><p class='sub'>Furthest off first (in standard deviations of each "
@@ -560,7 +560,7 @@ def _values(values: dict[str, float]) -> str:
     return escape(", ".join(f"{k} {v:.4g}" for k, v in values.items()))
 
 
-def _clip(text: str, n: int) -> str:
+def clip(text: str, n: int) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 

@@ -27,7 +27,6 @@ from graft.evaluation.metrics import scalars
 from graft.files import write_json
 from graft.recipe import Recipe, load_recipe
 from graft.sweep.space import read_space, set_field, space_record
-from graft.tasks import get_task
 
 if TYPE_CHECKING:
     import optuna
@@ -55,8 +54,6 @@ def sweep(recipe: Recipe | str | Path | dict[str, Any], space: str | Path | dict
 
     say = say or (lambda line: None)
     base = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
-    if get_task(base.task).input_kind is None:
-        raise GraftError(f"graft sweep: classification tasks only so far, not {base.task}")
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
         raise GraftError(f"--trials {trials}: give a whole number of at least 1")
     if sampler not in SAMPLERS:

@@ -54,8 +54,8 @@ class Task(Protocol):
     peft_task_type: str | None
     """peft's TaskType for this task's models (None: a plain module, peft wraps it as it is)."""
     input_kind: str | None
-    """`text` or `image`: what one example is, for people (mistakes, compare's split files); None: not a single
-    input with one label (compare and cross-validation then decline)."""
+    """`text` or `image`: what one example is, for people (mistakes, the model card); None: not a single input with
+    one label (a language model's conversation, a tagged sentence)."""
     takes_plain_modules: bool
     """Whether `model.name` may be a plain nn.Module factory."""
     single_label: bool
@@ -75,8 +75,22 @@ class Task(Protocol):
     def read_labelled(self, recipe: Recipe, path: Path, labels: list[str]) -> Any:
         """A labelled file (or folder) to evaluate a trained run on, checked against the run's `labels`."""
 
-    def read_examples(self, recipe: Recipe) -> list[tuple[str, str]]:
-        """data.train as (input, label) rows, checked as training data is (cross-validation folds them)."""
+    def read_examples(self, recipe: Recipe) -> list[Any]:
+        """data.train's examples as `write_examples` writes them ((input, label) rows, (words, tags), chat
+        messages), checked as training data is and each once: what cross-validation folds."""
+
+    def rows(self, split: Any, labels: list[str]) -> list[Any]:
+        """A loaded split's examples in the same form: what compare and sweep write once for every run."""
+
+    def write_examples(self, folder: Path, name: str, rows: list[Any], recipe: Recipe) -> Path:
+        """`rows` as a file FOLDER/NAME.<suffix> that the recipe's data section reads back with
+        `written_fields`."""
+
+    def written_fields(self, recipe: Recipe) -> dict[str, Any]:
+        """The `data.*` fields that read written files back (their columns, UTF-8, no review)."""
+
+    def fold_groups(self, examples: list[Any]) -> list[str] | None:
+        """What cross-validation's folds are stratified by (each example's class), or None: a seeded shuffle."""
 
     def load_model(self, spec: ModelSpec, labels: list[str], data: DataSpec, scratch: bool) -> LoadedModel:
         """The model, ready for this task (a new head for `labels`, a prepared tokenizer...); `scratch`: the same

@@ -58,8 +58,37 @@ class CausalLM:
 
         return read_conversations(path, source_name(path), recipe.data)
 
-    def read_examples(self, recipe: Recipe) -> list[tuple[str, str]]:
-        raise NotImplementedError("conversations have no single label to fold by")
+    def read_examples(self, recipe: Recipe) -> list[list[dict[str, str]]]:
+        """data.train's conversations (the system prompt in each), each once (one in two folds would be leakage)."""
+        import json
+
+        from graft.data.instructions import read_conversations
+        from graft.data.sources import locate_splits
+        from graft.data.tables import source_name
+
+        train = locate_splits(recipe.data.train, None, None)[0]["train"]
+        first: dict[str, list[dict[str, str]]] = {}
+        for messages in read_conversations(train, source_name(train), recipe.data):
+            first.setdefault(json.dumps(messages, sort_keys=True), messages)
+        return list(first.values())
+
+    def rows(self, split: Any, labels: list[str]) -> list[list[dict[str, str]]]:
+        return list(split)
+
+    def write_examples(self, folder: Path, name: str, rows: list[Any], recipe: Recipe) -> Path:
+        """Conversations as chat messages in JSON lines (the system prompt already in each)."""
+        from graft.data.tables import write_jsonl
+
+        return write_jsonl(folder / f"{name}.jsonl", [{"messages": messages} for messages in rows])
+
+    def written_fields(self, recipe: Recipe) -> dict[str, Any]:
+        from graft.data.tables import WRITTEN
+
+        return {"messages_column": "messages", **WRITTEN}
+
+    def fold_groups(self, examples: list[Any]) -> None:
+        """None: folds are a seeded shuffle of conversations."""
+        return None
 
     def load_model(self, spec: ModelSpec, labels: list[str], data: DataSpec, scratch: bool) -> LoadedModel:
         """The pretrained output layer is kept (no new head); the tokenizer gets what instructions need."""

@@ -141,25 +141,44 @@ def eval_loader(ds: Encoded, pad_id: int, batch_size: int, num_workers: int = 0)
 
 @torch.no_grad()
 def evaluate_lm(accelerator: Any, model: torch.nn.Module, loader: DataLoader, label_names: Any = None) -> dict:
-    """Mean loss per response token, its perplexity, and the share of response tokens predicted exactly."""
+    """Mean loss per response token, its perplexity, and the share of response tokens predicted exactly, each with
+    its standard error over examples (`loss_se`...: the tokens of one answer are not independent, so an example is
+    the unit of sampling; compare judges ties with them)."""
     model.eval()
-    totals = torch.zeros(3, dtype=torch.float64, device=accelerator.device)  # loss sum, tokens, correct
-    examples = 0
+    # Per example i: loss sum L, tokens T, correct C; kept as the sums a ratio estimator's variance needs.
+    sums = torch.zeros(len(_MOMENTS), dtype=torch.float64, device=accelerator.device)
     for batch in loader:
         logits = model(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=False).logits.float()
         target = batch["labels"][:, 1:]
         logits = logits[:, -target.shape[1] - 1: -1]  # prompt-learning methods prepend virtual tokens
         keep = target != IGNORE
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                                                 ignore_index=IGNORE, reduction="sum")
-        correct = ((logits.argmax(-1) == target) & keep).sum()
-        totals += torch.stack([loss.double(), keep.sum().double(), correct.double()])
-        examples += batch["input_ids"].shape[0]
-    totals = accelerator.reduce(totals, "sum")
-    loss = (totals[0] / totals[1].clamp(min=1)).item()
-    return {"n": int(accelerator.reduce(torch.tensor(examples, device=accelerator.device), "sum").item()),
-            "tokens": int(totals[1].item()), "loss": loss, "perplexity": math.exp(min(loss, 50.0)),
-            "token_accuracy": (totals[2] / totals[1].clamp(min=1)).item()}
+        token_loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, ignore_index=IGNORE,
+                                                       reduction="none")
+        per = {"L": token_loss.double().sum(1), "T": keep.double().sum(1),
+               "C": ((logits.argmax(-1) == target) & keep).double().sum(1)}
+        per["n"] = torch.ones_like(per["T"])
+        sums += torch.stack([per[a] * per[b] if b else per[a] for a, b in _MOMENTS]).sum(1)
+    total = dict(zip(_MOMENTS, accelerator.reduce(sums, "sum").tolist(), strict=True))
+    tokens = max(total["T", ""], 1.0)
+    loss, accuracy = total["L", ""] / tokens, total["C", ""] / tokens
+    loss_se, accuracy_se = (_ratio_se(total, part, ratio) for part, ratio in (("L", loss), ("C", accuracy)))
+    perplexity = math.exp(min(loss, 50.0))
+    return {"n": int(total["n", ""]), "tokens": int(total["T", ""]), "loss": loss, "perplexity": perplexity,
+            "token_accuracy": accuracy, "loss_se": loss_se, "perplexity_se": perplexity * loss_se,
+            "token_accuracy_se": accuracy_se}
+
+
+_MOMENTS = (("n", ""), ("T", ""), ("L", ""), ("C", ""), ("T", "T"), ("L", "L"), ("L", "T"), ("C", "C"), ("C", "T"))
+
+
+def _ratio_se(total: dict[tuple[str, str], float], part: str, ratio: float) -> float:
+    """The standard error of sum(part_i) / sum(T_i) over n examples: sqrt(n/(n-1) sum (part_i - ratio T_i)^2) /
+    sum(T_i), from the sums alone (so processes can add theirs)."""
+    n = total["n", ""]
+    if n < 2 or total["T", ""] <= 0:
+        return 0.0
+    squares = total[part, part] - 2 * ratio * total[part, "T"] + ratio * ratio * total["T", "T"]
+    return math.sqrt(max(squares, 0.0) * n / (n - 1)) / total["T", ""]
 
 
 @torch.no_grad()

@@ -185,6 +185,17 @@ class Classification:
         """A split as (input, class name) rows, inputs as `inputs` gives them: what compare writes to files."""
         return list(zip(self.inputs(split), (labels[i] for i in self.label_ids(split)), strict=True))
 
+    def write_examples(self, folder: Path, name: str, rows: list[Any], recipe: Recipe) -> Path:
+        """`rows` as FOLDER/NAME.csv, headed by the input column and the recipe's own label fields."""
+        from graft.data.tables import write_csv
+
+        return write_csv(folder / f"{name}.csv", (self.input_kind, *self.label_columns(recipe)), rows)
+
+    def written_fields(self, recipe: Recipe) -> dict[str, Any]:
+        from graft.data.tables import WRITTEN
+
+        return {f"{self.input_kind}_column": self.input_kind, **WRITTEN}
+
     # What each classification task says for itself.
     def inputs(self, split: Any) -> list[str]:
         """What each example of a split is, for people: its text, or its image file (absolute)."""

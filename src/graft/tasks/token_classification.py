@@ -37,7 +37,7 @@ class TokenClassification(Classification):
         "advise": "graft advise scores one feature vector per example; a token classifier tags every word: compare "
                   "head_only, lora and full runs instead"}
     peft_task_type = "TOKEN_CLS"
-    input_kind = None  # a sentence has a tag per word, not one label: compare and cross-validation decline
+    input_kind = None  # a sentence has a tag per word, not one input with one label
     single_label = False
     feature_cache = False  # a head per token: the per-token prefix cache serves head_only
     hf_auto_class = "AutoModelForTokenClassification"
@@ -78,8 +78,36 @@ class TokenClassification(Classification):
 
         return read_labelled_sentences(path, recipe.data, labels)
 
-    def read_examples(self, recipe: Recipe) -> list[tuple[str, str]]:
-        raise NotImplementedError("tagged sentences have no single label to fold by")
+    def read_examples(self, recipe: Recipe) -> list[tuple[list[str], list[str]]]:
+        """data.train's sentences as (words, tags), each sentence once (one in two folds would be leakage)."""
+        from graft.data.sources import locate_splits
+        from graft.data.tables import source_name
+        from graft.data.tagged import read_sentences, tag_order
+
+        train = locate_splits(recipe.data.train, None, None)[0]["train"]
+        part = read_sentences(train, source_name(train), recipe.data)
+        tag_order(part)  # the same one line as training when train holds no entity
+        first: dict[tuple[str, ...], tuple[list[str], list[str]]] = {}
+        for words, tags in zip(part.words, part.tags, strict=True):
+            first.setdefault(tuple(words), (words, tags))
+        return list(first.values())
+
+    def rows(self, split: Any, labels: list[str]) -> list[tuple[list[str], list[str]]]:
+        return [(words, [labels[i] for i in tags]) for words, tags in zip(split["words"], split["tags"], strict=True)]
+
+    def write_examples(self, folder: Path, name: str, rows: list[Any], recipe: Recipe) -> Path:
+        from graft.data.tables import write_jsonl
+
+        return write_jsonl(folder / f"{name}.jsonl", [{"tokens": words, "tags": tags} for words, tags in rows])
+
+    def written_fields(self, recipe: Recipe) -> dict[str, Any]:
+        from graft.data.tables import WRITTEN
+
+        return {"tokens_column": "tokens", "tags_column": "tags", **WRITTEN}
+
+    def fold_groups(self, examples: list[Any]) -> None:
+        """None: folds are a seeded shuffle of sentences (a sentence has many tags, no one class)."""
+        return None
 
     def loss(self, recipe: Recipe, splits: Any) -> tuple[None, dict[str, Any]]:
         return None, {"class_weights": None,
