@@ -3,7 +3,11 @@ rt-polarity sentences (default 1,500: the first N of the corpus shuffled with se
 on the same written splits. The target: the sweep's best trial at least as good as the default recipe on the test
 split, in under 10x the default's time.
 
-    nice -n 5 .venv/bin/python examples/sweep_rt.py [SHARED_DATA_DIR] [OUTPUT_DIR] [TRIALS] [SENTENCES]
+    nice -n 5 .venv/bin/python examples/sweep_rt.py [SHARED_DATA_DIR] [OUTPUT_DIR] [TRIALS] [SENTENCES] [PRUNER]
+                                                   [FIRST]
+
+PRUNER: median (the default), hyperband or none; FIRST: where in the shuffled corpus the N sentences start (0; 3000
+is the held-out set B of the other scripts: rows 3000 onwards never tuned a default).
 
 The default recipe measures its learning rate (optim.lr: auto, an LR range test); the trials take theirs from the
 space. Rerunning the command resumes the sweep where it stopped and reuses the finished default run. Prints one
@@ -33,9 +37,10 @@ SPACE = {"optim.lr": {"low": 1.0e-5, "high": 3.0e-4, "log": True},
          "train.batch_size": {"choices": [16, 32]}}
 
 
-def main(shared: Path, out: Path, trials: int = 20, sentences: int = 1500) -> dict:
+def main(shared: Path, out: Path, trials: int = 20, sentences: int = 1500, pruner: str = "median",
+         first: int = 0) -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    source = write(out / f"rt{sentences}.csv", ("text", "label"), rt_polarity_rows(shared)[:sentences])
+    source = write(out / f"rt{sentences}.csv", ("text", "label"), rt_polarity_rows(shared)[first:first + sentences])
     recipe = {"model": {"name": "minilm", "max_length": 64}, "data": {"train": source},
               "train": {"batch_size": 32}, "output": {"dir": str(out / "default"), "tensorboard": False}}
     data = write_splits(load_recipe(recipe), out / "splits")  # what the default run and every trial read
@@ -43,18 +48,19 @@ def main(shared: Path, out: Path, trials: int = 20, sentences: int = 1500) -> di
     default = reuse_completed(load_recipe(base)) or graft.train(base)
     default_s = default["timings"]["total_s"]
     started = time.perf_counter()
-    result = graft.sweep({**base, "output": {"dir": str(out / "sweep"), "tensorboard": False}}, SPACE, trials,
-                         say=lambda line: print(line, file=sys.stderr, flush=True))
+    folder = out / ("sweep" if pruner == "median" else f"sweep-{pruner}")
+    result = graft.sweep({**base, "output": {"dir": str(folder), "tensorboard": False}}, SPACE, trials,
+                         pruner=pruner, say=lambda line: print(line, file=sys.stderr, flush=True))
     wall_s = time.perf_counter() - started
     trials_s = sum(t["duration_s"] or 0.0 for t in result["trials"])
     best, test = result["best"], result["best"]["test"]
     summary = {
-        "data": {"sentences": sentences, "sizes": default["data"]["sizes"], "model": "all-MiniLM-L6-v2",
-                 "max_length": 64},
+        "data": {"sentences": sentences, "first": first, "sizes": default["data"]["sizes"],
+                 "model": "all-MiniLM-L6-v2", "max_length": 64},
         "default": {"lr": default["optim"]["lr"], "validation_f1_macro": default["metrics"]["validation"]["f1_macro"],
                     "test_accuracy": default["metrics"]["test"]["accuracy"],
                     "test_f1_macro": default["metrics"]["test"]["f1_macro"], "seconds": default_s},
-        "sweep": {"trials": len(result["trials"]),
+        "sweep": {"pruner": pruner, "trials": len(result["trials"]),
                   "states": {s: sum(t["state"] == s for t in result["trials"])
                              for s in ("complete", "pruned", "failed")},
                   "best_trial": best["number"], "best_params": best["params"],
@@ -63,7 +69,7 @@ def main(shared: Path, out: Path, trials: int = 20, sentences: int = 1500) -> di
         "time_ratio": trials_s / default_s,
         "at_least_as_good": test["accuracy"] >= default["metrics"]["test"]["accuracy"],
         "target": "a 20-trial sweep with pruning at least as good as the default recipe in less than 10x its time"}
-    write_json(out / "sweep_rt.json", summary)
+    write_json(out / f"sweep_rt-{pruner}.json", summary)
     print(json.dumps(summary, indent=2))
     return summary
 
@@ -72,4 +78,6 @@ if __name__ == "__main__":
     main(Path(sys.argv[1]) if len(sys.argv) > 1 else HERE.parents[1] / "shared" / "data",
          Path(sys.argv[2]) if len(sys.argv) > 2 else Path("runs/sweep-rt"),
          int(sys.argv[3]) if len(sys.argv) > 3 else 20,
-         int(sys.argv[4]) if len(sys.argv) > 4 else 1500)
+         int(sys.argv[4]) if len(sys.argv) > 4 else 1500,
+         sys.argv[5] if len(sys.argv) > 5 else "median",
+         int(sys.argv[6]) if len(sys.argv) > 6 else 0)

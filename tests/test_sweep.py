@@ -84,6 +84,7 @@ def test_trials_and_sampler_refused(tiny_bert: Path, tmp_path: Path) -> None:
     recipe, space = base_recipe(tiny_bert, tmp_path), space_file(tmp_path, SPACE)
     assert "--trials 0: give a whole number of at least 1" in error_of(graft.sweep, recipe, space, 0)
     assert "--sampler grid: choose tpe or random" in error_of(graft.sweep, recipe, space, 2, sampler="grid")
+    assert "--pruner asha: choose median, hyperband, none" in error_of(graft.sweep, recipe, space, 2, pruner="asha")
     assert not (tmp_path / "sweep").exists()
 
 
@@ -237,7 +238,9 @@ def test_cli_rerun_of_a_finished_sweep_trains_nothing(reference: tuple[dict, dic
     recipe, result, space = reference
     path = Path(result["folder"]).parent / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
-    done = CliRunner().invoke(app, ["sweep", str(path), "--space", str(space), "--trials", "2"])
+    done = CliRunner().invoke(app, ["sweep", str(path), "--space", str(space), "--trials", "2", "--pruner",
+                                    "hyperband"])
     assert done.exit_code == 0, done.output
     assert "2 trials: 2 complete" in done.output and "test (evaluated once, for this trial)" in done.output
+    assert json.loads((Path(result["folder"]) / "sweep.json").read_text())["pruner"] == "HyperbandPruner"
     assert "sweep.html" in done.output and "-> " not in done.output  # no trial started

@@ -251,6 +251,8 @@ def sweep(
                                                 "sweep.html); default: the recipe's output.dir.", metavar="DIR")
                       ] = None,
     sampler: Annotated[str, typer.Option(help="tpe or random, seeded by train.seed.", metavar="tpe|random")] = "tpe",
+    pruner: Annotated[str, typer.Option(help="When to stop a trial that lags the others at the same evaluation.",
+                                        metavar="median|hyperband|none")] = "median",
     set_: SetOption = None,
 ) -> None:
     """Optuna over any recipe field: every trial a run on the same splits, ranked by the validation metric, the
@@ -259,7 +261,7 @@ def sweep(
     from graft.sweep import sweep as run
 
     try:
-        result = run(recipe, space, trials, output=output, sampler=sampler, overrides=set_ or [],
+        result = run(recipe, space, trials, output=output, sampler=sampler, pruner=pruner, overrides=set_ or [],
                      say=lambda line: print(line, file=sys.stderr, flush=True))
     except KeyboardInterrupt:
         print("interrupted; run the same command again to continue the sweep", file=sys.stderr)

@@ -40,15 +40,17 @@ PAGE_FILE = "sweep.html"
 TRIALS_DIR = "trials"
 STUDY_NAME = "graft-sweep"
 SAMPLERS = ("tpe", "random")
+PRUNERS = ("median", "hyperband", "none")
 
 
 def sweep(recipe: Recipe | str | Path | dict[str, Any], space: str | Path | dict[str, Any], trials: int, *,
-          output: str | Path | None = None, sampler: str = "tpe", pruner: optuna.pruners.BasePruner | None = None,
-          overrides: list[str] | tuple[str, ...] = (), say: Callable[[str], None] | None = None) -> dict[str, Any]:
+          output: str | Path | None = None, sampler: str = "tpe",
+          pruner: str | optuna.pruners.BasePruner = "median", overrides: list[str] | tuple[str, ...] = (),
+          say: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run trials until `trials` have ended (those of an earlier, interrupted run of this sweep count), test the best
     once, write OUTPUT/sweep.json and OUTPUT/sweep.html (OUTPUT: `output`, default the recipe's output.dir) and
-    return the summary. `sampler`: tpe or random, seeded by train.seed; `pruner`: an Optuna pruner (default: the
-    median pruner)."""
+    return the summary. `sampler`: tpe or random, seeded by train.seed; `pruner`: median, hyperband, none, or an
+    Optuna pruner."""
     from graft.compare import write_splits
     from graft.rundir import RunLock
 
@@ -58,6 +60,8 @@ def sweep(recipe: Recipe | str | Path | dict[str, Any], space: str | Path | dict
         raise GraftError(f"--trials {trials}: give a whole number of at least 1")
     if sampler not in SAMPLERS:
         raise GraftError(f"--sampler {sampler}: choose {' or '.join(SAMPLERS)}")
+    if isinstance(pruner, str) and pruner not in PRUNERS:
+        raise GraftError(f"--pruner {pruner}: choose {', '.join(PRUNERS)}")
     distributions = read_space(space, base)
     out = Path(output) if output is not None else base.output.dir
     identity = {"recipe": _plain(base.dump()), "space": space_record(distributions), "sampler": sampler}
@@ -123,11 +127,22 @@ def _open_study(out: Path, base: Recipe, identity: dict[str, Any], pruner: Any) 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # graft says what happens itself
     direction = "minimize" if base.eval.resolved_mode == "min" else "maximize"
     study = optuna.create_study(storage=_storage(out), study_name=STUDY_NAME, direction=direction,
-                                load_if_exists=True, pruner=pruner or optuna.pruners.MedianPruner())
+                                load_if_exists=True, pruner=_pruner(pruner))
     if not study.user_attrs:
         for key, value in identity.items():
             study.set_user_attr(key, value)
     return study
+
+
+def _pruner(pruner: str | optuna.pruners.BasePruner) -> optuna.pruners.BasePruner:
+    """median: stop a trial behind the median of earlier trials at the same evaluation (after 5 trials);
+    hyperband: successive halving over brackets of budgets (the trial's evaluations); none: never stop one."""
+    import optuna
+
+    if not isinstance(pruner, str):
+        return pruner
+    return {"median": optuna.pruners.MedianPruner, "hyperband": optuna.pruners.HyperbandPruner,
+            "none": optuna.pruners.NopPruner}[pruner]()
 
 
 def _fail_leftovers(study: optuna.Study, say: Callable[[str], None]) -> None:
