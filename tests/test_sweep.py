@@ -130,6 +130,8 @@ def test_trials_are_runs_on_the_same_splits_ranked_on_validation(reference: tupl
         history = [h["f1_macro"] for h in record["metrics"]["history"] if h["split"] == "validation"]
         assert trial["evaluations"] == history and trial["value"] == max(history)
         assert trial["duration_s"] > 0
+        # what resumes a run is gone once its trial ended; the model the best is tested from stays
+        assert not (Path(trial["run_dir"]) / "checkpoints").exists() and (Path(trial["run_dir"]) / "model").is_dir()
     best = max(result["trials"], key=lambda t: t["value"])
     assert result["best"]["number"] == best["number"] and result["best"]["value"] == best["value"]
 
@@ -197,6 +199,7 @@ def test_a_pruned_trial_stops_cleanly_and_is_recorded_as_pruned(tiny_bert: Path,
     trial = result["trials"][0]
     record = read_record(tmp_path / "sweep" / "trials" / "0000")
     assert record["status"] == "pruned" and "error" not in record
+    assert not (tmp_path / "sweep" / "trials" / "0000" / "checkpoints").exists()
     assert record["reason"] == trial["reason"] and "pruned by the sweep at evaluation 1" in trial["reason"]
     first = [h["f1_macro"] for h in record["metrics"]["history"] if h["split"] == "validation"]
     assert trial["state"] == "pruned" and trial["evaluations"] == first and len(first) == 1
