@@ -163,6 +163,20 @@ def test_testing_afterwards_gives_what_training_would_have(reference: tuple[dict
         assert again[name] == pytest.approx(tested[name], abs=1e-6), name
 
 
+def test_a_bf16_trial_is_tested_under_the_autocast_it_trained_in(tiny_bert: Path, tmp_path: Path) -> None:
+    """bf16 rounds differently from fp32: the delayed test must run as training's own test would have."""
+    from graft.rundir import run_recipe
+
+    recipe = base_recipe(tiny_bert, tmp_path)
+    recipe["train"]["precision"] = "bf16"
+    result = graft.sweep(recipe, space_file(tmp_path, SPACE), 1)
+    again = run_recipe(Path(result["best"]["run_dir"]))
+    again.output.dir = tmp_path / "again"
+    tested, trained = result["best"]["test"], graft.train(again)["metrics"]["test"]
+    for name in ("accuracy", "loss", "ece"):
+        assert trained[name] == pytest.approx(tested[name], abs=1e-6), name
+
+
 def test_same_seed_same_trials_and_an_interrupted_sweep_resumes_to_n(tiny_bert: Path, tmp_path: Path,
                                                                      reference: tuple[dict, dict, Path]) -> None:
     _, done, _ = reference
