@@ -85,15 +85,12 @@ def check_model_files(run_dir: Path) -> None:
             raise GraftError(f"{path}: damaged ({reason}); restore the file or train the run again") from None
 
 
-def batches(run: TrainedRun, split: Any, precision: str = "fp32") -> tuple[Accelerator, nn.Module, DataLoader]:
-    """The run's model and a split as batches, placed on the device the way training does it; `precision`: the
-    autocast it runs under (fp32 unless a caller must match what training measured)."""
+def batches(run: TrainedRun, split: Any) -> tuple[Accelerator, nn.Module, DataLoader]:
+    """The run's model and a split as batches, placed on the device the way training does it."""
     from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
 
     loader = run.task.eval_loader(run.recipe, split, run)
-    AcceleratorState._reset_state()  # as make_accelerator: this call's precision, whatever the last one was
-    accelerator = Accelerator(mixed_precision={"fp32": "no"}.get(precision, precision))
+    accelerator = Accelerator()
     model, loader = accelerator.prepare(run.model, loader)
     return accelerator, model, loader
 
@@ -134,8 +131,7 @@ def test_run(run_dir: Path | str) -> dict[str, Any]:
     run = open_run(run_dir, raw=True)
     splits = run.task.load_splits(run.recipe)
     started = time.perf_counter()
-    # Under the autocast training ran in (bf16 on a CPU that computes it natively): the metrics training would have.
-    accelerator, model, loader = batches(run, splits.test, record["precision"]["used"])
+    accelerator, model, loader = batches(run, splits.test)
     metrics, extras = run.task.test(accelerator, model, loader, splits, run, run.recipe)
     keep_beside_weights(run_dir / MODEL_DIR, extras)
     record["metrics"]["test"] = metrics
