@@ -14,7 +14,9 @@ from typer.testing import CliRunner
 
 import graft
 from graft.cli import app
+from graft.evaluation.metrics import scalars
 from graft.rundir import read_record
+from graft.sweep import format_trials
 from tests.conftest import error_of, make_texts, tiny_recipe, write_csv
 
 SPACE = {"optim.lr": {"low": 1.0e-3, "high": 1.0e-2, "log": True}, "train.batch_size": {"choices": [8, 16]}}
@@ -133,15 +135,42 @@ def test_trials_are_runs_on_the_same_splits_ranked_on_validation(reference: tupl
         # what resumes a run is gone once its trial ended; the model the best is tested from stays
         assert not (Path(trial["run_dir"]) / "checkpoints").exists() and (Path(trial["run_dir"]) / "model").is_dir()
     best = max(result["trials"], key=lambda t: t["value"])
-    assert result["best"]["number"] == best["number"] and result["best"]["value"] == best["value"]
+    assert result["best"]["number"] in (best["number"], None)  # None: the baseline (its own test below)
+
+
+def test_the_baseline_is_the_recipe_as_it_is_and_the_best_unless_a_trial_beats_it(
+        reference: tuple[dict, dict, Path]) -> None:
+    recipe, result, _ = reference
+    baseline = result["baseline"]
+    record = read_record(Path(baseline["run_dir"]))
+    assert Path(baseline["run_dir"]) == Path(result["folder"]) / "baseline" and record["status"] == "completed"
+    assert record["recipe"]["optim"]["lr"] == recipe["optim"]["lr"]  # its own values, none of the space's
+    assert record["recipe"]["data"]["train"] == str(Path(result["folder"]) / "data" / "train.csv")
+    assert baseline["value"] == record["metrics"]["validation"]["f1_macro"]
+    assert not (Path(baseline["run_dir"]) / "checkpoints").exists()
+    top = max(t["value"] for t in result["trials"] if t["value"] is not None)
+    assert result["best"]["baseline"] == (top <= baseline["value"])
+    assert result["best"]["value"] == max(top, baseline["value"])
+
+
+def test_a_sweep_whose_trials_cannot_learn_hands_back_the_baseline(tiny_bert: Path, tmp_path: Path) -> None:
+    recipe = base_recipe(tiny_bert, tmp_path)
+    space = space_file(tmp_path, {"optim.lr": {"low": 1.0e-9, "high": 2.0e-9}})  # steps too small to move
+    result = graft.sweep(recipe, space, 2)
+    assert result["best"]["baseline"] is True and result["best"]["number"] is None
+    assert all(t["value"] < result["baseline"]["value"] for t in result["trials"])
+    assert result["best"]["test"] == scalars(read_record(tmp_path / "sweep" / "baseline")["metrics"]["test"])
+    assert all(read_record(Path(t["run_dir"]))["metrics"]["test"] is None for t in result["trials"])
+    assert "the baseline (no trial beat the recipe as it is" in format_trials(result)
+    assert "Best: the baseline" in (tmp_path / "sweep" / "sweep.html").read_text()
 
 
 def test_the_test_set_is_evaluated_once_for_the_best_trial(reference: tuple[dict, dict, Path]) -> None:
     _, result, _ = reference
     best = Path(result["best"]["run_dir"])
-    for trial in result["trials"]:
-        tested = read_record(Path(trial["run_dir"]))["metrics"]["test"]
-        assert (tested is not None) == (Path(trial["run_dir"]) == best)
+    for run_dir in [*(t["run_dir"] for t in result["trials"]), result["baseline"]["run_dir"]]:
+        tested = read_record(Path(run_dir))["metrics"]["test"]
+        assert (tested is not None) == (Path(run_dir) == best)
     record = read_record(best)
     assert result["best"]["test"]["accuracy"] == record["metrics"]["test"]["accuracy"]
     assert (best / "model" / "calibration.json").is_file() and record["calibration"]["temperature"] > 0
@@ -161,20 +190,6 @@ def test_testing_afterwards_gives_what_training_would_have(reference: tuple[dict
     assert again["n"] == tested["n"]
     for name in ("accuracy", "f1_macro", "loss", "ece"):
         assert again[name] == pytest.approx(tested[name], abs=1e-6), name
-
-
-def test_a_bf16_trial_is_tested_under_the_autocast_it_trained_in(tiny_bert: Path, tmp_path: Path) -> None:
-    """bf16 rounds differently from fp32: the delayed test must run as training's own test would have."""
-    from graft.rundir import run_recipe
-
-    recipe = base_recipe(tiny_bert, tmp_path)
-    recipe["train"]["precision"] = "bf16"
-    result = graft.sweep(recipe, space_file(tmp_path, SPACE), 1)
-    again = run_recipe(Path(result["best"]["run_dir"]))
-    again.output.dir = tmp_path / "again"
-    tested, trained = result["best"]["test"], graft.train(again)["metrics"]["test"]
-    for name in ("accuracy", "loss", "ece"):
-        assert trained[name] == pytest.approx(tested[name], abs=1e-6), name
 
 
 def test_same_seed_same_trials_and_an_interrupted_sweep_resumes_to_n(tiny_bert: Path, tmp_path: Path,
@@ -207,7 +222,8 @@ def test_another_sweep_in_the_folder_is_refused(reference: tuple[dict, dict, Pat
 def test_a_pruned_trial_stops_cleanly_and_is_recorded_as_pruned(tiny_bert: Path, tmp_path: Path) -> None:
     """A pruner that prunes any validation f1 below 2 (every one): the trial stops at its first evaluation."""
     recipe, space = base_recipe(tiny_bert, tmp_path), space_file(tmp_path, SPACE)
-    message = error_of(graft.sweep, recipe, space, 1, pruner=optuna.pruners.ThresholdPruner(lower=2.0))
+    message = error_of(graft.sweep, recipe, space, 1, pruner=optuna.pruners.ThresholdPruner(lower=2.0),
+                       baseline=False)
     assert "no trial completed (1 pruned)" in message, message
     result = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
     trial = result["trials"][0]
@@ -224,7 +240,8 @@ def test_a_pruned_trial_stops_cleanly_and_is_recorded_as_pruned(tiny_bert: Path,
 def test_a_failing_trial_counts_and_says_why(tiny_bert: Path, tmp_path: Path) -> None:
     recipe = base_recipe(tiny_bert, tmp_path)
     space = space_file(tmp_path, {"strategy.freeze_groups": {"choices": [99]}})
-    message = error_of(graft.sweep, recipe, space, 1, overrides=["strategy.name=freeze", "strategy.freeze_groups=1"])
+    message = error_of(graft.sweep, recipe, space, 1, overrides=["strategy.name=freeze", "strategy.freeze_groups=1"],
+                       baseline=False)
     assert "no trial completed (1 failed); trial 0 failed: " in message and "freeze_groups" in message, message
 
 
@@ -258,6 +275,6 @@ def test_cli_rerun_of_a_finished_sweep_trains_nothing(reference: tuple[dict, dic
     done = CliRunner().invoke(app, ["sweep", str(path), "--space", str(space), "--trials", "2", "--pruner",
                                     "hyperband"])
     assert done.exit_code == 0, done.output
-    assert "2 trials: 2 complete" in done.output and "test (evaluated once, for this trial)" in done.output
+    assert "2 trials: 2 complete" in done.output and "test (evaluated once, for this run)" in done.output
     assert json.loads((Path(result["folder"]) / "sweep.json").read_text())["pruner"] == "HyperbandPruner"
     assert "sweep.html" in done.output and "-> " not in done.output  # no trial started

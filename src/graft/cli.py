@@ -253,6 +253,8 @@ def sweep(
     sampler: Annotated[str, typer.Option(help="tpe or random, seeded by train.seed.", metavar="tpe|random")] = "tpe",
     pruner: Annotated[str, typer.Option(help="When to stop a trial that lags the others at the same evaluation.",
                                         metavar="median|hyperband|none")] = "median",
+    baseline: Annotated[bool, typer.Option(help="First train the recipe as it is: the best unless a trial beats "
+                                           "it on validation.")] = True,
     set_: SetOption = None,
 ) -> None:
     """Optuna over any recipe field: every trial a run on the same splits, ranked by the validation metric, the
@@ -261,7 +263,8 @@ def sweep(
     from graft.sweep import sweep as run
 
     try:
-        result = run(recipe, space, trials, output=output, sampler=sampler, pruner=pruner, overrides=set_ or [],
+        result = run(recipe, space, trials, output=output, sampler=sampler, pruner=pruner, baseline=baseline,
+                     overrides=set_ or [],
                      say=lambda line: print(line, file=sys.stderr, flush=True))
     except KeyboardInterrupt:
         print("interrupted; run the same command again to continue the sweep", file=sys.stderr)

@@ -13,6 +13,7 @@ from graft.files import write_text
 from graft.report.charts import bar_chart, parallel_chart, trials_chart
 from graft.report.compare_page import _relative
 from graft.report.page import CSS, escape, figure
+from graft.sweep import describe_best
 
 PAGE_FILE = "sweep.html"
 
@@ -34,10 +35,16 @@ def render_sweep(result: dict[str, Any]) -> str:
                   if best["test"].get(k) is not None]
     cards += [(f"{counts['complete']} / {counts['pruned']} / {counts['failed'] + counts['interrupted']}",
                "complete / pruned / failed"), (f"{spent / 60:.1f} min", "time in trials")]
-    lead = (f"<div class='verdict'>Best: trial {best['number']} ({escape(_params(best['params']))}), validation "
-            f"{escape(metric)} {best['value']:.4f}. Its test metrics are the only ones this sweep computed: the test "
-            f"split was evaluated once, for this trial, after the search.</div>" if best else
+    lead = (f"<div class='verdict'>Best: {escape(describe_best(best))}, validation {escape(metric)} "
+            f"{best['value']:.4f}. Its test metrics are the only ones this sweep computed: the test split was "
+            f"evaluated once, for this run, after the search.</div>" if best else
             "<div class='verdict warn'>No trial completed: see the table for why each one stopped.</div>")
+    baseline = result.get("baseline")
+    if baseline is not None:
+        lead += ("<p class='sub'>Baseline, the recipe as it is on the same splits (" + (
+            f"validation {escape(metric)} {baseline['value']:.4f}, {baseline['duration_s']:.1f} s" if
+            baseline["value"] is not None else f"failed: {escape(baseline.get('error') or '')}") +
+            "): a trial is the best only if it beats it.</p>")
     figures = [figure(trials_chart(trials, ylabel=f"validation {metric}", minimize=minimize),
                       f"Each trial's validation {metric} ({'lower' if minimize else 'higher'} is better); the line is "
                       f"the best so far. Pruned trials stopped early, at the value shown.")]
@@ -62,10 +69,6 @@ def render_sweep(result: dict[str, Any]) -> str:
             + f"<h2>Every trial</h2>{_table(result)}"
             "<p class='sub'>Each trial is a normal run directory with its own report.html; the study is in sweep.db "
             "(Optuna, SQLite): the same command again resumes it.</p></main></body></html>")
-
-
-def _params(params: dict[str, Any]) -> str:
-    return ", ".join(f"{k} = {_value(v)}" for k, v in params.items())
 
 
 def _value(value: Any) -> str:

@@ -4,6 +4,7 @@ hears each of a trial's evaluations and may end it early, and the test split is 
 
     OUTPUT/data/          the splits, written once; every trial reads them
     OUTPUT/sweep.db       the Optuna study (SQLite): the same command again resumes it
+    OUTPUT/baseline/      the recipe as it is, on the same splits: what a trial must beat to be the best
     OUTPUT/trials/0007/   trial 7's run directory
     OUTPUT/sweep.json     every trial (parameters, state, value, run dir, duration), the best, its test metrics
     OUTPUT/sweep.html     trials over time, the best, parameter importances, parallel coordinates
@@ -13,6 +14,10 @@ and a sweep killed and resumed gives the very trials of one that was not. A tria
 marked failed when the sweep resumes and does not count: its slot is sampled again (from the same seed and history,
 so with the same parameters). A trial that fails on its own (it diverged, its values were refused) counts, with its
 error: a space whose every trial fails ends, it does not loop.
+
+The baseline (the recipe's own values, its `optim.lr: auto` measured as a run measures it) trains first, outside the
+study, and is the best unless a trial beats its validation value: a sweep never hands back a worse model than the
+recipe it started from, on the data it may look at.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ DB_FILE = "sweep.db"
 SWEEP_FILE = "sweep.json"
 PAGE_FILE = "sweep.html"
 TRIALS_DIR = "trials"
+BASELINE_DIR = "baseline"
 STUDY_NAME = "graft-sweep"
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("median", "hyperband", "none")
@@ -45,12 +51,12 @@ PRUNERS = ("median", "hyperband", "none")
 
 def sweep(recipe: Recipe | str | Path | dict[str, Any], space: str | Path | dict[str, Any], trials: int, *,
           output: str | Path | None = None, sampler: str = "tpe",
-          pruner: str | optuna.pruners.BasePruner = "median", overrides: list[str] | tuple[str, ...] = (),
-          say: Callable[[str], None] | None = None) -> dict[str, Any]:
+          pruner: str | optuna.pruners.BasePruner = "median", baseline: bool = True,
+          overrides: list[str] | tuple[str, ...] = (), say: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run trials until `trials` have ended (those of an earlier, interrupted run of this sweep count), test the best
     once, write OUTPUT/sweep.json and OUTPUT/sweep.html (OUTPUT: `output`, default the recipe's output.dir) and
     return the summary. `sampler`: tpe or random, seeded by train.seed; `pruner`: median, hyperband, none, or an
-    Optuna pruner."""
+    Optuna pruner; `baseline`: train the recipe as it is first, the best unless a trial beats it."""
     from graft.compare import write_splits
     from graft.rundir import RunLock
 
@@ -70,9 +76,10 @@ def sweep(recipe: Recipe | str | Path | dict[str, Any], space: str | Path | dict
         data = write_splits(base, out / "data")
         study = _open_study(out, base, identity, pruner)
         _fail_leftovers(study, say)
+        start = run_baseline(base, data, out, say) if baseline else None
         while (ended := len(counted(study))) < trials:
             run_trial(study, base, data, distributions, out, sampler, ended, say)
-        result = summarise(study, base, distributions, out, sampler, trials)
+        result = summarise(study, base, distributions, out, sampler, trials, start)
         write_json(out / SWEEP_FILE, result)
         from graft.report.sweep_page import write_sweep_page
 
@@ -198,6 +205,34 @@ class Reporter:
                                     f"{value:.4f} is behind the other trials' at that point")
 
 
+def run_baseline(base: Recipe, data: dict[str, Any], out: Path, say: Callable[[str], None]) -> dict[str, Any]:
+    """The recipe as it is on the sweep's splits (no test), or its finished run when the sweep resumes: its
+    validation value, run directory and time, or why it has none."""
+    import time
+
+    from graft.pipeline import train
+    from graft.rundir import reuse_completed
+
+    recipe = trial_recipe(base, data, {}, out / BASELINE_DIR)
+    metric, started = base.eval.metric, time.perf_counter()
+    done = reuse_completed(recipe)
+    if done is None:
+        say(f"sweep: the recipe as it is (baseline) -> {recipe.output.dir}")
+    try:
+        record = done or train(recipe, overwrite=True, test=False)
+    except Exception as e:  # a recipe that cannot train: the trials may still
+        error = " ".join(str(e).split()) or type(e).__name__
+        say(f"sweep: the baseline failed: {error}")
+        return {"run_dir": str(recipe.output.dir), "value": None, "error": error}
+    value = (record["metrics"].get("validation") or {}).get(metric)
+    seconds = record["timings"]["total_s"] if done else round(time.perf_counter() - started, 3)
+    if done is None and value is not None:
+        say(f"sweep: baseline: validation {metric} {value:.4f}")
+    _ended_run(recipe.output.dir)
+    return {"run_dir": str(recipe.output.dir), "value": value, "duration_s": seconds,
+            "lr": (record.get("optim") or {}).get("lr")}
+
+
 def run_trial(study: optuna.Study, base: Recipe, data: dict[str, Any], space: dict[str, BaseDistribution],
               out: Path, sampler: str, slot: int, say: Callable[[str], None]) -> optuna.trial.FrozenTrial:
     """Sample slot `slot`'s parameters, train its run (no test), tell the study how it ended."""
@@ -233,14 +268,18 @@ def run_trial(study: optuna.Study, base: Recipe, data: dict[str, Any], space: di
 
 
 def _ended(trial: optuna.trial.FrozenTrial, run_dir: Path) -> optuna.trial.FrozenTrial:
-    """An ended trial's resumable checkpoints go (about 0.35 GB for MiniLM): nothing resumes a trial that ended,
+    _ended_run(run_dir)
+    return trial
+
+
+def _ended_run(run_dir: Path) -> None:
+    """An ended run's resumable checkpoints go (about 0.35 GB for MiniLM): nothing resumes a trial that ended,
     a killed one is run again from its start, and the best is tested from its saved model."""
     import shutil
 
     from graft.rundir import CKPT_DIR
 
     shutil.rmtree(run_dir / CKPT_DIR, ignore_errors=True)
-    return trial
 
 
 def _params(params: dict[str, Any]) -> str:
@@ -248,25 +287,35 @@ def _params(params: dict[str, Any]) -> str:
 
 
 def summarise(study: optuna.Study, base: Recipe, space: dict[str, BaseDistribution], out: Path, sampler: str,
-              asked: int) -> dict[str, Any]:
-    """Every trial, the best (tested once here, if it was not yet), the parameters' importances."""
+              asked: int, baseline: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every trial, the best (the baseline unless a trial beats it; tested once here, if it was not yet), the
+    parameters' importances."""
     from optuna.trial import TrialState
 
     from graft.trained import test_run
 
     trials = [_trial_row(t) for t in study.get_trials(deepcopy=False)]
-    best = None
+    chosen = None
     if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        chosen = study.best_trial
-        record = test_run(chosen.user_attrs["run_dir"])
-        test = scalars(record["metrics"]["test"])
-        best = {"number": chosen.number, "params": chosen.params, "value": chosen.value,
-                "run_dir": chosen.user_attrs["run_dir"], "test": test}
+        top = study.best_trial
+        chosen = {"number": top.number, "baseline": False, "params": top.params, "value": top.value,
+                  "run_dir": top.user_attrs["run_dir"]}
+    if baseline is not None and baseline["value"] is not None and (chosen is None or not _beats(
+            chosen["value"], baseline["value"], study.direction.name.lower())):
+        chosen = {"number": None, "baseline": True, "params": {}, "value": baseline["value"],
+                  "run_dir": baseline["run_dir"]}
+    best = None
+    if chosen is not None:
+        best = {**chosen, "test": scalars(test_run(chosen["run_dir"])["metrics"]["test"])}
     importances, why = param_importances(study, list(space), base.train.seed)
     return {"recipe": base.dump(), "space": space_record(space), "metric": base.eval.metric,
             "direction": study.direction.name.lower(), "sampler": sampler, "seed": base.train.seed,
             "pruner": type(study.pruner).__name__, "trials_asked": asked, "folder": str(out), "trials": trials,
-            "best": best, "importances": importances, "importances_why": why}
+            "baseline": baseline, "best": best, "importances": importances, "importances_why": why}
+
+
+def _beats(value: float, other: float, direction: str) -> bool:
+    return value < other if direction == "minimize" else value > other
 
 
 def _trial_row(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
@@ -330,14 +379,26 @@ def format_trials(result: dict[str, Any], top: int = 10) -> str:
     lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True))]
     lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
     lines.append(f"{len(result['trials'])} trials: {_states(result)}")
+    baseline = result.get("baseline")
+    if baseline is not None:
+        lines.append("baseline (the recipe as it is): " + (f"validation {metric} {baseline['value']:.4f}"
+                                                              if baseline["value"] is not None else
+                                                              f"failed: {baseline.get('error')}"))
     best = result["best"]
     if best is not None:
         test = best["test"]
         shown = "  ".join(f"{k} {test[k]:.4f}" for k in dict.fromkeys(("accuracy", "f1_macro", metric))
                           if test.get(k) is not None)
-        lines.append(f"best: trial {best['number']} ({_params(best['params'])}), validation {metric} "
-                     f"{best['value']:.4f}; test (evaluated once, for this trial): {shown}")
+        lines.append(f"best: {describe_best(best)}, validation {metric} {best['value']:.4f}; test (evaluated once, "
+                     f"for this run): {shown}")
     return "\n".join(lines)
+
+
+def describe_best(best: dict[str, Any]) -> str:
+    """`trial 7 (optim.lr=...)`, or the baseline's words when no trial beat the recipe as it is."""
+    if best.get("baseline"):
+        return "the baseline (no trial beat the recipe as it is on validation)"
+    return f"trial {best['number']} ({_params(best['params'])})"
 
 
 def _value(value: Any) -> str:
