@@ -39,13 +39,15 @@ _INTEGER = re.compile(r"[+-]?\d+")
 
 @dataclass
 class TextSplits:
-    """The three splits (columns `text`, `label` as class id, `row` as 1-based source row) and what to report."""
+    """The three splits as datasets and what to report. Texts: columns `text`, `label` as class id, `row` as 1-based
+    source row; a multi-label task's `label` is a 0/1 row per example, a regression's the raw target values, a
+    token classifier's `words` and `tags` (ids into `labels`, `O` first) with `where` (file and line or row)."""
 
     train: datasets.Dataset
     validation: datasets.Dataset
     test: datasets.Dataset
     labels: list[str]
-    """Class names; index == class id."""
+    """Class (tag, target) names; index == class id. A regression's are `TargetNames`, carrying the scale."""
     sources: dict[str, str]
     """Split name -> where it came from, for display: `val.csv` or `train.csv (split)`."""
     warnings: list[str]

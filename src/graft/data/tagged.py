@@ -24,6 +24,7 @@ import datasets
 
 from graft.data.checks import plural, require_column, shown
 from graft.data.sources import locate_splits
+from graft.data.splits import SPLITS, TextSplits, split_sources
 from graft.data.tables import (
     SUFFIXES,
     LoadedSplit,
@@ -40,7 +41,6 @@ from graft.errors import GraftError
 if TYPE_CHECKING:
     from graft.recipe import DataSpec
 
-SPLITS = ("train", "validation", "test")
 BIO = re.compile(r"O|[BI]-\S+")
 DOCSTART = "-DOCSTART-"
 
@@ -59,21 +59,8 @@ class Sentences:
                          [self.where[i] for i in keep])
 
 
-@dataclass
-class TaggedSplits:
-    """The three splits as datasets (columns `words`, `tags` as ids into `labels`, `where`: file and line or row)."""
-
-    train: datasets.Dataset
-    validation: datasets.Dataset
-    test: datasets.Dataset
-    labels: list[str]
-    """Tag names, `O` first; index == tag id."""
-    sources: dict[str, str]
-    warnings: list[str]
-
-
 def load_tagged_splits(train: Path | str, validation: Path | str | None, test: Path | str | None, *,
-                       data: DataSpec, seed: int) -> TaggedSplits:
+                       data: DataSpec, seed: int) -> TextSplits:
     """Read and check each given split (tags of validation and test must be train's), carve the others from train
     by a seeded shuffle of its sentences (`data.split`), and remove sentences shared across splits
     (`data.leakage`)."""
@@ -88,10 +75,9 @@ def load_tagged_splits(train: Path | str, validation: Path | str | None, test: P
     if carve:
         parts.update(_carve(parts.pop("train"), carve, sum(data.split), seed))
     warnings += _leakage(parts, data.leakage)
-    sources = {key: source_name(given[key]) if key in given else f"{source_name(given['train'])} (split)"
-               for key in SPLITS}
-    return TaggedSplits(**{key: to_dataset(parts[key], labels) for key in SPLITS}, labels=labels, sources=sources,
-                        warnings=warnings)
+    sources = split_sources({key: source_name(source) for key, source in given.items()}, given)
+    return TextSplits(**{key: to_dataset(parts[key], labels) for key in SPLITS}, labels=labels, sources=sources,
+                      warnings=warnings)
 
 
 def read_labelled_sentences(path: Path, data: DataSpec, labels: list[str]) -> datasets.Dataset:

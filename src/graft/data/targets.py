@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from graft.data.checks import drop_duplicate_texts, format_rows, require_column, text_values
 from graft.data.sources import locate_splits
-from graft.data.splits import SPLITS, remove_leakage, split_sources
+from graft.data.splits import SPLITS, TextSplits, remove_leakage, split_sources
 from graft.data.tables import PLAIN, Source, TableFormat, read_rows, scalar_values, source_name
 from graft.errors import GraftError
 
@@ -53,18 +53,6 @@ class TargetNames(list):
         self.standardised = standardised
 
 
-@dataclass
-class TargetSplits:
-    """The three splits (columns `text`, `label` as the list of raw target values, `row`) and what to report."""
-
-    train: datasets.Dataset
-    validation: datasets.Dataset
-    test: datasets.Dataset
-    labels: TargetNames
-    sources: dict[str, str]
-    warnings: list[str]
-
-
 def target_columns(label_column: str, columns: list[str] | None) -> list[str]:
     """data.target_columns when given, else data.label_column alone."""
     return list(columns) if columns else [label_column]
@@ -72,7 +60,7 @@ def target_columns(label_column: str, columns: list[str] | None) -> list[str]:
 
 def load_target_splits(train: Path | str, validation: Path | str | None, test: Path | str | None, *,
                        text_column: str, targets: list[str], split: tuple[float, float, float], seed: int,
-                       leakage: str, fmt: TableFormat = PLAIN) -> TargetSplits:
+                       leakage: str, fmt: TableFormat = PLAIN) -> TextSplits:
     """Read, check and split the user's files; `split` gives the (train, validation, test) fractions used to carve
     the splits that are not given."""
     given, warnings = locate_splits(train, validation, test)
@@ -90,10 +78,10 @@ def load_target_splits(train: Path | str, validation: Path | str | None, test: P
     if flat:
         raise GraftError(f"{parts['train'].name}: target {flat[0]!r} has the same value in every training row, so "
                          f"there is nothing to learn; check data.target_columns / data.label_column")
-    return TargetSplits(**{key: to_dataset(parts[key]) for key in SPLITS},
-                        labels=TargetNames(targets, values.mean(axis=0), std),
-                        sources=split_sources({key: part.name for key, part in read.items()}, given),
-                        warnings=warnings)
+    return TextSplits(**{key: to_dataset(parts[key]) for key in SPLITS},
+                      labels=TargetNames(targets, values.mean(axis=0), std),
+                      sources=split_sources({key: part.name for key, part in read.items()}, given),
+                      warnings=warnings)
 
 
 def read_targets(source: Source | Path, text_column: str, targets: list[str], fmt: TableFormat = PLAIN) -> Targets:

@@ -208,28 +208,24 @@ class Reporter:
 def run_baseline(base: Recipe, data: dict[str, Any], out: Path, say: Callable[[str], None]) -> dict[str, Any]:
     """The recipe as it is on the sweep's splits (no test), or its finished run when the sweep resumes: its
     validation value, run directory and time, or why it has none."""
-    import time
-
     from graft.pipeline import train
     from graft.rundir import reuse_completed
 
-    recipe = trial_recipe(base, data, {}, out / BASELINE_DIR)
-    metric, started = base.eval.metric, time.perf_counter()
+    recipe, metric = trial_recipe(base, data, {}, out / BASELINE_DIR), base.eval.metric
     done = reuse_completed(recipe)
     if done is None:
         say(f"sweep: the recipe as it is (baseline) -> {recipe.output.dir}")
     try:
         record = done or train(recipe, overwrite=True, test=False)
     except Exception as e:  # a recipe that cannot train: the trials may still
-        error = " ".join(str(e).split()) or type(e).__name__
+        error = one_line(e)
         say(f"sweep: the baseline failed: {error}")
         return {"run_dir": str(recipe.output.dir), "value": None, "error": error}
     value = (record["metrics"].get("validation") or {}).get(metric)
-    seconds = record["timings"]["total_s"] if done else round(time.perf_counter() - started, 3)
     if done is None and value is not None:
         say(f"sweep: baseline: validation {metric} {value:.4f}")
-    _ended_run(recipe.output.dir)
-    return {"run_dir": str(recipe.output.dir), "value": value, "duration_s": seconds,
+    drop_checkpoints(recipe.output.dir)
+    return {"run_dir": str(recipe.output.dir), "value": value, "duration_s": record["timings"]["total_s"],
             "lr": (record.get("optim") or {}).get("lr")}
 
 
@@ -255,24 +251,26 @@ def run_trial(study: optuna.Study, base: Recipe, data: dict[str, Any], space: di
     except StopRun as stopped:
         trial.set_user_attr("reason", str(stopped))
         say(f"sweep: trial {trial.number} {stopped}")
-        return _ended(study.tell(trial, state=TrialState.PRUNED), run_dir)
+        return study.tell(trial, state=TrialState.PRUNED)
     except Exception as e:  # the trial failed (diverged, a value refused): recorded, and the sweep goes on
-        trial.set_user_attr("error", " ".join(str(e).split()) or type(e).__name__)
+        trial.set_user_attr("error", one_line(e))
         say(f"sweep: trial {trial.number} failed: {trial.user_attrs['error']}")
-        return _ended(study.tell(trial, state=TrialState.FAIL), run_dir)
+        return study.tell(trial, state=TrialState.FAIL)
     except BaseException:  # interrupted: failed, not counted; the resumed sweep runs its slot again
         study.tell(trial, state=TrialState.FAIL)
         raise
+    finally:
+        drop_checkpoints(run_dir)
     say(f"sweep: trial {trial.number}: validation {metric} {value:.4f}")
-    return _ended(study.tell(trial, value), run_dir)
+    return study.tell(trial, value)
 
 
-def _ended(trial: optuna.trial.FrozenTrial, run_dir: Path) -> optuna.trial.FrozenTrial:
-    _ended_run(run_dir)
-    return trial
+def one_line(error: Exception) -> str:
+    """What a failed run said, on one line (its type when it said nothing)."""
+    return " ".join(str(error).split()) or type(error).__name__
 
 
-def _ended_run(run_dir: Path) -> None:
+def drop_checkpoints(run_dir: Path) -> None:
     """An ended run's resumable checkpoints go (about 0.35 GB for MiniLM): nothing resumes a trial that ended,
     a killed one is run again from its start, and the best is tested from its saved model."""
     import shutil
