@@ -18,6 +18,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """The free disk where tests write, first in the log: a full disk fails fixtures everywhere at once."""
+    import shutil
+    import tempfile
+
+    where = Path(config.option.basetemp or tempfile.gettempdir())
+    while not where.exists():
+        where = where.parent
+    return f"disk: {shutil.disk_usage(where).free / 2**30:.1f} GiB free under {where} (the suite needs about 2 GiB)"
+
 # Each class is marked by its own keywords among shared filler words: learnable in a few dozen steps.
 KEYWORDS = {
     "billing": ["invoice", "charge", "refund", "price", "card"],

@@ -235,18 +235,25 @@ def test_a_port_in_use_and_bad_options_are_one_line(sources):
     assert "max_batch = 0" in error_of(make_server, sources["onnx"], port=0, max_batch=0)
 
 
-def test_graft_serve_answers_then_stops_on_ctrl_c(sources):
+def _default_sigint() -> None:
+    """In the child before it starts: SIGINT back to its default. A test run started in the background by a
+    non-interactive shell ignores SIGINT, children inherit that, and Python then installs no Ctrl-C handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl_c", "sigterm"])
+def test_graft_serve_answers_then_stops_cleanly(sources, stop):
     command = [sys.executable, "-c", "from graft.cli import main; main()", "serve", str(sources["onnx"]), "--port", "0"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(graft.__file__).parents[1]),
                                                         os.environ.get("PYTHONPATH", "")])}
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=_default_sigint)
     try:
         line = process.stderr.readline()
         assert line.startswith("serving onnx (text_classification, onnxruntime fp32) at http://127.0.0.1:"), line
         url = re.search(r" at (http://[\d.]+:\d+)", line)[1]
         with urllib.request.urlopen(f"{url}/health", timeout=60) as response:
             assert json.loads(response.read())["status"] == "ok"
-        process.send_signal(signal.SIGINT)
+        process.send_signal(stop)
         assert process.wait(timeout=60) == 0
         assert process.stderr.read().strip() == "stopped"
     finally:

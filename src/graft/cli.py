@@ -183,7 +183,7 @@ def serve(
                                             "refused (413).")] = 256,
 ) -> None:
     """HTTP on localhost: POST /predict {"inputs": [...]} gives each input's label and probabilities, as
-    `graft predict` writes them; GET /health. Ctrl-C stops."""
+    `graft predict` writes them; GET /health. Ctrl-C or SIGTERM stops."""
     from graft.serve import serve as run
 
     run(source, host=host, port=port, max_batch=max_batch, wait_ms=wait_ms, max_inputs=max_inputs,

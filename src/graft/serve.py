@@ -15,6 +15,7 @@ import errno
 import io
 import json
 import queue
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -236,17 +237,30 @@ def make_server(source: Path | str, *, host: str = "127.0.0.1", port: int = 8000
         raise GraftError(f"--host {host} --port {port}: cannot listen there ({error.strerror or error})") from None
 
 
+class Stop(Exception):
+    """SIGTERM (what `kill`, `docker stop` and service managers send), raised in the serving thread."""
+
+
+def _stop(signum: int, frame: Any) -> None:
+    raise Stop
+
+
 def serve(source: Path | str, *, say: Callable[[str], None] = print, **options: Any) -> None:
-    """Serve until Ctrl-C (see `make_server` for the options)."""
+    """Serve until Ctrl-C or SIGTERM; either stops the same way: the batch in hand is answered, the port closed
+    (see `make_server` for the options)."""
     server = make_server(source, **options)
     about = server.health
     say(f"serving {about['source']} ({about['task']}, {about['backend']} {about['precision']}) at {server.url}: "
         f"POST /predict {{\"inputs\": [...]}}, GET /health; Ctrl-C stops")
+    main = threading.current_thread() is threading.main_thread()  # signal handlers can only be set there
+    before = signal.signal(signal.SIGTERM, _stop) if main else None
     try:
         server.serve_forever()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Stop):
         say("stopped")
     finally:
+        if before is not None:
+            signal.signal(signal.SIGTERM, before)
         server.server_close()
 
 
