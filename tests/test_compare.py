@@ -166,6 +166,15 @@ def test_judge_names_a_winner_a_tie_and_negative_transfer():
     assert noisy["transfer_helped"] is None and noisy["negative_transfer"] == []
 
 
+def test_one_test_example_tells_no_strategies_apart():
+    """A score on one example has no sampling error to measure (a language model's loss over one conversation
+    reported 0): even all against nothing is a tie, said as such."""
+    verdict = judge([_row("full", "full", 1.0, n=1), _row("scratch", "scratch", 0.0, n=1)], "accuracy")
+    assert verdict["winner"] is None and verdict["ties"] == ["scratch"] and verdict["transfer_helped"] is None
+    assert any("the test split holds one example" in line for line in verdict["verdict"])
+    assert judge([_row("full", "full", 1.0, n=2), _row("scratch", "scratch", 0.0, n=2)], "accuracy")["winner"] == "full"
+
+
 def test_cost_counts_the_feature_cache_pass(target, tmp_path):
     """A head-only run caches the frozen backbone's outputs before it trains (timings.feature_cache_s, outside
     train_s): its cost in the comparison is both, or the cheapest-looking strategy is not the cheapest."""

@@ -73,6 +73,18 @@ def test_two_targets_learnt_standardised_and_reported_in_their_units(two_target_
     assert "Predicted against true" in page and "Largest errors on test" in page and "mean predictor: RMSE" in page
 
 
+def test_cli_eval_prints_the_errors_per_target_and_the_mean_predictor(two_target_run: Path) -> None:
+    from tests.e2e.test_cli import graft_cli
+
+    done = graft_cli("eval", str(two_target_run), cwd=two_target_run)
+    assert done.returncode == 0, done.stderr
+    first, score, count = done.stdout.strip().splitlines()  # eval has no training means: no mean predictor
+    test = json.loads((two_target_run / "run.json").read_text())["metrics"]["test"]
+    assert first.startswith(f"test: rmse {test['rmse']:.4f}  mae {test['mae']:.4f}  r2 {test['r2']:.4f}")
+    assert score.split()[:3] == ["score", "rmse", f"{test['per_target']['score']['rmse']:.4f}"]
+    assert count.split()[0] == "count"
+
+
 def _rows(run: Path) -> list[dict[str, str]]:
     recipe = json.loads((run / "run.json").read_text())["recipe"]
     with open(recipe["data"]["train"], newline="", encoding="utf-8") as f:
@@ -84,6 +96,7 @@ def test_saved_model_predicts_in_the_targets_units(two_target_run: Path, tmp_pat
     # The saved model carries the scale folded in: eval of its own test split gives the recorded metrics.
     again = graft.evaluate(two_target_run)
     assert again["rmse"] == pytest.approx(record["metrics"]["test"]["rmse"], rel=1e-4)
+    assert again["loss"] == pytest.approx(record["metrics"]["test"]["loss"], rel=1e-4)  # standardised, as trained
     assert again["loss"] == pytest.approx(record["metrics"]["test"]["loss"], rel=1e-4)
     rows = graft.predict(two_target_run, ["invoice invoice invoice invoice my the", "my the is"])
     assert set(rows[0]) == {"text", "predicted"} and set(rows[0]["predicted"]) == {"score", "count"}
@@ -242,4 +255,5 @@ def test_head_only_trains_by_the_loop_on_cached_features_and_lora_saves_the_scal
     record = graft.train(regression_recipe(tiny_bert, train, tmp_path / "lora", strategy={"name": "lora"}))
     again = graft.evaluate(tmp_path / "lora")  # the PEFT run rebuilt: its saved head gives the targets' units
     assert again["rmse"] == pytest.approx(record["metrics"]["test"]["rmse"], rel=1e-4)
+    assert again["loss"] == pytest.approx(record["metrics"]["test"]["loss"], rel=1e-4)  # standardised, as trained
 

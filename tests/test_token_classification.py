@@ -174,6 +174,17 @@ def tagged_run(tmp_path_factory, tiny_bert):
     return root
 
 
+def test_cli_eval_prints_entity_scores_and_each_type(tagged_run):
+    from tests.e2e.test_cli import graft_cli
+
+    done = graft_cli("eval", str(tagged_run / "run"), cwd=tagged_run)
+    assert done.returncode == 0, done.stderr
+    first, header, *types = done.stdout.strip().splitlines()
+    test = json.loads((tagged_run / "run" / "run.json").read_text())["metrics"]["test"]
+    assert first.startswith(f"test: entity f1 {test['f1']:.4f}  precision {test['precision']:.4f}")
+    assert header.split()[0] == "type" and sorted(line.split()[0] for line in types) == sorted(test["per_entity"])
+
+
 def test_run_records_entity_scores_and_sentences(tagged_run):
     record = json.loads((tagged_run / "run" / "run.json").read_text())
     test = record["metrics"]["test"]

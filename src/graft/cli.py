@@ -369,10 +369,14 @@ def _cross_validate(recipe: Path, overrides: list[str], k: int, overwrite: bool)
     return cross_validate(recipe, k, overrides=overrides, overwrite=overwrite)
 
 
+CV_SHOWN = ("accuracy", "f1_macro", "f1_micro", "f1", "rmse", "r2", "perplexity", "token_accuracy", "loss")
+"""What `graft train --cv` prints of each task's metrics, those it has."""
+
+
 def _print_cv(summary: dict) -> None:
     cv = summary["cv"]
-    shown = "  ".join(f"{m} {cv['mean'][m]:.4f} ± {cv['std'][m]:.4f}" for m in ("accuracy", "f1_macro", "loss")
-                      if m in cv["mean"])
+    shown = "  ".join(f"{m} {cv['mean'][m]:.4f} ± {cv['std'][m]:.4f}" for m in CV_SHOWN
+                      if cv["mean"].get(m) is not None)
     print(f"run: {summary['recipe']['output']['dir']}\n{cv['k']}-fold cross-validation: {shown}")
 
 
@@ -401,6 +405,12 @@ def _print_metrics(m: dict, title: str = "test") -> None:
     if "per_label" in m:  # a multi-label classifier, each label decided at its threshold
         _print_label_metrics(m, title, auc)
         return
+    if "per_target" in m:  # a regression, in the targets' units
+        _print_target_metrics(m, title)
+        return
+    if "per_entity" in m:  # token classification, scored by entity
+        _print_entity_metrics(m, title)
+        return
     print(f"{title}: accuracy {m['accuracy']:.4f}  f1_macro {m['f1_macro']:.4f}  f1_weighted {m['f1_weighted']:.4f}  "
           f"roc_auc {auc}  loss {m['loss']:.4f}  (n={m['n']})")
     if m.get("ece") is not None:
@@ -426,6 +436,36 @@ def _print_label_metrics(m: dict, title: str, auc: str) -> None:
     for name, c in sorted(m["per_label"].items(), key=lambda kv: kv[1]["f1"]):
         print(f"  {name:<{width}}  {c['threshold']:.4f}     {c['precision']:.4f}     {c['recall']:.4f}  "
               f"{c['f1']:.4f}  {c['support']}")
+
+
+def _print_target_metrics(m: dict, title: str) -> None:
+    def line(t: dict) -> str:
+        return "  ".join(f"{k} {_number(t[k])}" for k in ("rmse", "mae", "r2", "pearson", "spearman"))
+
+    print(f"{title}: {line(m)}  loss {m['loss']:.4f}  (n={m['n']}; mean over targets, in their units)")
+    if len(m["per_target"]) > 1:
+        width = max(len(name) for name in m["per_target"])
+        for name, t in m["per_target"].items():
+            print(f"  {name:<{width}}  {line(t)}")
+    if m.get("baseline_rmse") is not None:
+        beaten = "" if m.get("beats_baseline") else "; this model does not beat it"
+        print(f"  mean predictor (each target's training mean for every example): rmse {_number(m['baseline_rmse'])}  "
+              f"mae {_number(m['baseline_mae'])}{beaten}")
+
+
+def _print_entity_metrics(m: dict, title: str) -> None:
+    print(f"{title}: entity f1 {m['f1']:.4f}  precision {m['precision']:.4f}  recall {m['recall']:.4f}  "
+          f"token_accuracy {m['token_accuracy']:.4f}  loss {m['loss']:.4f}  (n={m['n']} sentences, {m['words']} words)")
+    if m["per_entity"]:
+        width = max(5, *(len(name) for name in m["per_entity"]))
+        print(f"  {'type':<{width}}  precision  recall  f1      support")
+        for name, c in sorted(m["per_entity"].items(), key=lambda kv: kv[1]["f1"]):
+            print(f"  {name:<{width}}  {c['precision']:.4f}     {c['recall']:.4f}  {c['f1']:.4f}  {c['support']}")
+
+
+def _number(value: float | None) -> str:
+    """A metric that may be undefined (a correlation of constant predictions): n/a."""
+    return "n/a" if value is None else f"{value:.4g}" if abs(value) >= 1e4 else f"{value:.4f}"
 
 
 def main() -> None:

@@ -193,7 +193,9 @@ def standard_error(row: dict[str, Any], metric: str) -> float:
     """Noise in a strategy's score: the spread over seeds and the test set's sampling error (the task's own
     estimate where it makes one; else a binomial approximation, which also serves for F1; for a regression's errors
     and correlations, their normal-theory approximations)."""
-    value, n = row[metric], max(1, row["n_test"])
+    value, n = row[metric], row["n_test"]
+    if n < 2:  # one test example says nothing of how the score would vary: no strategy can be told apart on it
+        return math.inf
     if row.get(f"{metric}_se") is not None:
         sampling = row[f"{metric}_se"] ** 2
     elif metric in REGRESSION_SAMPLING:
@@ -235,6 +237,8 @@ def judge(rows: list[dict[str, Any]], metric: str) -> dict[str, Any]:
     words = [f"{best['label']} wins on test {metric} ({best[metric]:.4f})" if not ties else
              f"tie on test {metric} between {', '.join([best['label'], *ties])} (within two standard errors; "
              f"{best['label']} is ahead at {best[metric]:.4f})"]
+    if min(r["n_test"] for r in scored) < 2:
+        words.append("the test split holds one example, which tells no strategies apart: give data.test or more data")
     scratch = next((r for r in scored if r["strategy"] == "scratch"), None)
     negative, helped = [], None
     if scratch is not None:

@@ -57,8 +57,9 @@ def open_run(run_dir: Path, raw: bool = False) -> TrainedRun:
     thresholds = read_thresholds(run_dir / MODEL_DIR)
     if is_peft_run(run_dir / MODEL_DIR):
         rebuilt = load_peft_run(run_dir / MODEL_DIR)
-        return TrainedRun(recipe, task, rebuilt.attached.model, rebuilt.processor, rebuilt.labels, rebuilt.input,
-                          temperature, thresholds=thresholds)
+        model = rebuilt.attached.model
+        return TrainedRun(recipe, task, model, rebuilt.processor, task.trained_labels(model, rebuilt.labels),
+                          rebuilt.input, temperature, thresholds=thresholds)
     trained = task.load_trained(run_dir / MODEL_DIR, recipe.data)
     return TrainedRun(recipe, task, trained.model, trained.processor, trained.labels, trained.input, temperature,
                       thresholds=thresholds)

@@ -63,3 +63,45 @@ def test_two_processes_match_one(strategy: str, tiny_bert_no_dropout: Path, tmp_
     # Files are written by the main process only: one metrics line per record.
     lines = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == len(record["metrics"]["history"])
+
+
+
+def _task_files(task: str, root: Path) -> tuple[Path, dict]:
+    """(train file, recipe sections) for `task`: 64 training examples, 12 validation and 13 test (uneven shards over
+    two processes) in their own files."""
+    from tests.conftest import make_label_sets, make_tagged, write_conll
+    from tests.test_regression import scored_texts, write_scores
+
+    rows, suffix, write = {"token_classification": (make_tagged(89, seed=5), "conll", write_conll),
+                           "regression": (scored_texts(89, seed=5), "csv", write_scores),
+                           "multilabel_classification": (make_label_sets(89, seed=5), "csv", write_csv)}[task]
+    files = [write(root / f"{name}.{suffix}", part) for name, part in
+             (("train", rows[:64]), ("val", rows[64:76]), ("test", rows[76:]))]
+    data = {"validation": str(files[1]), "test": str(files[2]), **({"label_column": "score"}
+                                                                   if task == "regression" else {})}
+    return files[0], {"data": data}
+
+
+@pytest.mark.parametrize("task", ["token_classification", "multilabel_classification", "regression"])
+def test_each_tasks_test_gathers_over_two_processes(task: str, tiny_bert: Path, tmp_path: Path) -> None:
+    """Each task gathers its own outputs (per-token tags padded to one length, label sets, float targets): a run
+    trained and tested over two processes scores the test set once, whole, as one process scores its saved model.
+    (The two trainings are not compared here: a token-level loss is averaged per process, so two processes weigh
+    tokens a little differently from one.)"""
+    train, sections = _task_files(task, tmp_path)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({**tiny_recipe(tiny_bert, train, tmp_path / "two", train={"epochs": 2},
+                                                    **sections), "task": task}))
+    graft_cli = Path(sys.executable).parent / "graft"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(graft_cli), "train", str(recipe)], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((tmp_path / "two" / "run.json").read_text())
+    assert record["environment"]["num_processes"] == 2
+    two, one = record["metrics"]["test"], graft.evaluate(tmp_path / "two")
+    assert two["n"] == one["n"] == 13
+    scalars = [k for k, v in two.items() if isinstance(v, float) and k in one]
+    assert len(scalars) >= 5, two
+    for key in scalars:
+        assert two[key] == pytest.approx(one[key], rel=1e-5, abs=1e-6), key

@@ -190,8 +190,16 @@ def save_peft_run(folder: Path, attached: Attached, recipe: Any, labels: list[st
     save_file(trainable_state(attached.root, attached.trains), str(folder / WEIGHTS_FILE))
     meta = {"method": recipe.strategy.name, "task": recipe.task, "labels": labels, "input": image_input,
             "model": recipe.model.model_dump(mode="json"), "data": recipe.data.model_dump(mode="json"),
-            "strategy": recipe.strategy.model_dump(mode="json")}
+            "strategy": recipe.strategy.model_dump(mode="json"), "config": graft_config(attached.model)}
     (folder / META_FILE).write_text(json.dumps(meta, indent=2))
+
+
+def graft_config(model: nn.Module) -> dict[str, Any]:
+    """What graft wrote into the model's config (`graft_*` keys, a regression's target scale): a full run's
+    config.json keeps them, a PEFT run's rebuilt base has only the hub's config, so its meta carries them."""
+    config = getattr(model, "config", None)
+    items = config.to_dict().items() if hasattr(config, "to_dict") else ()
+    return {k: v for k, v in items if k.startswith("graft_")}
 
 
 def is_peft_run(folder: Path) -> bool:
@@ -222,6 +230,8 @@ def load_peft_run(folder: Path) -> RebuiltRun:
     meta = json.loads((folder / META_FILE).read_text())
     model_spec, strategy = ModelSpec(**meta["model"]), StrategySpec(**meta["strategy"])
     loaded = load_model(model_spec, meta["task"], meta["labels"], DataSpec(**meta["data"]))
+    if meta.get("config"):
+        loaded.model.config.update(meta["config"])
     attached = attach(loaded.model, loaded.root, loaded.head_modules, strategy, meta["task"], model_spec.groups)
     load_trainable_state(attached.root, load_file(str(folder / WEIGHTS_FILE)), folder / WEIGHTS_FILE)
     plain = (loaded.head.path, loaded.head_in_shape) if model_spec.is_factory else None

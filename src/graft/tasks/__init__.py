@@ -99,6 +99,10 @@ class Task(Protocol):
     def load_trained(self, folder: Path, data: DataSpec | None) -> TrainedModel:
         """The final model a run saved, for eval and predict."""
 
+    def trained_labels(self, model: Any, labels: list[str]) -> Any:
+        """A saved model's label names as eval and predict use them (a regression's carry the targets' scale, read
+        from the model's config); `load_trained` gives them so, and a PEFT run's rebuilt model goes through this."""
+
     def train_loader(self, recipe: Recipe, split: Any, loaded: LoadedModel, augment: bool,
                      notes: list[str]) -> DataLoader:
         """Shuffled training batches, a pure function of (seed, epoch); what was left out goes to `notes`."""

@@ -109,6 +109,9 @@ class CausalLM:
         trained.labels = []
         return trained
 
+    def trained_labels(self, model: Any, labels: list[str]) -> Any:
+        return labels
+
     def train_loader(self, recipe: Recipe, split: Any, loaded: LoadedModel, augment: bool,
                      notes: list[str]) -> DataLoader:
         from graft.tasks import chat

@@ -173,7 +173,8 @@ _MOMENTS = (("n", ""), ("T", ""), ("L", ""), ("C", ""), ("T", "T"), ("L", "L"), 
 
 def _ratio_se(total: dict[tuple[str, str], float], part: str, ratio: float) -> float:
     """The standard error of sum(part_i) / sum(T_i) over n examples: sqrt(n/(n-1) sum (part_i - ratio T_i)^2) /
-    sum(T_i), from the sums alone (so processes can add theirs)."""
+    sum(T_i), from the sums alone (so processes can add theirs). With one example there is no estimate: 0, and
+    compare treats a test split of one example as telling nothing apart."""
     n = total["n", ""]
     if n < 2 or total["T", ""] <= 0:
         return 0.0

@@ -69,6 +69,9 @@ class Classification:
 
         return load_trained_classifier(folder, self.hf_auto_class, self.hf_processor)
 
+    def trained_labels(self, model: Any, labels: list[str]) -> Any:
+        return labels
+
     def finish_model(self, accelerator: Accelerator, model: nn.Module, splits: Any, loaded: LoadedModel) -> None:
         pass
 

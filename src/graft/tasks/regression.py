@@ -58,12 +58,17 @@ class Regression(TextClassification):
         return loaded
 
     def load_trained(self, folder: Path, data: DataSpec | None) -> TrainedModel:
+        trained = super().load_trained(folder, data)
+        trained.labels = self.trained_labels(trained.model, trained.labels)
+        return trained
+
+    def trained_labels(self, model: Any, labels: list[str]) -> Any:
+        """The target names with the scale the saved model's config keeps (its outputs are in the targets' units
+        already; the scale standardises the loss)."""
         from graft.data.targets import TargetNames
 
-        trained = super().load_trained(folder, data)
-        scale = getattr(trained.model.config, SCALE_KEY, None) or {}
-        trained.labels = TargetNames(trained.labels, scale.get("mean", ()), scale.get("std", ()), standardised=False)
-        return trained
+        scale = getattr(getattr(model, "config", None), SCALE_KEY, None) or {}
+        return TargetNames(labels, scale.get("mean", ()), scale.get("std", ()), standardised=False)
 
     def load_splits(self, recipe: Recipe) -> Any:
         from graft.data.tables import TableFormat
