@@ -4,6 +4,7 @@ kept in run.json and beside the weights, used by eval and predict; compare and c
 
 from __future__ import annotations
 
+import ast
 import csv
 import json
 from pathlib import Path
@@ -192,7 +193,29 @@ def test_predict_gives_the_label_set_and_every_probability(trained):
 def test_single_label_tools_decline_in_one_line(trained):
     assert "multi-label" in error_of(graft.predict, trained / "run", ["invoice"], mc_dropout=3)
     assert "threshold" in error_of(graft.predict, trained / "run", ["invoice"], min_confidence=0.5)
-    assert "onnx" in error_of(graft.export, trained / "run", trained / "onnx", format="onnx")
+
+
+def test_an_onnx_export_keeps_the_thresholds_and_answers_as_its_run(trained, tmp_path, monkeypatch):
+    from tests.test_onnx_export import run_snippet
+
+    out = graft.export(trained / "run", tmp_path / "onnx", format="onnx", quantize="int8")
+    meta = json.loads((out / "export.json").read_text())
+    thresholds = read_thresholds(trained / "run" / "model")
+    assert meta["thresholds"] == thresholds == read_thresholds(out) and "same_labels" not in meta["check"]
+    test = json.loads((trained / "run" / "run.json").read_text())["metrics"]["test"]
+    assert meta["test"]["pytorch"]["f1_micro"] == pytest.approx(test["f1_micro"])  # at the tuned thresholds
+    assert meta["test"]["f1_micro_change"] == pytest.approx(meta["test"]["onnx_int8"]["f1_micro"] - test["f1_micro"])
+    fp32 = graft.export(trained / "run", tmp_path / "fp32", format="onnx")
+    texts = ["invoice refund parcel", "my the is", "password reset courier"]
+    for got, want in zip(graft.Predictor(fp32).predict(texts), graft.Predictor(trained / "run").predict(texts),
+                         strict=True):
+        assert got["labels"] == want["labels"] and got["probabilities"] == pytest.approx(want["probabilities"],
+                                                                                          abs=1e-5)
+    data = write(tmp_path / "eval.csv", ("text", "label"), make_label_sets(30, seed=9))
+    assert graft.evaluate(fp32, data)["f1_micro"] == pytest.approx(graft.evaluate(trained / "run", data)["f1_micro"])
+    printed = run_snippet(fp32, monkeypatch)  # the model card's code, onnxruntime alone, on "an example text"
+    chosen = graft.Predictor(trained / "run").predict("an example text")["labels"]
+    assert set(ast.literal_eval(printed[:printed.index("]") + 1])) == set(chosen)
 
 
 def test_compare_and_cross_validation_run_it(tiny_bert, tmp_path):

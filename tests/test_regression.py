@@ -4,6 +4,7 @@ wins); what it cannot take is refused in one line."""
 
 from __future__ import annotations
 
+import ast
 import csv
 import json
 import random
@@ -154,15 +155,38 @@ def test_target_columns_are_refused_for_classifiers(tiny_bert, tmp_path: Path) -
     assert "data.target_columns: text_classification does not read it" in error_of(graft.load_recipe, tree)
 
 
-def test_inspect_advise_and_onnx_decline_in_one_line(tiny_bert, two_target_run: Path, tmp_path: Path) -> None:
+def test_inspect_and_advise_decline_in_one_line(tiny_bert, two_target_run: Path, tmp_path: Path) -> None:
     from graft.advise import advise
     from graft.doctor.examples import read_examples
-    from graft.onnx_export import export_onnx
 
     recipe = graft.load_recipe(json.loads((two_target_run / "run.json").read_text())["recipe"])
     assert "classification tasks only so far, not regression" in error_of(read_examples, recipe)
     assert "graft advise: its signals" in error_of(advise, recipe)
-    assert "a regression run has none of" in error_of(export_onnx, two_target_run, tmp_path / "onnx")
+
+
+def test_an_onnx_export_predicts_and_evaluates_in_the_targets_units(two_target_run: Path, tmp_path: Path,
+                                                                     monkeypatch) -> None:
+    from tests.test_onnx_export import run_snippet
+
+    out = graft.export(two_target_run, tmp_path / "onnx", format="onnx", quantize="int8")
+    meta = json.loads((out / "export.json").read_text())
+    test = json.loads((two_target_run / "run.json").read_text())["metrics"]["test"]
+    assert meta["labels"] == ["score", "count"] and "same_labels" not in meta["check"]
+    assert meta["config"]["graft_targets"]["std"][0] > 1  # the scale, for the standardised loss
+    assert meta["test"]["pytorch"]["rmse"] == pytest.approx(test["rmse"], rel=1e-5)
+    assert meta["test"]["onnx_fp32"] == pytest.approx(meta["test"]["pytorch"], rel=1e-4)
+    assert meta["test"]["rmse_change"] == pytest.approx(meta["test"]["onnx_int8"]["rmse"] - test["rmse"], rel=1e-4)
+    fp32 = graft.export(two_target_run, tmp_path / "fp32", format="onnx")
+    texts = [t for t, *_ in scored_texts(6, seed=9)]
+    got, want = graft.Predictor(fp32).predict(texts), graft.Predictor(two_target_run).predict(texts)
+    for g, w in zip(got, want, strict=True):
+        assert g["predicted"] == pytest.approx(w["predicted"], abs=1e-4)
+    labelled = write_scores(tmp_path / "labelled.csv", scored_texts(15, seed=8))
+    export_scores, run_scores = graft.evaluate(fp32, labelled), graft.evaluate(two_target_run, labelled)
+    for key in ("rmse", "r2", "loss"):  # the loss standardised by the run's scale, which the export carries
+        assert export_scores[key] == pytest.approx(run_scores[key], rel=1e-4), key
+    printed = ast.literal_eval(run_snippet(fp32, monkeypatch))  # the model card's code, onnxruntime alone
+    assert printed == pytest.approx(graft.Predictor(two_target_run).predict("an example text")["predicted"], abs=1e-4)
 
 
 def test_float_labels_for_a_classifier_get_the_hint(tiny_bert, tmp_path: Path) -> None:

@@ -146,8 +146,8 @@ def export(
         "--format", help="onnx: an ONNX graph for onnxruntime (a LoRA / IA3 update merged), with its tokenizer or "
         "image preprocessing, checked against PyTorch on the run's test split.", metavar="onnx")] = None,
     quantize: Annotated[str | None, typer.Option(
-        "--quantize", help="With --format onnx: int8 weights for the matrix products; the test accuracy before and "
-        "after goes in export.json.", metavar="int8")] = None,
+        "--quantize", help="With --format onnx: int8 weights for the matrix products; the test metrics before and "
+        "after go in export.json.", metavar="int8")] = None,
 ) -> None:
     """A standalone copy of a run's final model, or an ONNX graph of it, for serving elsewhere."""
     from graft.trained import export_run
@@ -161,10 +161,11 @@ def export(
 def _print_onnx_export(folder: Path) -> None:
     record = json.loads((folder / "export.json").read_text())
     check, test = record["check"], record["test"]
+    headline = next(iter(test["pytorch"]))  # the task's first export metric: accuracy, rmse, f1_micro
     print(f"checked on {check['examples']} test examples: ONNX Runtime fp32 within {check['max_abs_diff']:.2g} of "
-          f"PyTorch's logits", file=sys.stderr)
-    print("test accuracy: " + ", ".join(f"{name} {v['accuracy']:.4f}" for name, v in test.items()
-                                        if isinstance(v, dict)), file=sys.stderr)
+          f"PyTorch's outputs", file=sys.stderr)
+    print(f"test {headline}: " + ", ".join(f"{name} {v[headline]:.4f}" for name, v in test.items()
+                                           if isinstance(v, dict)), file=sys.stderr)
 
 
 @app.command()

@@ -1,10 +1,11 @@
-"""`graft export --format onnx`: a run's classifier as an ONNX graph that onnxruntime serves on a CPU, checked
-against PyTorch on the run's test split before it is written, optionally with int8 matrix products; and such a
+"""`graft export --format onnx`: a run's classifier or regression as an ONNX graph that onnxruntime serves on a CPU,
+checked against PyTorch on the run's test split before it is written, optionally with int8 matrix products; and such a
 folder opened again as a run (`open_export`), so `graft predict`, `graft eval`, `Predictor` and `graft serve` take it
 as they take a run directory.
 
 The folder carries what a user needs beside onnxruntime: the tokenizer files or the image preprocessing
-(`export.json`), the class names, the temperature, and a model card that says how to run it.
+(`export.json`), the class or target names, the temperature or a multi-label run's thresholds, and a model card that
+says how to run it.
 """
 
 from __future__ import annotations
@@ -33,14 +34,15 @@ MOSTLY_CONV = 0.5
 
 
 def export_onnx(run_dir: Path | str, output: Path | str, quantize: str | None = None) -> Path:
-    """The run's classifier as `output/model.onnx` (batch and sequence axes free), with its tokenizer or image
-    preprocessing, labels and temperature (`export.json`) and a model card. ONNX Runtime's logits must match
-    PyTorch's on the run's test split within TOLERANCE, or nothing is written. `quantize="int8"`: the matrix products
-    get int8 weights (onnxruntime's dynamic quantization) and the test accuracy before and after is recorded. A LoRA
-    or IA³ run is merged into its base first. Written beside `output`, then renamed."""
+    """The run's model as `output/model.onnx` (batch and sequence axes free), with its tokenizer or image
+    preprocessing, labels, temperature or thresholds (`export.json`) and a model card. ONNX Runtime's outputs must
+    match PyTorch's on the run's test split within TOLERANCE, or nothing is written. `quantize="int8"`: the matrix
+    products get int8 weights (onnxruntime's dynamic quantization) and the task's test metrics before and after are
+    recorded. A LoRA or IA³ run is merged into its base first. Written beside `output`, then renamed."""
     from graft.evaluation.calibration import TEMPERATURE_FILE
+    from graft.evaluation.multilabel import THRESHOLDS_FILE
     from graft.models.onnx_graph import MODEL_FILE, conv_share, write_onnx
-    from graft.models.save import write_model_card
+    from graft.models.save import graft_config, write_model_card
     from graft.rundir import MODEL_DIR, read_record, run_recipe
     from graft.tasks import get_task
     from graft.trained import check_export_folder, check_model_files, open_run, portable
@@ -56,10 +58,6 @@ def export_onnx(run_dir: Path | str, output: Path | str, quantize: str | None = 
         raise GraftError(f"--format onnx: {run_dir} is a {recipe.task} run, which generates text token by token "
                          f"(a loop one ONNX graph of logits does not hold); export it with --merge and serve it "
                          f"with transformers, or with graft serve {run_dir}")
-    if not get_task(recipe.task).single_label:
-        raise GraftError(f"--format onnx: the export serves, and is checked by, one softmax over one class per "
-                         f"example, which a {recipe.task} run has none of: export it without --format, or graft serve "
-                         f"{run_dir}")
     check_model_files(run_dir)
     check_export_folder(output)
     run = open_run(run_dir, raw=True)
@@ -74,16 +72,18 @@ def export_onnx(run_dir: Path | str, output: Path | str, quantize: str | None = 
         tmp.mkdir()
         graph = tmp / MODEL_FILE
         inputs = write_onnx(model, next(iter(loader)), graph)
-        measured = _measure(model, graph, loader, run.labels, quantize)
+        measured = _measure(model, graph, loader, run, quantize)
         if run.task.input_kind == "text":
             run.processor.save_pretrained(tmp)
-        if (run_dir / MODEL_DIR / TEMPERATURE_FILE).is_file():
-            shutil.copyfile(run_dir / MODEL_DIR / TEMPERATURE_FILE, tmp / TEMPERATURE_FILE)
+        for kept in (TEMPERATURE_FILE, THRESHOLDS_FILE):
+            if (run_dir / MODEL_DIR / kept).is_file():
+                shutil.copyfile(run_dir / MODEL_DIR / kept, tmp / kept)
         write_json(tmp / EXPORT_FILE, {
-            "format": "onnx", "precision": quantize or "fp32", "task": recipe.task, "labels": run.labels,
+            "format": "onnx", "precision": quantize or "fp32", "task": recipe.task, "labels": list(run.labels),
             "inputs": inputs, "outputs": ["logits"], "temperature": _temperature(run_dir),
-            "preprocessing": _preprocessing(run), **measured, "run": run_dir.resolve().name,
-            "recipe": record["recipe"]})
+            **({"thresholds": run.thresholds} if run.thresholds is not None else {}),
+            "config": graft_config(model), "preprocessing": _preprocessing(run), **measured,
+            "run": run_dir.resolve().name, "recipe": record["recipe"]})
         write_model_card(tmp, record, output.resolve().name)
     return output
 
@@ -100,23 +100,30 @@ def _servable(run_dir: Path, run: TrainedRun) -> nn.Module:
     return run.model
 
 
-def _measure(model: nn.Module, graph: Path, loader: DataLoader, labels: list[str],
+def _measure(model: nn.Module, graph: Path, loader: DataLoader, run: TrainedRun,
              quantize: str | None) -> dict[str, Any]:
-    """The graph against PyTorch on the test split (`check`: an error if it strays), each one's test scores (`test`),
-    and its size; with `quantize`, the graph is replaced by its int8 version and that is measured too."""
+    """The graph against PyTorch on the test split (`check`: an error if it strays), each one's test scores (`test`:
+    the task's export metrics), and its size; with `quantize`, the graph is replaced by its int8 version and that is
+    measured too, with the change in the task's headline metric (`accuracy_change`, `rmse_change`...)."""
     from graft.models.onnx_graph import OnnxModel, model_bytes
+
+    def scores(logits: np.ndarray) -> dict[str, float]:
+        metrics = run.task.score_logits(logits, truth, run.labels, run.thresholds)
+        return {name: metrics[name] for name in run.task.export_metrics}
 
     reference, truth = _logits(model, loader)
     fp32 = _logits(OnnxModel(graph), loader)[0]
-    check = _check(reference, fp32)
-    test = {"pytorch": _scores(reference, truth, labels), "onnx_fp32": _scores(fp32, truth, labels)}
+    single = run.task.single_label
+    check = _check(reference, fp32, single)
+    test = {"pytorch": scores(reference), "onnx_fp32": scores(fp32)}
     megabytes = {"onnx_fp32": model_bytes(graph) / 2**20}
     if quantize:
         _quantize_in_place(graph)
         int8 = _logits(OnnxModel(graph), loader)[0]
-        test["onnx_int8"] = {**_scores(int8, truth, labels),
-                             "same_labels_as_pytorch": float((int8.argmax(1) == reference.argmax(1)).mean())}
-        test["accuracy_change"] = test["onnx_int8"]["accuracy"] - test["pytorch"]["accuracy"]
+        same = {"same_labels_as_pytorch": float((int8.argmax(1) == reference.argmax(1)).mean())} if single else {}
+        test["onnx_int8"] = {**scores(int8), **same}
+        headline = run.task.export_metrics[0]
+        test[f"{headline}_change"] = test["onnx_int8"][headline] - test["pytorch"][headline]
         megabytes["onnx_int8"] = model_bytes(graph) / 2**20
     return {"check": check, "test": test, "megabytes": megabytes}
 
@@ -161,8 +168,9 @@ def _logits(model: nn.Module, loader: DataLoader) -> tuple[np.ndarray, np.ndarra
     return torch.cat(logits).numpy(), torch.cat(labels).numpy()
 
 
-def _check(reference: np.ndarray, onnx: np.ndarray) -> dict[str, Any]:
-    """How far ONNX Runtime's logits are from PyTorch's; over TOLERANCE of the largest logit is an error."""
+def _check(reference: np.ndarray, onnx: np.ndarray, single_label: bool) -> dict[str, Any]:
+    """How far ONNX Runtime's outputs are from PyTorch's; over TOLERANCE of the largest is an error. A classifier's
+    check also says the share of examples given the same class."""
     import numpy as np
 
     diff = float(np.abs(onnx - reference).max())
@@ -171,15 +179,8 @@ def _check(reference: np.ndarray, onnx: np.ndarray) -> dict[str, Any]:
         raise GraftError(f"--format onnx: ONNX Runtime's logits differ from PyTorch's by up to {diff:.3g} on the run's "
                          f"test split (allowed {allowed:.3g}): the exporter mistranslated this model; nothing was "
                          f"written; serve it with PyTorch (graft serve RUN_DIR)")
-    return {"examples": len(reference), "max_abs_diff": diff, "allowed": allowed,
-            "same_labels": float((onnx.argmax(1) == reference.argmax(1)).mean())}
-
-
-def _scores(logits: np.ndarray, truth: np.ndarray, labels: list[str]) -> dict[str, float]:
-    from graft.evaluation.predictions import score
-
-    metrics = score(logits, truth, labels)
-    return {"accuracy": metrics["accuracy"], "f1_macro": metrics["f1_macro"]}
+    same = {"same_labels": float((onnx.argmax(1) == reference.argmax(1)).mean())} if single_label else {}
+    return {"examples": len(reference), "max_abs_diff": diff, "allowed": allowed, **same}
 
 
 def _temperature(run_dir: Path) -> float:
@@ -210,8 +211,9 @@ def is_onnx_export(folder: Path) -> bool:
 
 def open_export(folder: Path, raw: bool = False) -> TrainedRun:
     """An ONNX export as a finished run: its recipe, task, the graph in onnxruntime, tokenizer or image input, labels
-    and temperature (`raw`: 1)."""
+    (a regression's with its targets' scale), temperature (`raw`: 1) or a multi-label run's thresholds."""
     from graft.evaluation.calibration import read_temperature
+    from graft.evaluation.multilabel import read_thresholds
     from graft.models.onnx_graph import MODEL_FILE, OnnxModel
     from graft.recipe import validate_recipe
     from graft.tasks import get_task
@@ -231,7 +233,9 @@ def open_export(folder: Path, raw: bool = False) -> TrainedRun:
         pre = meta["preprocessing"]
         image = {"image_size": pre["center_crop"], "mean": pre["mean"], "std": pre["std"]}
     temperature = 1.0 if raw else read_temperature(folder)
-    return TrainedRun(recipe, task, OnnxModel(folder / MODEL_FILE), processor, meta["labels"], image, temperature)
+    model = OnnxModel(folder / MODEL_FILE, config=meta.get("config"))
+    return TrainedRun(recipe, task, model, processor, task.trained_labels(model, meta["labels"]), image, temperature,
+                      thresholds=read_thresholds(folder))
 
 
 def onnx_usage(folder: Path, task: Task, name: str) -> list[str]:
@@ -240,11 +244,13 @@ def onnx_usage(folder: Path, task: Task, name: str) -> list[str]:
     meta = json.loads((folder / EXPORT_FILE).read_text())
     check, test = meta["check"], meta["test"]
     free = "batch size and sequence length" if task.input_kind == "text" else "batch size"
-    lines = [f"`model.onnx` ({meta['precision']}) computes the logits of the {len(meta['labels'])} classes in "
-             f"`export.json`'s `labels` order, for inputs {', '.join(f'`{n}`' for n in meta['inputs'])} ({free} "
-             f"free). Checked at export on the {check['examples']} test examples: ONNX Runtime fp32 "
-             f"within {check['max_abs_diff']:.2g} of PyTorch's logits; test accuracy "
-             + ", ".join(f"{k.replace('_', ' ')} {v['accuracy']:.4f}" for k, v in test.items() if isinstance(v, dict))
+    headline = task.export_metrics[0]
+    lines = [f"`model.onnx` ({meta['precision']}) computes `logits`, one column for each of the {len(meta['labels'])} "
+             f"names in `export.json`'s `labels` (a class's or a label's logit, or a target's value in its units), for "
+             f"inputs {', '.join(f'`{n}`' for n in meta['inputs'])} ({free} free). Checked at export on the "
+             f"{check['examples']} test examples: ONNX Runtime fp32 within {check['max_abs_diff']:.2g} of PyTorch's "
+             f"outputs; test {headline} "
+             + ", ".join(f"{k.replace('_', ' ')} {v[headline]:.4f}" for k, v in test.items() if isinstance(v, dict))
              + ".", "",
              f"With graft: `graft serve {name}` (HTTP: POST /predict {{\"inputs\": [...]}}), `graft predict {name} "
              f"INPUT`, or `graft.Predictor(\"{name}\")`.", "", "With onnxruntime alone:", "", "```python",
@@ -265,10 +271,7 @@ def onnx_usage(folder: Path, task: Task, name: str) -> list[str]:
                   'x = (x - np.float32(p["mean"])) / np.float32(p["std"])',
                   'batch = {"pixel_values": x.transpose(2, 0, 1)[None]}']
     lines += ['logits = session.run(["logits"], {i.name: batch[i.name] for i in session.get_inputs()})[0]',
-              'z = logits / spec["temperature"]  # the run\'s calibration; 1 when it has none',
-              "probabilities = np.exp(z - z.max(1, keepdims=True))",
-              "probabilities /= probabilities.sum(1, keepdims=True)",
-              'print(spec["labels"][probabilities[0].argmax()], probabilities[0].max())', "```"]
+              *task.onnx_decode, "```"]
     return lines
 
 

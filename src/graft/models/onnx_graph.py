@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import torch
 from torch import nn
@@ -87,9 +88,13 @@ class OnnxModel(nn.Module):
     """An ONNX graph in an onnxruntime session (CPU), answering as graft's models do, `model(**batch).logits`, so
     evaluation and prediction run it as they run PyTorch models. It has no parameters and no dropout."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, config: dict[str, Any] | None = None) -> None:
+        """`config`: what graft wrote into the exported model's config (a regression's target scale), readable as
+        a Hugging Face model's config is (`model.config.graft_targets`)."""
         super().__init__()
         import onnxruntime as ort
+
+        self.config = SimpleNamespace(**(config or {}))
 
         try:
             self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

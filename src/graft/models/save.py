@@ -18,6 +18,15 @@ if TYPE_CHECKING:
     from graft.tasks import Task
 
 
+def graft_config(model: nn.Module) -> dict[str, Any]:
+    """What graft wrote into the model's config (`graft_*` keys, a regression's target scale): a full run's
+    config.json keeps them, a PEFT run's rebuilt base and an ONNX graph have none, so their meta files carry
+    them."""
+    config = getattr(model, "config", None)
+    items = config.to_dict().items() if hasattr(config, "to_dict") else ()
+    return {k: v for k, v in items if k.startswith("graft_")}
+
+
 def save_final_model(accelerator: Accelerator, model: nn.Module, loaded: LoadedModel, recipe: Recipe,
                      labels: list[str], path: Path, attached: Attached | None = None) -> None:
     """save_pretrained with tokenizer / image processor and label names, or for a plain module safetensors plus how

@@ -184,6 +184,8 @@ def save_peft_run(folder: Path, attached: Attached, recipe: Any, labels: list[st
 
     from safetensors.torch import save_file
 
+    from graft.models.save import graft_config
+
     folder.mkdir(parents=True, exist_ok=True)
     if attached.peft_model is not None:
         attached.peft_model.save_pretrained(str(folder))  # adapter_config.json + adapter_model.safetensors
@@ -193,13 +195,6 @@ def save_peft_run(folder: Path, attached: Attached, recipe: Any, labels: list[st
             "strategy": recipe.strategy.model_dump(mode="json"), "config": graft_config(attached.model)}
     (folder / META_FILE).write_text(json.dumps(meta, indent=2))
 
-
-def graft_config(model: nn.Module) -> dict[str, Any]:
-    """What graft wrote into the model's config (`graft_*` keys, a regression's target scale): a full run's
-    config.json keeps them, a PEFT run's rebuilt base has only the hub's config, so its meta carries them."""
-    config = getattr(model, "config", None)
-    items = config.to_dict().items() if hasattr(config, "to_dict") else ()
-    return {k: v for k, v in items if k.startswith("graft_")}
 
 
 def is_peft_run(folder: Path) -> bool:

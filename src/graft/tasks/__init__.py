@@ -60,7 +60,12 @@ class Task(Protocol):
     """Whether `model.name` may be a plain nn.Module factory."""
     single_label: bool
     """Each example has exactly one of `labels` (a softmax): what the data doctor, an exact probe, retention, the
-    advisor, ONNX export and stratified cross-validation folds assume; False: they decline, or fall back."""
+    advisor and stratified cross-validation folds assume; False: they decline, or fall back."""
+    export_metrics: tuple[str, ...]
+    """The test metrics an ONNX export records for PyTorch, ONNX Runtime fp32 and int8; the first is the headline
+    whose change int8 quantization is judged by."""
+    onnx_decode: tuple[str, ...]
+    """The model card's Python lines that turn the graph's `logits` (numpy) and `spec` (export.json) into answers."""
     feature_cache: bool
     """Whether a head over a frozen backbone may train on one cached feature tensor per example
     (graft.training.feature_cache); False (a head per token): the frozen groups' per-token outputs are cached
@@ -98,6 +103,10 @@ class Task(Protocol):
 
     def load_trained(self, folder: Path, data: DataSpec | None) -> TrainedModel:
         """The final model a run saved, for eval and predict."""
+
+    def score_logits(self, logits: Any, truth: Any, labels: Any, thresholds: dict[str, float] | None = None
+                     ) -> dict[str, Any]:
+        """The test metrics of collected outputs (numpy) against their labels: what an ONNX export is measured by."""
 
     def trained_labels(self, model: Any, labels: list[str]) -> Any:
         """A saved model's label names as eval and predict use them (a regression's carry the targets' scale, read

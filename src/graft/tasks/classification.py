@@ -49,6 +49,11 @@ class Classification:
     takes_plain_modules = False
     single_label = True
     feature_cache = True
+    export_metrics = ("accuracy", "f1_macro")
+    onnx_decode = ('z = logits / spec["temperature"]  # the run\'s calibration; 1 when it has none',
+                   "probabilities = np.exp(z - z.max(1, keepdims=True))",
+                   "probabilities /= probabilities.sum(1, keepdims=True)",
+                   'print(spec["labels"][probabilities[0].argmax()], probabilities[0].max())')
     hf_auto_class = ""
     """The transformers Auto class that loads this task's Hugging Face models."""
     hf_processor = ""
@@ -71,6 +76,12 @@ class Classification:
 
     def trained_labels(self, model: Any, labels: list[str]) -> Any:
         return labels
+
+    def score_logits(self, logits: Any, truth: Any, labels: Any, thresholds: dict[str, float] | None = None
+                     ) -> dict[str, Any]:
+        from graft.evaluation.predictions import score
+
+        return score(logits, truth, labels)
 
     def finish_model(self, accelerator: Accelerator, model: nn.Module, splits: Any, loaded: LoadedModel) -> None:
         pass

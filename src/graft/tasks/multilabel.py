@@ -39,6 +39,10 @@ class MultilabelClassification(TextClassification):
     default_metric = "f1_micro"
     refused_strategies: ClassVar[dict[str, str]] = NO_SOFTMAX_REFUSES
     single_label = False
+    export_metrics = ("f1_micro", "f1_macro", "subset_accuracy")
+    onnx_decode = ("probabilities = 1 / (1 + np.exp(-logits))  # each label its own sigmoid",
+                   'cut = np.array([spec["thresholds"].get(n, 0.5) for n in spec["labels"]])  # tuned on validation',
+                   'print([n for n, p, t in zip(spec["labels"], probabilities[0], cut) if p >= t], probabilities[0])')
 
     def check_recipe(self, recipe: Recipe) -> None:
         if recipe.retention.on:
@@ -118,6 +122,12 @@ class MultilabelClassification(TextClassification):
         weights, why = positive_weights(recipe.loss.class_weights, splits.labels, hot)
         return binary_cross_entropy(None if weights is None else list(weights.values())), {
             "pos_weight": weights, "why": why}
+
+    def score_logits(self, logits: Any, truth: Any, labels: Any, thresholds: dict[str, float] | None = None
+                     ) -> dict[str, Any]:
+        from graft.evaluation.multilabel import multilabel_metrics
+
+        return multilabel_metrics(logits, truth, labels, thresholds)
 
     def evaluate(self, accelerator: Accelerator, model: nn.Module, loader: DataLoader, labels: list[str],
                  thresholds: dict[str, float] | None = None) -> dict[str, Any]:

@@ -42,6 +42,8 @@ class Regression(TextClassification):
     single_label = False
     pipeline_arguments = 'top_k=None, function_to_apply="none"'
     """A regression's outputs are the values themselves: no softmax over them."""
+    export_metrics = ("rmse", "mae", "r2")
+    onnx_decode = ('print({n: float(v) for n, v in zip(spec["labels"], logits[0])})  # values in the targets\' units',)
 
     def check_recipe(self, recipe: Recipe) -> None:
         if isinstance(recipe.loss.class_weights, dict) or recipe.loss.class_weights == "none":
@@ -61,6 +63,10 @@ class Regression(TextClassification):
         trained = super().load_trained(folder, data)
         trained.labels = self.trained_labels(trained.model, trained.labels)
         return trained
+
+    def score_logits(self, logits: Any, truth: Any, labels: Any, thresholds: dict[str, float] | None = None
+                     ) -> dict[str, Any]:
+        return score(logits, truth, labels)
 
     def trained_labels(self, model: Any, labels: list[str]) -> Any:
         """The target names with the scale the saved model's config keeps (its outputs are in the targets' units
