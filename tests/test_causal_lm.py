@@ -201,6 +201,49 @@ def test_a_resumed_lm_run_equals_an_uninterrupted_one(tiny_llama, pairs_file, tm
     assert_resume_matches(lambda run: lm_recipe(tiny_llama, pairs_file, run, **sections), tmp_path)
 
 
+UNEVEN = [("what colour is the sky", "blue"), ("what do cats say", "cats say meow and dogs say woof you are welcome"),
+          ("what colour is grass", "green"), ("what do dogs say", "dogs say woof and cats say meow thanks")]
+
+
+def _uneven_file(tmp_path: Path) -> Path:
+    path = tmp_path / "uneven.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p, "response": r}) + "\n" for p, r in UNEVEN * 3))
+    return path
+
+
+def _weights(run: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(run / "model" / "model.safetensors")
+
+
+def test_accumulated_batches_weigh_every_answer_token_alike(tiny_llama, tmp_path):
+    """A step of 4 conversations taken whole, or as 2 accumulated batches of 2, follows the gradient of the mean over
+    the step's answer tokens: one-word answers beside ten-word ones would otherwise count 5x more per token in the
+    batch that holds them."""
+    examples = _uneven_file(tmp_path)
+    sections = {"train": {"epochs": 3}, "data": {"group_by_length": False, "validation": str(examples),
+                                                 "test": str(examples)}, "eval": {"samples": 0}}
+    whole = graft.train(lm_recipe(tiny_llama, examples, tmp_path / "whole", **sections))
+    parts = graft.train(lm_recipe(tiny_llama, examples, tmp_path / "parts",
+                                  **{**sections, "train": {"epochs": 3, "batch_size": 2, "grad_accum": 2}}))
+    assert whole["timings"]["steps"] == parts["timings"]["steps"] == 9
+    a, b = _weights(tmp_path / "whole"), _weights(tmp_path / "parts")
+    for key in a:
+        # padding 2 or 4 conversations to their longest differs in float rounding, which Adam's normalised steps
+        # carry a little: up to 1e-4 here; weighing each batch's mean alike instead puts them 0.1 apart
+        torch.testing.assert_close(b[key], a[key], atol=1e-3, rtol=1e-3, msg=lambda m, k=key: f"{k}: {m}")
+
+
+def test_a_resumed_run_with_accumulated_batches_equals_an_uninterrupted_one(tiny_llama, tmp_path):
+    from tests.e2e.test_resume import assert_resume_matches
+
+    examples = _uneven_file(tmp_path)
+    sections = {"train": {"epochs": 2, "batch_size": 2, "grad_accum": 2}, "checkpoint": {"every_steps": 2},
+                "eval": {"samples": 0}}
+    assert_resume_matches(lambda run: lm_recipe(tiny_llama, examples, run, **sections), tmp_path)
+
+
 def test_instruction_data_errors_are_one_line(tiny_llama, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": "hi", "answer": "hello"}) + "\n")

@@ -222,7 +222,7 @@ def prepare_run(accelerator: Accelerator, run: Setup, say: Callable[[str], None]
     left_out = checkpoint.leave_out_untrained(accelerator, optimizer)  # checkpoints hold what trains, not the base
     parts = Parts(trained, optimizer, None, train_loader, val_loader, run.splits.labels, begin_epoch,
                   run.task.evaluate, run.task_loss, run.loss_terms, run.evaluations, None if head is None else model,
-                  left_out)
+                  left_out, run.task.loss_units)
     probe = None
     if head is not None and recipe.strategy.probe == "exact" and not run.loss_terms and run.task.single_label:
         from graft.training.probe import probe_layer

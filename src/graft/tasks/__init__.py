@@ -23,6 +23,7 @@ from graft.tasks.text_classification import TextClassification
 from graft.tasks.token_classification import TokenClassification
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
     from accelerate import Accelerator
@@ -61,6 +62,10 @@ class Task(Protocol):
     single_label: bool
     """Each example has exactly one of `labels` (a softmax): what the data doctor, an exact probe, retention, the
     advisor and stratified cross-validation folds assume; False: they decline, or fall back."""
+    loss_units: Callable[[dict[str, Any]], int] | None
+    """How many units a batch's loss averages over where they vary from batch to batch (a token-level loss: the
+    labelled tokens); None: the loss averages over examples. With it, a step's gradient is that of the mean over all
+    its units, however they fall into accumulated batches and processes."""
     export_metrics: tuple[str, ...]
     """The test metrics an ONNX export records for PyTorch, ONNX Runtime fp32 and int8; the first is the headline
     whose change int8 quantization is judged by."""

@@ -18,6 +18,12 @@ if TYPE_CHECKING:
     from graft.recipe import DataSpec, ModelSpec, Recipe
 
 
+def answer_tokens(batch: dict[str, Any]) -> int:
+    """The tokens a batch's loss averages over: the labelled ones after the first position (each is predicted from
+    those before it; -100 marks prompts and padding)."""
+    return int((batch["labels"][:, 1:] != -100).sum())
+
+
 class CausalLM:
     name = "causal_lm"
     pipeline_tag = "text-generation"
@@ -33,6 +39,7 @@ class CausalLM:
     refused_commands: ClassVar[dict[str, str]] = {}
     peft_task_type = "CAUSAL_LM"
     input_kind = None
+    loss_units = staticmethod(answer_tokens)
     takes_plain_modules = False
     single_label = False
     feature_cache = True

@@ -49,6 +49,7 @@ class Classification:
     takes_plain_modules = False
     single_label = True
     feature_cache = True
+    loss_units: Callable[[dict[str, Any]], int] | None = None
     export_metrics = ("accuracy", "f1_macro")
     onnx_decode = ('z = logits / spec["temperature"]  # the run\'s calibration; 1 when it has none',
                    "probabilities = np.exp(z - z.max(1, keepdims=True))",

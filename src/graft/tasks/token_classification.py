@@ -23,6 +23,11 @@ SHOWN_SENTENCES = 8
 """Test sentences the record keeps with their gold and predicted entities (for the report)."""
 
 
+def labelled_tokens(batch: dict[str, Any]) -> int:
+    """The sub-tokens a batch's loss averages over: those with a tag (-100 marks the rest)."""
+    return int((batch["labels"] != -100).sum())
+
+
 class TokenClassification(Classification):
     name = "token_classification"
     pipeline_tag = "token-classification"
@@ -38,6 +43,7 @@ class TokenClassification(Classification):
                   "head_only, lora and full runs instead"}
     peft_task_type = "TOKEN_CLS"
     input_kind = None  # a sentence has a tag per word, not one input with one label
+    loss_units = staticmethod(labelled_tokens)
     single_label = False
     feature_cache = False  # a head per token: the per-token prefix cache serves head_only
     hf_auto_class = "AutoModelForTokenClassification"

@@ -142,6 +142,8 @@ class Parts:
     """What extra evaluations run on when `model` is not the whole model (a cached head); None: `model`."""
     left_out: checkpoint.LeftOut | None = None
     """The weights not trained yet, which the best model's checkpoint leaves out (None: it saves them all)."""
+    loss_units: Callable[[dict[str, Any]], int] | None = None
+    """The task's count of what a batch's loss averages over, where it varies (tokens); None: examples."""
 
     def train_mode(self, epoch: int) -> None:
         if self.begin_epoch is None:
@@ -167,6 +169,7 @@ def fit(accelerator: Accelerator, parts: Parts, train: TrainSpec, evals: EvalSpe
     if state.step == 0 and parts.evaluations:  # where the extra evaluations start from: the model before training
         _run_evaluations(accelerator, parts, state, hooks)
     while state.epoch < train.epochs and not _budget_spent(state, train):
+        shares = _loss_shares(accelerator, parts, train, state.epoch)
         loader = parts.train_loader
         if state.batch_in_epoch:
             loader = accelerator.skip_first_batches(loader, state.batch_in_epoch)
@@ -176,7 +179,8 @@ def fit(accelerator: Accelerator, parts: Parts, train: TrainSpec, evals: EvalSpe
         for batch in loader:
             with accelerator.accumulate(model):
                 loss, task_loss, terms = compute_loss(parts, model, batch)
-                accelerator.backward(loss)
+                # a token-level loss: this batch's mean reweighted to its share of the step's tokens (see _loss_shares)
+                accelerator.backward(loss if shares is None else loss + task_loss * (shares[state.batch_in_epoch] - 1))
                 window.add(loss, _examples(batch) * accelerator.num_processes, _real_tokens(batch),
                            {"task": task_loss, **terms} if terms else None)
                 if accelerator.sync_gradients:
@@ -196,6 +200,35 @@ def fit(accelerator: Accelerator, parts: Parts, train: TrainSpec, evals: EvalSpe
             if _budget_spent(state, train):
                 break
     return state
+
+
+def _loss_shares(accelerator: Accelerator, parts: Parts, train: TrainSpec, epoch: int) -> list[float] | None:
+    """For a loss averaged over units that vary by batch (tokens), each batch's factor for the epoch, so that a step's
+    gradient is that of the mean over all its units in every accumulated batch and process: the model's loss is each
+    batch's own mean, and accelerate divides it by grad_accum and DDP averages over processes, which weighs the tokens
+    of a short batch more (the Hugging Face Trainer's accumulation bug, mended in 4.46). Factor for batch b of step
+    s: units_b x processes x grad_accum / (units of s over every process); an epoch's last, shorter step gets its
+    whole mean too (accelerate divides by grad_accum regardless). None where every factor is 1 (one batch a step on
+    one process) or the loss averages over examples (split evenly already).
+
+    The units come from one pass over the epoch's batches before it starts (their order is a function of the seed and
+    the epoch; the pass leaves the random state as it found it, so a resumed run still matches an uninterrupted one).
+    """
+    if parts.loss_units is None or (train.grad_accum == 1 and accelerator.num_processes == 1):
+        return None
+    rng = torch.get_rng_state(), (torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+    try:
+        parts.train_loader.set_epoch(epoch)
+        units = torch.tensor([float(parts.loss_units(batch)) for batch in parts.train_loader], dtype=torch.float64)
+    finally:
+        torch.set_rng_state(rng[0])
+        if rng[1] is not None:
+            torch.cuda.set_rng_state_all(rng[1])
+    k = train.grad_accum
+    steps = torch.stack([units[i:i + k].sum() for i in range(0, len(units), k)])
+    totals = accelerator.reduce(steps.to(accelerator.device), "sum").cpu()
+    scale = accelerator.num_processes * k
+    return [float(units[b] * scale / totals[b // k]) if totals[b // k] > 0 else 1.0 for b in range(len(units))]
 
 
 def compute_loss(parts: Parts, model: nn.Module, batch: dict[str, Any]
