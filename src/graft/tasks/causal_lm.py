@@ -40,6 +40,8 @@ class CausalLM:
     peft_task_type = "CAUSAL_LM"
     input_kind = None
     loss_units = staticmethod(answer_tokens)
+    export_metrics: tuple[str, ...] = ()  # no ONNX export: generation is a loop one graph of logits does not hold
+    onnx_decode: tuple[str, ...] = ()
     takes_plain_modules = False
     single_label = False
     feature_cache = True
@@ -118,6 +120,10 @@ class CausalLM:
 
     def trained_labels(self, model: Any, labels: list[str]) -> Any:
         return labels
+
+    def score_logits(self, logits: Any, truth: Any, labels: Any, thresholds: dict[str, float] | None = None
+                     ) -> dict[str, Any]:
+        raise NotImplementedError("a language model is scored over its batches (evaluate), not by collected logits")
 
     def train_loader(self, recipe: Recipe, split: Any, loaded: LoadedModel, augment: bool,
                      notes: list[str]) -> DataLoader:
