@@ -74,7 +74,7 @@ def test_two_targets_learnt_standardised_and_reported_in_their_units(two_target_
     assert "Predicted against true" in page and "Largest errors on test" in page and "mean predictor: RMSE" in page
 
 
-def test_cli_eval_prints_the_errors_per_target_and_the_mean_predictor(two_target_run: Path) -> None:
+def test_cli_eval_prints_the_errors_per_target(two_target_run: Path) -> None:
     from tests.e2e.test_cli import graft_cli
 
     done = graft_cli("eval", str(two_target_run), cwd=two_target_run)
@@ -84,6 +84,17 @@ def test_cli_eval_prints_the_errors_per_target_and_the_mean_predictor(two_target
     assert first.startswith(f"test: rmse {test['rmse']:.4f}  mae {test['mae']:.4f}  r2 {test['r2']:.4f}")
     assert score.split()[:3] == ["score", "rmse", f"{test['per_target']['score']['rmse']:.4f}"]
     assert count.split()[0] == "count"
+
+
+def test_the_training_summary_says_the_mean_predictor(two_target_run: Path, capsys) -> None:
+    from graft.cli import _print_metrics
+
+    test = json.loads((two_target_run / "run.json").read_text())["metrics"]["test"]
+    _print_metrics(test)
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith(f"  mean predictor (each target's training mean for every example): rmse "
+                           f"{test['baseline_rmse']:.4f}")
+    assert last.endswith("this model does not beat it") != test["beats_baseline"]
 
 
 def _rows(run: Path) -> list[dict[str, str]]:
