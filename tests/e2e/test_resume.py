@@ -214,3 +214,22 @@ def test_resume_refuses_a_base_model_that_changed(tiny_bert: Path, data: Path, t
     build_tiny_bert(base, seed=1)  # same shapes, other values
     with pytest.raises(GraftError, match=r"left out \(never trained, \d+ tensors\) differ from the model's now"):
         graft.train(recipe, resume=True)
+
+
+@pytest.mark.parametrize("n", [40, 44], ids=["shorter_last_step", "short_last_batch"])
+def test_accumulated_batches_train_as_the_doubled_batch(n, tiny_bert_no_dropout, tmp_path):
+    """Batches of 8 accumulated in twos follow batches of 16 however the epoch ends: 40 examples end in a step of one
+    batch (accelerate alone would give it half a step's strength), 44 in a step of 8 + 4 examples (their two means
+    averaged would count each of the 4 twice). No clipping: a clipped step's size hides a weaker gradient."""
+    rows = make_texts(n + 24, seed=6)
+    data = write_csv(tmp_path / "train.csv", rows[:n])
+    split = {"validation": write_csv(tmp_path / "val.csv", rows[n:n + 12]).as_posix(),
+             "test": write_csv(tmp_path / "test.csv", rows[n + 12:]).as_posix(), "group_by_length": False}
+    runs = {}
+    for name, train in (("accumulated", {"batch_size": 8, "grad_accum": 2}), ("doubled", {"batch_size": 16})):
+        runs[name] = graft.train(tiny_recipe(tiny_bert_no_dropout, data, tmp_path / name, data=split,
+                                             train={"epochs": 2, "max_grad_norm": None, **train}))
+    assert runs["accumulated"]["timings"]["steps"] == runs["doubled"]["timings"]["steps"] == 6
+    a, b = weights(tmp_path / "accumulated"), weights(tmp_path / "doubled")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4, msg=lambda m, k=key: f"{k}: {m}")

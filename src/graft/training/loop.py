@@ -179,8 +179,9 @@ def fit(accelerator: Accelerator, parts: Parts, train: TrainSpec, evals: EvalSpe
         for batch in loader:
             with accelerator.accumulate(model):
                 loss, task_loss, terms = compute_loss(parts, model, batch)
-                # a token-level loss: this batch's mean reweighted to its share of the step's tokens (see _loss_shares)
-                accelerator.backward(loss if shares is None else loss + task_loss * (shares[state.batch_in_epoch] - 1))
+                # this batch's mean reweighted to its share of the step's examples or tokens (see _loss_shares)
+                share = 1.0 if shares is None else shares[state.batch_in_epoch]
+                accelerator.backward(loss if share == 1.0 else loss + task_loss * (share - 1))
                 window.add(loss, _examples(batch) * accelerator.num_processes, _real_tokens(batch),
                            {"task": task_loss, **terms} if terms else None)
                 if accelerator.sync_gradients:
@@ -203,32 +204,39 @@ def fit(accelerator: Accelerator, parts: Parts, train: TrainSpec, evals: EvalSpe
 
 
 def _loss_shares(accelerator: Accelerator, parts: Parts, train: TrainSpec, epoch: int) -> list[float] | None:
-    """For a loss averaged over units that vary by batch (tokens), each batch's factor for the epoch, so that a step's
-    gradient is that of the mean over all its units in every accumulated batch and process: the model's loss is each
-    batch's own mean, and accelerate divides it by grad_accum and DDP averages over processes, which weighs the tokens
-    of a short batch more (the Hugging Face Trainer's accumulation bug, mended in 4.46). Factor for batch b of step
-    s: units_b x processes x grad_accum / (units of s over every process); an epoch's last, shorter step gets its
-    whole mean too (accelerate divides by grad_accum regardless). None where every factor is 1 (one batch a step on
-    one process) or the loss averages over examples (split evenly already).
+    """Each batch's factor for the epoch, so that a step's gradient is that of the mean over all its units (examples,
+    or a token-level loss's tokens) in every accumulated batch and process. The model's loss is each batch's own
+    mean; accelerate divides it by grad_accum and DDP averages over processes, which weighs the units of a small
+    batch more (the Hugging Face Trainer's accumulation bug for tokens, mended in 4.46), and gives an epoch's last,
+    shorter step only part of a step's strength. Factor for batch b of step s: units_b x processes x grad_accum /
+    (units of s over every process). None where every factor is 1 (whole steps of full batches of examples, or one
+    batch a step on one process).
 
-    The units come from one pass over the epoch's batches before it starts (their order is a function of the seed and
-    the epoch; the pass leaves the random state as it found it, so a resumed run still matches an uninterrupted one).
+    Examples are counted from the batch sampler (indices only); tokens by one pass over the epoch's batches (their
+    order is a function of the seed and the epoch). Either leaves the random state as it found it, so a resumed run
+    still matches an uninterrupted one.
     """
-    if parts.loss_units is None or (train.grad_accum == 1 and accelerator.num_processes == 1):
+    k, processes = train.grad_accum, accelerator.num_processes
+    sampler = getattr(parts.train_loader, "batch_sampler", None)
+    if (k == 1 and processes == 1) or (parts.loss_units is None and sampler is None):
         return None
     rng = torch.get_rng_state(), (torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
     try:
         parts.train_loader.set_epoch(epoch)
-        units = torch.tensor([float(parts.loss_units(batch)) for batch in parts.train_loader], dtype=torch.float64)
+        counted = ((parts.loss_units(batch) for batch in parts.train_loader) if parts.loss_units is not None else
+                   (len(indices) for indices in sampler))
+        units = torch.tensor([float(n) for n in counted], dtype=torch.float64)
     finally:
         torch.set_rng_state(rng[0])
         if rng[1] is not None:
             torch.cuda.set_rng_state_all(rng[1])
-    k = train.grad_accum
+    if len(units) != len(parts.train_loader):  # a sampler that does not say the batches as the loader makes them
+        return None
     steps = torch.stack([units[i:i + k].sum() for i in range(0, len(units), k)])
     totals = accelerator.reduce(steps.to(accelerator.device), "sum").cpu()
-    scale = accelerator.num_processes * k
-    return [float(units[b] * scale / totals[b // k]) if totals[b // k] > 0 else 1.0 for b in range(len(units))]
+    shares = [float(units[b] * processes * k / totals[b // k]) if totals[b // k] > 0 else 1.0
+              for b in range(len(units))]
+    return None if all(share == 1.0 for share in shares) else shares
 
 
 def compute_loss(parts: Parts, model: nn.Module, batch: dict[str, Any]
