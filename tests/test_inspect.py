@@ -36,6 +36,19 @@ def digest(path: Path) -> str:
 # Duplicates of texts
 
 
+def test_text_signatures_are_the_same_in_every_process():
+    """Python's hash() is salted per process; were the MinHash signatures built on it, which near copies LSH offers
+    would change from run to run (one run in forty lost one in this file's tests)."""
+    import os
+    import subprocess
+
+    code = ("from graft.doctor.duplicates import signatures, shingles_of; "
+            "print(signatures([shingles_of('a gripping, funny film about nothing')])[0].hashvalues.tolist())")
+    printed = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                              env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("0", "39")}
+    assert len(printed) == 1 and len(json.loads(printed.pop())) == 64
+
+
 def test_recased_respaced_and_lightly_edited_copies_are_found_and_distinct_texts_are_not() -> None:
     others = [text for text, _ in make_texts(200, seed=4)]
     texts = [*others[:100], SENTENCE, SENTENCE.upper(), "  the quiet  harbour town wakes slowly as fishing boats "

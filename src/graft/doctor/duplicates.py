@@ -11,10 +11,12 @@ features through normalised matrix products in blocks; each candidate pair is th
 from __future__ import annotations
 
 import hashlib
+import zlib
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -81,14 +83,12 @@ def text_duplicates(texts: Sequence[str], near: float = NEAR_JACCARD) -> list[Gr
 
 def near_texts(forms: Sequence[str], threshold: float, num_perm: int = 64) -> list[tuple[list[int], float]]:
     """Groups of distinct (normalised) texts whose 5-gram sets have a Jaccard similarity of at least `threshold`."""
-    from datasketch import MinHash, MinHashLSH
+    from datasketch import MinHashLSH
 
     if len(forms) < 2:
         return []
     shingles = [shingles_of(form) for form in forms]
-    # Python's own string hash: several times faster than datasketch's SHA-1, and stable within one process,
-    # which is all that comparing these signatures needs.
-    hashes = MinHash.bulk(shingles, num_perm=num_perm, hashfunc=lambda s: hash(s) & 0xFFFFFFFF)
+    hashes = signatures(shingles, num_perm)
     # Candidates at a lower estimate, so that MinHash's error does not lose a pair the exact check would keep.
     lsh = MinHashLSH(threshold=max(0.1, threshold - 0.15), num_perm=num_perm)
     clusters = Clusters(len(forms))
@@ -99,6 +99,15 @@ def near_texts(forms: Sequence[str], threshold: float, num_perm: int = 64) -> li
                 clusters.join(j, i, similarity)
         lsh.insert(i, h)
     return clusters.groups()
+
+
+def signatures(shingles: list[set[str]], num_perm: int = 64) -> list[Any]:
+    """Each shingle set's MinHash. CRC-32 hashes the shingles: several times faster than datasketch's SHA-1, and the
+    same in every process (Python's own hash() is salted per process: the signatures, and so which pairs LSH
+    offered, changed from run to run, and about one run in forty lost a near copy)."""
+    from datasketch import MinHash
+
+    return MinHash.bulk(shingles, num_perm=num_perm, hashfunc=lambda s: zlib.crc32(s.encode()))
 
 
 def shingles_of(text: str) -> set[str]:
