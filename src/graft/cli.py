@@ -402,7 +402,7 @@ def _print_metrics(m: dict, title: str = "test") -> None:
         print(f"{title}: loss {m['loss']:.4f}  perplexity {m['perplexity']:.3f}  token_accuracy "
               f"{m['token_accuracy']:.4f}  (n={m['n']} examples, {m['tokens']} response tokens)")
         return
-    auc = f"{m['roc_auc']:.4f}" if m.get("roc_auc") is not None else "n/a"
+    auc = _number(m.get("roc_auc"))
     if "per_label" in m:  # a multi-label classifier, each label decided at its threshold
         _print_label_metrics(m, title, auc)
         return
@@ -421,14 +421,19 @@ def _print_metrics(m: dict, title: str = "test") -> None:
         print(f"  majority baseline (the most frequent class for every example): accuracy "
               f"{m['baseline_accuracy']:.4f}  f1_macro {m['baseline_f1_macro']:.4f}"
               + (f"; this model answers {m['one_class']!r} for everything" if m.get("one_class") else ""))
-    width = max(len(name) for name in m["per_class"])
-    print(f"  {'class':<{width}}  precision  recall  f1      support")
-    for name, c in sorted(m["per_class"].items(), key=lambda kv: kv[1]["f1"]):
+    _print_scores(m["per_class"], "class")
+
+
+def _print_scores(rows: dict[str, dict], heading: str, min_width: int = 0) -> None:
+    """A per-class (or per-entity-type) table, weakest F1 first."""
+    width = max(min_width, *(len(name) for name in rows))
+    print(f"  {heading:<{width}}  precision  recall  f1      support")
+    for name, c in sorted(rows.items(), key=lambda kv: kv[1]["f1"]):
         print(f"  {name:<{width}}  {c['precision']:.4f}     {c['recall']:.4f}  {c['f1']:.4f}  {c['support']}")
 
 
 def _print_label_metrics(m: dict, title: str, auc: str) -> None:
-    ap = f"{m['average_precision']:.4f}" if m.get("average_precision") is not None else "n/a"
+    ap = _number(m.get("average_precision"))
     print(f"{title}: f1_micro {m['f1_micro']:.4f}  f1_macro {m['f1_macro']:.4f}  subset_accuracy "
           f"{m['subset_accuracy']:.4f}  hamming_loss {m['hamming_loss']:.4f}  roc_auc {auc}  average_precision {ap}  "
           f"loss {m['loss']:.4f}  (n={m['n']}; {'tuned' if m.get('thresholds') else '0.5'} thresholds)")
@@ -458,10 +463,7 @@ def _print_entity_metrics(m: dict, title: str) -> None:
     print(f"{title}: entity f1 {m['f1']:.4f}  precision {m['precision']:.4f}  recall {m['recall']:.4f}  "
           f"token_accuracy {m['token_accuracy']:.4f}  loss {m['loss']:.4f}  (n={m['n']} sentences, {m['words']} words)")
     if m["per_entity"]:
-        width = max(5, *(len(name) for name in m["per_entity"]))
-        print(f"  {'type':<{width}}  precision  recall  f1      support")
-        for name, c in sorted(m["per_entity"].items(), key=lambda kv: kv[1]["f1"]):
-            print(f"  {name:<{width}}  {c['precision']:.4f}     {c['recall']:.4f}  {c['f1']:.4f}  {c['support']}")
+        _print_scores(m["per_entity"], "type", min_width=5)
 
 
 def _number(value: float | None) -> str:

@@ -132,10 +132,9 @@ class MultilabelClassification(TextClassification):
     def evaluate(self, accelerator: Accelerator, model: nn.Module, loader: DataLoader, labels: list[str],
                  thresholds: dict[str, float] | None = None) -> dict[str, Any]:
         """The metrics with each label decided at its threshold (0.5 when none is given)."""
-        from graft.evaluation.multilabel import multilabel_metrics
         from graft.evaluation.predictions import collect_logits
 
-        return multilabel_metrics(*collect_logits(accelerator, model, loader), labels, thresholds)
+        return self.score_logits(*collect_logits(accelerator, model, loader), labels, thresholds)
 
     def test(self, accelerator: Accelerator, model: nn.Module, loader: DataLoader, splits: Any,
              loaded: LoadedModel, recipe: Recipe) -> tuple[dict[str, Any], dict[str, Any]]:

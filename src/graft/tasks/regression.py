@@ -128,7 +128,7 @@ class Regression(TextClassification):
                  labels: list[str]) -> dict[str, Any]:
         from graft.evaluation.predictions import collect_logits
 
-        return score(*collect_logits(accelerator, model, loader), labels)
+        return self.score_logits(*collect_logits(accelerator, model, loader), labels)
 
     def finish_model(self, accelerator: Accelerator, model: nn.Module, splits: Any, loaded: LoadedModel) -> None:
         """The targets' scale folded into the head: what is saved, tested and predicted with gives their units."""
